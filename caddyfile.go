@@ -1,0 +1,245 @@
+package caddyacme
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	"github.com/acmekit/caddy-acme/internal/allowlist"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("acme", parseGlobalOption)
+}
+
+// parseGlobalOption sets up the acme app from the Caddyfile global option.
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	if existing != nil {
+		return nil, d.Err("the acme global option may appear only once")
+	}
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{
+		Name:  "acme",
+		Value: caddyconfig.JSON(app, nil),
+	}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from Caddyfile tokens. Keywords are the
+// JSON field names. Syntax:
+//
+//	acme {
+//		account_email <email>
+//		api_uri <directory_url>
+//		tos_accepted [true|false]
+//		eab <kid> <hmac_key>
+//		eab_kid <kid>
+//		eab_hmac_key <hmac_key>
+//		cert_type rsa|ecc
+//		rsa_key_size 2048|3072|4096
+//		renew_threshold_days <days>
+//		domains <name...>
+//		allow_any_domain [true|false]
+//		fail_backoff_minutes <minutes>
+//		preferred_chain <root_common_name>
+//		enable_ipv4_common_name [true|false]
+//		storage <module> {
+//			...
+//		}
+//		account_key <pem>
+//		trusted_roots <pem_file...>
+//		http_port <port>
+//		issue_timeout <duration>
+//		cache_capacity <count>
+//	}
+//
+// domains and trusted_roots may be repeated; their values add up. Any other
+// subdirective may appear once.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := make(map[string]bool)
+	for d.NextBlock(0) {
+		key := d.Val()
+		if seen[key] && key != "domains" && key != "trusted_roots" {
+			return d.Errf("duplicate subdirective '%s'", key)
+		}
+		seen[key] = true
+
+		var err error
+		switch key {
+		case "account_email":
+			err = oneString(d, &a.AccountEmail)
+		case "api_uri":
+			err = oneString(d, &a.APIURI)
+		case "tos_accepted":
+			err = flag(d, &a.TOSAccepted)
+		case "eab":
+			if seen["eab_kid"] || seen["eab_hmac_key"] {
+				return d.Err("eab sets eab_kid and eab_hmac_key: give either eab or those two")
+			}
+			if !d.Args(&a.EABKID, &a.EABHMACKey) || d.NextArg() {
+				return d.ArgErr()
+			}
+		case "eab_kid":
+			if seen["eab"] {
+				return d.Err("eab sets eab_kid and eab_hmac_key: give either eab or those two")
+			}
+			err = oneString(d, &a.EABKID)
+		case "eab_hmac_key":
+			if seen["eab"] {
+				return d.Err("eab sets eab_kid and eab_hmac_key: give either eab or those two")
+			}
+			err = oneString(d, &a.EABHMACKey)
+		case "cert_type":
+			if err = oneString(d, &a.CertType); err == nil {
+				err = checkCertType(a.CertType)
+			}
+		case "rsa_key_size":
+			if err = oneInt(d, &a.RSAKeySize); err == nil {
+				err = checkRSAKeySize(a.RSAKeySize)
+			}
+		case "renew_threshold_days":
+			a.RenewThresholdDays, err = oneNonNegative(d)
+		case "domains":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			for _, name := range args {
+				if err := allowlist.Validate(name); err != nil {
+					return d.WrapErr(err)
+				}
+			}
+			a.Domains = append(a.Domains, args...)
+		case "allow_any_domain":
+			err = flag(d, &a.AllowAnyDomain)
+		case "fail_backoff_minutes":
+			a.FailBackoffMinutes, err = oneNonNegative(d)
+		case "preferred_chain":
+			err = oneString(d, &a.PreferredChain)
+		case "enable_ipv4_common_name":
+			var on bool
+			if err = flag(d, &on); err == nil {
+				a.EnableIPv4CommonName = &on
+			}
+		case "storage":
+			var name string
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name = d.Val()
+			unm, err := caddyfile.UnmarshalModule(d, "caddy.storage."+name)
+			if err != nil {
+				return err
+			}
+			a.StorageRaw = caddyconfig.JSONModuleObject(unm, "module", name, nil)
+		case "account_key":
+			err = oneString(d, &a.AccountKey)
+		case "trusted_roots":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			a.TrustedRoots = append(a.TrustedRoots, args...)
+		case "http_port":
+			if err = oneInt(d, &a.HTTPPort); err == nil && (a.HTTPPort < 1 || a.HTTPPort > 65535) {
+				err = d.Errf("http_port: expected a port between 1 and 65535, got %d", a.HTTPPort)
+			}
+		case "issue_timeout":
+			var s string
+			if err = oneString(d, &s); err == nil {
+				var dur caddy.Duration
+				if err = dur.UnmarshalJSON([]byte(strconv.Quote(s))); err != nil || dur <= 0 {
+					err = d.Errf("issue_timeout: expected a positive duration such as 90s or 2m, got %q", s)
+				}
+				a.IssueTimeout = dur
+			}
+		case "cache_capacity":
+			if err = oneInt(d, &a.CacheCapacity); err == nil && a.CacheCapacity < 0 {
+				err = d.Errf("cache_capacity: must not be negative, got %d", a.CacheCapacity)
+			}
+		default:
+			return d.Errf("unrecognized subdirective '%s'", key)
+		}
+		if err != nil {
+			return d.WrapErr(err)
+		}
+	}
+	return nil
+}
+
+// oneString reads exactly one argument and no block.
+func oneString(d *caddyfile.Dispenser, dst *string) error {
+	key := d.Val()
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	if d.NextBlock(d.Nesting()) {
+		return d.Errf("%s takes no block", key)
+	}
+	return nil
+}
+
+// oneInt reads exactly one integer argument.
+func oneInt(d *caddyfile.Dispenser, dst *int) error {
+	key := d.Val()
+	var s string
+	if err := oneString(d, &s); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return d.Errf("%s: expected a whole number, got %q", key, s)
+	}
+	*dst = n
+	return nil
+}
+
+// oneNonNegative reads exactly one number that is 0 or more.
+func oneNonNegative(d *caddyfile.Dispenser) (*float64, error) {
+	key := d.Val()
+	var s string
+	if err := oneString(d, &s); err != nil {
+		return nil, err
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 || f != f || f > 1e9 {
+		return nil, d.Errf("%s: expected a number of 0 or more, got %q", key, s)
+	}
+	return &f, nil
+}
+
+// flag reads a boolean subdirective: the bare keyword means true, or it is
+// followed by true or false.
+func flag(d *caddyfile.Dispenser, dst *bool) error {
+	key := d.Val()
+	*dst = true
+	if d.NextArg() {
+		switch d.Val() {
+		case "true":
+		case "false":
+			*dst = false
+		default:
+			return d.Errf("%s: expected true or false, got %q", key, d.Val())
+		}
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var _ caddyfile.Unmarshaler = (*App)(nil)

@@ -1,0 +1,18 @@
+// Command caddy is Caddy with the caddy-acme modules plugged in, built from
+// this repository with `go build ./cmd/caddy`. It is what the demo and the
+// tests run; users normally build the same thing with
+// `xcaddy build --with github.com/acmekit/caddy-acme`.
+package main
+
+import (
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+
+	// plug in Caddy's standard modules and caddy-acme
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/acmekit/caddy-acme"
+)
+
+func main() {
+	caddycmd.Main()
+}

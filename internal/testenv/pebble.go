@@ -1,0 +1,742 @@
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// PebbleVersion is the Pebble release these helpers are written and tested
+// against (installed by InstallCommand).
+const PebbleVersion = "v2.10.3"
+
+// PebbleOrderLogPattern matches the line Pebble (v2.10.3, wfe.NewOrder) logs
+// once for every order it creates; Pebble.Orders counts these lines. The line
+// carries only the order's ID, not its identifiers.
+var PebbleOrderLogPattern = regexp.MustCompile(`Added order "([^"]+)" to the db`)
+
+// PebbleOptions configures StartPebble.
+type PebbleOptions struct {
+	// HTTPPort is the port on 127.0.0.1 that Pebble connects to for HTTP-01
+	// validation, normally the HTTP listener of the Caddy under test.
+	// Required.
+	HTTPPort int
+
+	// TLSPort is the port on 127.0.0.1 that Pebble connects to for
+	// TLS-ALPN-01 validation. If zero, a free port nobody listens on is used,
+	// so TLS-ALPN-01 validation fails.
+	TLSPort int
+
+	// EAB maps external account key IDs to base64url-encoded (unpadded) HMAC
+	// keys. If non-empty, Pebble requires external account binding for new
+	// accounts and accepts exactly these keys.
+	EAB map[string]string
+
+	// ValidityPeriod is the lifetime of the certificates Pebble issues
+	// (rounded up to whole seconds). Zero means Pebble's default (90 days).
+	// Pebble is configured with exactly one profile, "default", so every
+	// order gets this lifetime.
+	ValidityPeriod time.Duration
+
+	// AlternateRoots is the number of additional root certificates that
+	// cross-sign Pebble's issuing intermediate (PEBBLE_ALTERNATE_ROOTS), i.e.
+	// the number of alternate chains offered with each certificate.
+	AlternateRoots int
+
+	// ChainLength is the number of intermediates between leaf and root in
+	// each chain (PEBBLE_CHAIN_LENGTH). Zero means Pebble's default of 1.
+	ChainLength int
+
+	// KeyAlgorithm is the key algorithm of Pebble's roots and intermediates:
+	// "rsa", "ecdsa" or "mldsa". Empty means "ecdsa", which starts much faster
+	// than Pebble's own default, "rsa" (RSA key generation takes seconds on a
+	// loaded machine).
+	KeyAlgorithm string
+}
+
+// Pebble is a running Pebble ACME CA, with a pebble-challtestsrv DNS server
+// that resolves every name to 127.0.0.1 (A records only). It is stopped when
+// the test that started it finishes.
+//
+// Clients reach the ACME API through DirectoryURL, which is served by a small
+// recording reverse proxy in the test process in front of Pebble; the proxy
+// notes the identifiers of every order Pebble creates (see OrdersFor). It
+// preserves the Host header, so every URL Pebble hands out points at the
+// proxy too.
+type Pebble struct {
+	// DirectoryURL is the ACME directory URL, https://127.0.0.1:<port>/dir.
+	DirectoryURL string
+
+	// ListenerCAPEM is the PEM-encoded throwaway CA certificate that signed
+	// the TLS certificate of the ACME API and management API (valid for
+	// 127.0.0.1, ::1 and localhost). Clients of those APIs must trust it.
+	ListenerCAPEM []byte
+
+	// ListenerCAFile is the path of a file containing ListenerCAPEM, e.g. for
+	// the trusted roots of an ACME issuer in a Caddy JSON config.
+	ListenerCAFile string
+
+	// ManagementURL is the base URL of Pebble's management API,
+	// https://127.0.0.1:<port> (no trailing slash), e.g. ManagementURL +
+	// "/roots/0".
+	ManagementURL string
+
+	// ChallSrvURL is the base URL of pebble-challtestsrv's management API,
+	// http://127.0.0.1:<port> (no trailing slash), which can for example add
+	// DNS records (/add-a, /set-txt) or make lookups fail (/set-servfail).
+	ChallSrvURL string
+
+	// DNSServer is the host:port of the DNS server Pebble resolves names
+	// with (pebble-challtestsrv).
+	DNSServer string
+
+	// HTTPPort is the port HTTP-01 validation connects to (PebbleOptions.HTTPPort).
+	HTTPPort int
+
+	// TLSPort is the port TLS-ALPN-01 validation connects to.
+	TLSPort int
+
+	// ConfigFile is the path of Pebble's JSON configuration file.
+	ConfigFile string
+
+	numRoots      int
+	client        *http.Client
+	pebbleLog     *logBuffer
+	challLog      *logBuffer
+	newOrderPath  string
+	pebbleDirURL  string // Pebble's own directory URL, behind the proxy
+	listenerTLS   tls.Certificate
+	listenerCAPEM []byte
+
+	mu          sync.Mutex
+	logOrderIDs []string      // IDs from PebbleOrderLogPattern lines, in log order
+	proxyOrders []PebbleOrder // orders seen in newOrder responses via the proxy
+}
+
+// PebbleOrder is an order Pebble created, as seen by the recording proxy in
+// its newOrder response.
+type PebbleOrder struct {
+	// ID is Pebble's order ID (the last path element of the order URL).
+	ID string
+	// Identifiers are the order's identifier values (DNS names, IP
+	// addresses) as Pebble normalised them (DNS names lower-cased).
+	Identifiers []string
+}
+
+// errPortInUse marks start failures caused by a port that was taken between
+// FreePort and the child process binding it; those are retried.
+var errPortInUse = errors.New("port already in use")
+
+// StartPebble starts pebble-challtestsrv and Pebble on free 127.0.0.1 ports
+// and waits until both answer. Orders need a fresh validation every time
+// (authorization reuse is off), validation does not sleep, and no nonces are
+// rejected. The test is skipped (or, with CI=true, failed) if the binaries
+// are not installed; it fails if the servers do not come up. Everything is
+// stopped in t.Cleanup.
+func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
+	t.Helper()
+	if opts.HTTPPort <= 0 {
+		t.Fatalf("testenv: StartPebble: PebbleOptions.HTTPPort is required")
+	}
+	if opts.AlternateRoots < 0 || opts.ChainLength < 0 {
+		t.Fatalf("testenv: StartPebble: AlternateRoots and ChainLength must not be negative")
+	}
+	pebbleBin := FindBinary(t, "pebble")
+	challBin := FindBinary(t, "pebble-challtestsrv")
+
+	dir := t.TempDir()
+	p := &Pebble{
+		HTTPPort: opts.HTTPPort,
+		TLSPort:  opts.TLSPort,
+		numRoots: 1 + opts.AlternateRoots,
+	}
+	if p.TLSPort == 0 {
+		p.TLSPort = FreePort(t)
+	}
+	if err := p.writeListenerCert(dir); err != nil {
+		t.Fatalf("testenv: StartPebble: %v", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(p.ListenerCAPEM)
+	transport := &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: pool},
+		ForceAttemptHTTP2: true,
+	}
+	p.client = &http.Client{Transport: transport, Timeout: 10 * time.Second}
+	t.Cleanup(transport.CloseIdleConnections)
+
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		err = p.startProcesses(t, dir, pebbleBin, challBin, opts)
+		if err == nil || !errors.Is(err, errPortInUse) {
+			break
+		}
+		t.Logf("testenv: StartPebble attempt %d: %v; retrying with other ports", attempt, err)
+	}
+	if err != nil {
+		t.Fatalf("testenv: StartPebble: %v", err)
+	}
+	if err := p.startProxy(t); err != nil {
+		t.Fatalf("testenv: StartPebble: starting recording proxy: %v", err)
+	}
+	return p
+}
+
+// writeListenerCert creates a throwaway ECDSA CA and a certificate for
+// 127.0.0.1, ::1 and localhost signed by it, and writes them to dir.
+func (p *Pebble) writeListenerCert(dir string) error {
+	now := time.Now()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          randSerial(),
+		Subject:               pkix.Name{CommonName: "caddy-acme testenv Pebble listener CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(7 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return err
+	}
+	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	leafTmpl := &x509.Certificate{
+		SerialNumber: randSerial(),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(7 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.IPv6loopback},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(leafKey)
+	if err != nil {
+		return err
+	}
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER})
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	files := map[string][]byte{
+		"listener-ca.pem":   caPEM,
+		"listener-cert.pem": certPEM,
+		"listener-key.pem":  keyPEM,
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return err
+		}
+	}
+	p.listenerTLS, err = tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return err
+	}
+	p.ListenerCAPEM = caPEM
+	p.listenerCAPEM = bytes.Clone(caPEM)
+	p.ListenerCAFile = filepath.Join(dir, "listener-ca.pem")
+	return nil
+}
+
+func randSerial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		panic(err)
+	}
+	return n
+}
+
+// pebbleConfig is Pebble's JSON configuration (the fields used here).
+type pebbleConfig struct {
+	Pebble struct {
+		ListenAddress                  string                   `json:"listenAddress"`
+		ManagementListenAddress        string                   `json:"managementListenAddress"`
+		Certificate                    string                   `json:"certificate"`
+		PrivateKey                     string                   `json:"privateKey"`
+		HTTPPort                       int                      `json:"httpPort"`
+		TLSPort                        int                      `json:"tlsPort"`
+		OCSPResponderURL               string                   `json:"ocspResponderURL"`
+		ExternalAccountBindingRequired bool                     `json:"externalAccountBindingRequired"`
+		ExternalAccountMACKeys         map[string]string        `json:"externalAccountMACKeys,omitempty"`
+		KeyAlgorithm                   string                   `json:"keyAlgorithm,omitempty"`
+		Profiles                       map[string]pebbleProfile `json:"profiles,omitempty"`
+	} `json:"pebble"`
+}
+
+type pebbleProfile struct {
+	Description    string `json:"description"`
+	ValidityPeriod uint64 `json:"validityPeriod"`
+}
+
+// startProcesses is one attempt at starting pebble-challtestsrv and Pebble on
+// fresh ports. On failure it stops whatever it started.
+func (p *Pebble) startProcesses(t testing.TB, dir, pebbleBin, challBin string, opts PebbleOptions) (err error) {
+	dnsPort, challMgmtPort := FreePort(t), FreePort(t)
+	listenPort, mgmtPort := FreePort(t), FreePort(t)
+	p.DNSServer = net.JoinHostPort("127.0.0.1", strconv.Itoa(dnsPort))
+	p.ChallSrvURL = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(challMgmtPort))
+	listenAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(listenPort))
+	mgmtAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mgmtPort))
+	p.ManagementURL = "https://" + mgmtAddr
+	p.pebbleDirURL = "https://" + listenAddr + "/dir"
+
+	// Fresh buffers per attempt, so that a failed attempt's output does not
+	// confuse this one's checks.
+	p.challLog = &logBuffer{}
+	p.pebbleLog = &logBuffer{onLine: p.onPebbleLine}
+	p.mu.Lock()
+	p.logOrderIDs = nil
+	p.mu.Unlock()
+
+	var cfg pebbleConfig
+	c := &cfg.Pebble
+	c.ListenAddress = listenAddr
+	c.ManagementListenAddress = mgmtAddr
+	c.Certificate = filepath.Join(dir, "listener-cert.pem")
+	c.PrivateKey = filepath.Join(dir, "listener-key.pem")
+	c.HTTPPort = p.HTTPPort
+	c.TLSPort = p.TLSPort
+	c.OCSPResponderURL = ""
+	c.ExternalAccountBindingRequired = len(opts.EAB) > 0
+	c.ExternalAccountMACKeys = opts.EAB
+	c.KeyAlgorithm = opts.KeyAlgorithm
+	if c.KeyAlgorithm == "" {
+		c.KeyAlgorithm = "ecdsa"
+	}
+	if opts.ValidityPeriod > 0 {
+		secs := uint64((opts.ValidityPeriod + time.Second - 1) / time.Second)
+		c.Profiles = map[string]pebbleProfile{
+			"default": {Description: "testenv profile", ValidityPeriod: secs},
+		}
+	}
+	cfgJSON, err := json.MarshalIndent(&cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	p.ConfigFile = filepath.Join(dir, "pebble-config.json")
+	if err := os.WriteFile(p.ConfigFile, cfgJSON, 0o600); err != nil {
+		return err
+	}
+
+	chall, err := startProcess("pebble-challtestsrv", challBin, []string{
+		"-defaultIPv4", "127.0.0.1",
+		"-defaultIPv6", "",
+		"-dnsserver", p.DNSServer,
+		"-http01", "",
+		"-https01", "",
+		"-tlsalpn01", "",
+		"-doh", "",
+		"-management", strings.TrimPrefix(p.ChallSrvURL, "http://"),
+	}, nil, p.challLog)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			chall.stop()
+		}
+	}()
+	if err := p.waitDNS(chall); err != nil {
+		return err
+	}
+
+	chainLength := ""
+	if opts.ChainLength > 0 {
+		chainLength = strconv.Itoa(opts.ChainLength)
+	}
+	peb, err := startProcess("pebble", pebbleBin, []string{
+		"-config", p.ConfigFile,
+		"-dnsserver", p.DNSServer,
+		"-strict=false",
+	}, []string{
+		"PEBBLE_VA_NOSLEEP=1",
+		"PEBBLE_WFE_NONCEREJECT=0",
+		"PEBBLE_AUTHZREUSE=0",
+		"PEBBLE_ALTERNATE_ROOTS=" + strconv.Itoa(opts.AlternateRoots),
+		"PEBBLE_CHAIN_LENGTH=" + chainLength,
+	}, p.pebbleLog)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			peb.stop()
+		}
+	}()
+	if err := p.waitPebble(peb); err != nil {
+		return err
+	}
+	// Cleanups run last-in first-out: Pebble stops before its DNS server.
+	t.Cleanup(chall.stop)
+	t.Cleanup(peb.stop)
+	return nil
+}
+
+// processFailure describes a child process that failed to come up, with the
+// tail of its output, wrapping errPortInUse when that was the cause.
+func processFailure(proc *process, what string, cause error) error {
+	out := proc.out.tail(30)
+	err := fmt.Errorf("%s %s: %v\n--- last lines of %s output ---\n%s\n---", proc.name, what, cause, proc.name, out)
+	if strings.Contains(out, "address already in use") {
+		return fmt.Errorf("%w: %w", errPortInUse, err)
+	}
+	return err
+}
+
+// waitDNS waits until pebble-challtestsrv answers A queries over TCP (which
+// is what Pebble uses) with 127.0.0.1.
+func (p *Pebble) waitDNS(chall *process) error {
+	resolver := &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", p.DNSServer)
+		},
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	var lastErr error
+	for {
+		if ok, werr := chall.exited(); ok {
+			return processFailure(chall, "exited during start-up", werr)
+		}
+		if strings.Contains(chall.out.String(), "address already in use") {
+			return processFailure(chall, "could not bind", errors.New("address already in use"))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		addrs, err := resolver.LookupIPAddr(ctx, "testenv-probe.example")
+		cancel()
+		if err == nil {
+			if len(addrs) == 1 && addrs[0].IP.Equal(net.IPv4(127, 0, 0, 1)) {
+				return nil
+			}
+			err = fmt.Errorf("probe name resolved to %v, want only 127.0.0.1", addrs)
+		}
+		lastErr = err
+		if time.Now().After(deadline) {
+			return processFailure(chall, "DNS server did not become ready in 15s", lastErr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitPebble waits until Pebble's directory and management API answer, then
+// reads the newOrder path from the directory.
+func (p *Pebble) waitPebble(peb *process) error {
+	const timeout = 60 * time.Second
+	deadline := time.Now().Add(timeout)
+	var lastErr error
+	for {
+		if ok, werr := peb.exited(); ok {
+			return processFailure(peb, "exited during start-up", werr)
+		}
+		dirBody, err := p.get(p.pebbleDirURL, 2*time.Second)
+		if err == nil {
+			_, err = p.get(p.ManagementURL+"/roots/0", 2*time.Second)
+		}
+		if err == nil {
+			var dir map[string]any
+			if err := json.Unmarshal(dirBody, &dir); err != nil {
+				return processFailure(peb, "served an invalid directory", err)
+			}
+			newOrder, _ := dir["newOrder"].(string)
+			u, err := url.Parse(newOrder)
+			if err != nil || newOrder == "" {
+				return processFailure(peb, "served a directory without newOrder", fmt.Errorf("newOrder=%q", newOrder))
+			}
+			p.newOrderPath = u.Path
+			return nil
+		}
+		lastErr = err
+		if strings.Contains(peb.out.String(), "address already in use") {
+			return processFailure(peb, "could not bind", lastErr)
+		}
+		if time.Now().After(deadline) {
+			return processFailure(peb, fmt.Sprintf("did not answer at %s within %s", p.pebbleDirURL, timeout), lastErr)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+// get fetches u with the client trusting the listener CA and returns the
+// body of a 200 response.
+func (p *Pebble) get(u string, timeout time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s: %s", u, resp.Status, bytes.TrimSpace(body))
+	}
+	return body, nil
+}
+
+// onPebbleLine is called for every line Pebble writes.
+func (p *Pebble) onPebbleLine(line string) {
+	if m := PebbleOrderLogPattern.FindStringSubmatch(line); m != nil {
+		p.mu.Lock()
+		p.logOrderIDs = append(p.logOrderIDs, m[1])
+		p.mu.Unlock()
+	}
+}
+
+// startProxy starts the recording reverse proxy that serves DirectoryURL.
+func (p *Pebble) startProxy(t testing.TB) error {
+	target, err := url.Parse(p.pebbleDirURL)
+	if err != nil {
+		return err
+	}
+	target.Path = ""
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(p.listenerCAPEM)
+	backend := &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool},
+		DisableCompression:  true,
+		MaxIdleConnsPerHost: 16,
+	}
+	errLog := log.New(p.pebbleLog, "testenv proxy: ", log.LstdFlags)
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(target)
+			// Keep the client's Host: Pebble builds every URL it returns
+			// (and checks every JWS "url") from it, so they all point at
+			// the proxy.
+			r.Out.Host = r.In.Host
+		},
+		Transport:      backend,
+		ModifyResponse: p.recordOrder,
+		ErrorLog:       errLog,
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           rp,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{p.listenerTLS}},
+		ErrorLog:          errLog,
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	go func() { _ = srv.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		backend.CloseIdleConnections()
+	})
+	p.DirectoryURL = "https://" + ln.Addr().String() + "/dir"
+	return nil
+}
+
+// recordOrder notes the order in a successful newOrder response.
+func (p *Pebble) recordOrder(resp *http.Response) error {
+	req := resp.Request
+	if req == nil || req.Method != http.MethodPost || req.URL.Path != p.newOrderPath ||
+		resp.StatusCode != http.StatusCreated {
+		return nil
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	var order struct {
+		Identifiers []struct {
+			Type  string `json:"type"`
+			Value string `json:"value"`
+		} `json:"identifiers"`
+	}
+	o := PebbleOrder{}
+	if loc, err := url.Parse(resp.Header.Get("Location")); err == nil {
+		o.ID = path.Base(loc.Path)
+	}
+	if err := json.Unmarshal(body, &order); err != nil {
+		// Still count it: Pebble created an order.
+		fmt.Fprintf(p.pebbleLog, "testenv proxy: cannot parse newOrder response %q: %v\n", body, err)
+	}
+	for _, id := range order.Identifiers {
+		o.Identifiers = append(o.Identifiers, id.Value)
+	}
+	p.mu.Lock()
+	p.proxyOrders = append(p.proxyOrders, o)
+	p.mu.Unlock()
+	return nil
+}
+
+// Orders returns the number of orders Pebble has created so far, counted from
+// its log (PebbleOrderLogPattern). Pebble's output reaches the test
+// asynchronously, so it first waits (up to 5s) until the log accounts for
+// every order the proxy has already passed back to a client; a client that has
+// received its order is therefore always counted.
+func (p *Pebble) Orders() int {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p.mu.Lock()
+		n, seen := len(p.logOrderIDs), len(p.proxyOrders)
+		p.mu.Unlock()
+		if n >= seen || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// OrdersFor returns the number of orders Pebble has created so far whose
+// identifiers include name (a DNS name, compared case-insensitively, or an IP
+// address). Pebble's log does not name an order's identifiers, so these are
+// taken from Pebble's newOrder responses as they pass the proxy behind
+// DirectoryURL.
+func (p *Pebble) OrdersFor(name string) int {
+	want := normalizeIdentifier(name)
+	n := 0
+	for _, o := range p.OrderList() {
+		for _, id := range o.Identifiers {
+			if normalizeIdentifier(id) == want {
+				n++
+				break
+			}
+		}
+	}
+	return n
+}
+
+// OrderList returns the orders Pebble has created so far, oldest first, as
+// seen in its newOrder responses (see OrdersFor).
+func (p *Pebble) OrderList() []PebbleOrder {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]PebbleOrder, len(p.proxyOrders))
+	for i, o := range p.proxyOrders {
+		out[i] = PebbleOrder{ID: o.ID, Identifiers: append([]string(nil), o.Identifiers...)}
+	}
+	return out
+}
+
+func normalizeIdentifier(s string) string {
+	if ip := net.ParseIP(s); ip != nil {
+		return ip.String()
+	}
+	return strings.ToLower(strings.TrimSuffix(s, "."))
+}
+
+// Log returns Pebble's output so far (plus any errors of the recording proxy),
+// followed by pebble-challtestsrv's output, for debugging.
+func (p *Pebble) Log() string {
+	return p.pebbleLog.String() + "\n--- pebble-challtestsrv ---\n" + p.challLog.String()
+}
+
+// Client returns a new HTTP client that trusts ListenerCAPEM, for talking to
+// the ACME and management APIs.
+func (p *Pebble) Client() *http.Client {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(p.listenerCAPEM)
+	return &http.Client{
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+		Timeout:   30 * time.Second,
+	}
+}
+
+// RootPEM returns the PEM of Pebble's root certificate i (0 is the default
+// chain's root, 1.. are PebbleOptions.AlternateRoots), fetched from the
+// management API. Pebble generates new roots at every start.
+func (p *Pebble) RootPEM(t testing.TB, i int) []byte {
+	t.Helper()
+	return p.mgmtPEM(t, "roots", i)
+}
+
+// Root returns Pebble's root certificate i (see RootPEM).
+func (p *Pebble) Root(t testing.TB, i int) *x509.Certificate {
+	t.Helper()
+	return parseOneCert(t, p.RootPEM(t, i))
+}
+
+// RootPool returns a pool with all of Pebble's roots: root 0 and every
+// alternate root.
+func (p *Pebble) RootPool(t testing.TB) *x509.CertPool {
+	t.Helper()
+	pool := x509.NewCertPool()
+	for i := 0; i < p.numRoots; i++ {
+		pool.AddCert(p.Root(t, i))
+	}
+	return pool
+}
+
+// IntermediatePEM returns the PEM of the intermediate that issues leaf
+// certificates in chain i (0 is the default chain), fetched from the
+// management API.
+func (p *Pebble) IntermediatePEM(t testing.TB, i int) []byte {
+	t.Helper()
+	return p.mgmtPEM(t, "intermediates", i)
+}
+
+func (p *Pebble) mgmtPEM(t testing.TB, kind string, i int) []byte {
+	t.Helper()
+	u := fmt.Sprintf("%s/%s/%d", p.ManagementURL, kind, i)
+	body, err := p.get(u, 10*time.Second)
+	if err != nil {
+		t.Fatalf("testenv: fetching Pebble %s %d: %v", kind, i, err)
+	}
+	return body
+}
+
+func parseOneCert(t testing.TB, pemBytes []byte) *x509.Certificate {
+	t.Helper()
+	block, _ := pem.Decode(pemBytes)
+	if block == nil || block.Type != "CERTIFICATE" {
+		t.Fatalf("testenv: expected a PEM certificate, got %q", pemBytes)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatalf("testenv: parsing certificate: %v", err)
+	}
+	return cert
+}

@@ -1,0 +1,204 @@
+// Package testenv starts real servers (an ACME CA today; later Redis,
+// PostgreSQL, Consul, Vault) for integration tests.
+//
+// Servers are separate binaries installed by scripts/install-test-servers.sh
+// into $CADDY_ACME_BIN or $HOME/.cache/caddy-acme/bin. Tests that need a
+// binary which is not installed are skipped, except when the environment
+// variable CI is "true", where they fail so that a misconfigured CI cannot
+// silently pass.
+//
+// Every server binds to 127.0.0.1 on free ports, so tests can run in
+// parallel, and is stopped (by PID) in t.Cleanup.
+package testenv
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// InstallCommand is the command, relative to the repository root, that
+// installs the server binaries the tests need.
+const InstallCommand = "scripts/install-test-servers.sh"
+
+// BinDirEnv is the environment variable that overrides the directory the
+// server binaries are installed in and looked up from.
+const BinDirEnv = "CADDY_ACME_BIN"
+
+// FreePort returns a TCP port on 127.0.0.1 that was free at the time of the
+// call. Another process may take it before the caller binds it; callers that
+// hand the port to a child process should be prepared to retry.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("testenv: finding a free port: %v", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		t.Fatalf("testenv: closing probe listener: %v", err)
+	}
+	return port
+}
+
+// BinDirs returns the directories searched for server binaries, in order:
+// $CADDY_ACME_BIN (if set) and $HOME/.cache/caddy-acme/bin. $PATH is searched
+// after these.
+func BinDirs() []string {
+	var dirs []string
+	if d := os.Getenv(BinDirEnv); d != "" {
+		dirs = append(dirs, d)
+	}
+	if home, err := os.UserHomeDir(); err == nil && home != "" {
+		dirs = append(dirs, filepath.Join(home, ".cache", "caddy-acme", "bin"))
+	}
+	return dirs
+}
+
+// LookupBinary returns the path of the executable name, searching BinDirs
+// and then $PATH. It returns an error if name is found nowhere.
+func LookupBinary(name string) (string, error) {
+	for _, dir := range BinDirs() {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("%s not found in %s or $PATH", name, strings.Join(BinDirs(), ", "))
+}
+
+// FindBinary returns the path of the server executable name (see
+// LookupBinary). If it is not installed, the test is skipped with a hint to
+// run InstallCommand, or failed when the environment variable CI is "true".
+func FindBinary(t testing.TB, name string) string {
+	t.Helper()
+	p, err := LookupBinary(name)
+	if err == nil {
+		return p
+	}
+	msg := fmt.Sprintf("testenv: %v; install it with %s (from the repository root)", err, InstallCommand)
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+		return ""
+	}
+	t.Skip(msg)
+	return ""
+}
+
+// logBuffer is a goroutine-safe io.Writer collecting a process's output. If
+// onLine is set it is called (with the lock held) for every complete line.
+type logBuffer struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	partial []byte
+	onLine  func(line string)
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf.Write(p)
+	if b.onLine == nil {
+		return len(p), nil
+	}
+	b.partial = append(b.partial, p...)
+	for {
+		i := bytes.IndexByte(b.partial, '\n')
+		if i < 0 {
+			break
+		}
+		b.onLine(string(b.partial[:i]))
+		b.partial = b.partial[i+1:]
+	}
+	return len(p), nil
+}
+
+// String returns everything written so far.
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// tail returns at most the last n lines written so far.
+func (b *logBuffer) tail(n int) string {
+	s := strings.TrimRight(b.String(), "\n")
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// process is a server child process whose output goes to a logBuffer.
+type process struct {
+	name string
+	cmd  *exec.Cmd
+	out  *logBuffer
+	done chan struct{} // closed once the process has been reaped
+	err  error         // cmd.Wait's result, valid after done is closed
+
+	stopOnce sync.Once
+}
+
+// startProcess starts bin with args and extra environment variables (added
+// to the test process's environment), capturing stdout and stderr into out.
+func startProcess(name, bin string, args, env []string, out *logBuffer) (*process, error) {
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout = out
+	cmd.Stderr = out
+	cmd.Stdin = nil
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	p := &process{name: name, cmd: cmd, out: out, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// exited reports whether the process has already terminated, with its exit
+// error.
+func (p *process) exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+// stop sends SIGTERM to the process (by PID), kills it if it has not exited
+// after a grace period, and waits until it has been reaped. It is safe to
+// call more than once.
+func (p *process) stop() {
+	p.stopOnce.Do(func() {
+		if ok, _ := p.exited(); ok {
+			return
+		}
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			_ = p.cmd.Process.Kill()
+		}
+		select {
+		case <-p.done:
+		case <-time.After(3 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+}

@@ -1,0 +1,212 @@
+package caddyacme
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"net"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+// obtainJobs are the loads and orders in progress, one per name.
+type obtainJobs struct {
+	mu      sync.Mutex // protects running
+	running map[string]*obtainJob
+}
+
+// obtainJob is one load-or-obtain of a name's certificate, shared by every
+// handshake that needs it while it runs.
+type obtainJob struct {
+	done chan struct{} // closed when cert and err are set
+	cert certmagic.Certificate
+	err  error
+}
+
+// certificate returns the certificate for the name a client asked for,
+// from memory, else from storage, else by ordering it from the CA. A name
+// the app does not allow gets an error, so that no other certificate source
+// of the TLS policy is tried for it. The handshake waits up to issue_timeout.
+func (a *App) certificate(ctx context.Context, hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	name := serverName(hello)
+	if err := a.allow(name); err != nil {
+		return nil, err
+	}
+	if cert, ok := a.cached(name); ok {
+		return &cert.Certificate, nil
+	}
+
+	job := a.startJob(name)
+	timer := time.NewTimer(a.issueTimeout())
+	defer timer.Stop()
+	select {
+	case <-job.done:
+		if job.err != nil {
+			return nil, job.err
+		}
+		return &job.cert.Certificate, nil
+	case <-timer.C:
+		return nil, fmt.Errorf("certificate for %s is not ready after %s (issue_timeout); it is still being obtained", name, a.issueTimeout())
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// cached returns a certificate for name from the app's memory, preferring
+// one that has not expired.
+func (a *App) cached(name string) (certmagic.Certificate, bool) {
+	certs := a.cache.AllMatchingCertificates(name)
+	for _, c := range certs {
+		if !c.Expired() {
+			return c, true
+		}
+	}
+	if len(certs) > 0 {
+		return certs[0], true
+	}
+	return certmagic.Certificate{}, false
+}
+
+// startJob returns the running job for name, or starts one. The job runs
+// apart from the handshake that started it, so a client that gives up does
+// not cancel an order: the next handshake gets the certificate.
+func (a *App) startJob(name string) *obtainJob {
+	a.jobs.mu.Lock()
+	defer a.jobs.mu.Unlock()
+	if job, ok := a.jobs.running[name]; ok {
+		return job
+	}
+	job := &obtainJob{done: make(chan struct{})}
+	a.jobs.running[name] = job
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				job.err = fmt.Errorf("obtaining certificate for %s: panic: %v", name, r)
+				a.logger.Error("panic obtaining certificate",
+					zap.String("identifier", name),
+					zap.Any("panic", r),
+					zap.ByteString("stack", debug.Stack()))
+			}
+			a.jobs.mu.Lock()
+			delete(a.jobs.running, name)
+			a.jobs.mu.Unlock()
+			close(job.done)
+		}()
+		job.cert, job.err = a.loadOrObtain(name)
+	}()
+	return job
+}
+
+// loadOrObtain loads name's certificate from storage into the cache, or
+// orders it unless the name is in backoff. certmagic holds the storage lock
+// issue_cert_<name> for the whole order, so nodes sharing the storage never
+// order the same name at once, and a node that waited for another's order
+// finds the certificate in storage instead of ordering again.
+func (a *App) loadOrObtain(name string) (certmagic.Certificate, error) {
+	ctx, cancel := context.WithTimeout(a.ctx, a.issueTimeout())
+	defer cancel()
+
+	cert, err := a.magic.CacheManagedCertificate(ctx, name)
+	if err == nil {
+		return cert, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return cert, fmt.Errorf("loading certificate for %s from storage: %w", name, err)
+	}
+
+	if err := a.checkBackoff(ctx, name); err != nil {
+		return cert, err
+	}
+	if err := a.magic.ObtainCertSync(ctx, name); err != nil {
+		if a.ctx.Err() == nil { // not a config unload
+			a.setBackoff(name, err)
+		}
+		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
+	}
+	return a.magic.CacheManagedCertificate(ctx, name)
+}
+
+// backoff is what storage holds at backoffKey(name) after a failed order.
+type backoff struct {
+	Host  string    `json:"host"`
+	Until time.Time `json:"until"`
+	Error string    `json:"error"`
+}
+
+// checkBackoff returns an error if name is in backoff after a failed order,
+// on this node or any other sharing the storage.
+func (a *App) checkBackoff(ctx context.Context, name string) error {
+	data, err := a.storage.Load(ctx, backoffKey(name))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading backoff of %s: %w", name, err)
+	}
+	var b backoff
+	if err := json.Unmarshal(data, &b); err != nil {
+		// written by someone else; an unreadable backoff must not block issuance forever
+		a.logger.Warn("ignoring unreadable backoff record",
+			zap.String("identifier", name),
+			zap.String("key", backoffKey(name)),
+			zap.Error(err))
+		return nil
+	}
+	if left := time.Until(b.Until); left > 0 {
+		return fmt.Errorf("please try again in %d seconds for host %s because of previous failure; this is configurable with fail_backoff_minutes",
+			int(math.Ceil(left.Seconds())), name)
+	}
+	return nil
+}
+
+// setBackoff records a failed order of name, so that no node orders it
+// again before fail_backoff_minutes have passed.
+func (a *App) setBackoff(name string, cause error) {
+	d := a.failBackoff()
+	if d <= 0 {
+		return
+	}
+	data, err := json.Marshal(backoff{Host: name, Until: time.Now().Add(d).UTC(), Error: cause.Error()})
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(a.ctx), 30*time.Second)
+		defer cancel()
+		err = a.storage.Store(ctx, backoffKey(name), data)
+	}
+	if err != nil {
+		a.logger.Error("recording backoff after failed order",
+			zap.String("identifier", name),
+			zap.Error(err))
+		return
+	}
+	a.logger.Warn("certificate order failed; backing off",
+		zap.String("identifier", name),
+		zap.Duration("backoff", d),
+		zap.Error(cause))
+}
+
+// backoffKey is the storage key of name's backoff record.
+func backoffKey(name string) string {
+	return "caddy-acme/fail_backoff/" + certmagic.StorageKeys.Safe(name)
+}
+
+// serverName is the normalised name of a ClientHello: its SNI, lowercased
+// and without a trailing dot, or the IP address the client connected to
+// when it sent no SNI (as certmagic does).
+func serverName(hello *tls.ClientHelloInfo) string {
+	name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
+	if name == "" && hello.Conn != nil {
+		if host, _, err := net.SplitHostPort(hello.Conn.LocalAddr().String()); err == nil {
+			name = host
+		}
+	}
+	return name
+}
