@@ -1,0 +1,224 @@
+package caddyacme
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/acmekit/caddy-acme/internal/testenv"
+)
+
+// The tests in this file run Caddy in the test process (caddy.Load of a
+// JSON config) against a real Pebble whose HTTP-01 validation connects to
+// that Caddy, and drive it with real TLS clients. Caddy has one running
+// config per process, so they do not run in parallel.
+
+// rig is one Pebble and the ports and storage of the Caddy under test.
+type rig struct {
+	t         *testing.T
+	pebble    *testenv.Pebble
+	httpPort  int
+	httpsPort int
+	storage   string
+}
+
+// newRig starts Pebble with its HTTP-01 validation pointed at the Caddy
+// HTTP port the rig will use (unless opts.HTTPPort says otherwise).
+func newRig(t *testing.T, opts testenv.PebbleOptions) *rig {
+	t.Helper()
+	r := &rig{
+		t:         t,
+		httpPort:  testenv.FreePort(t),
+		httpsPort: testenv.FreePort(t),
+		storage:   t.TempDir(),
+	}
+	if opts.HTTPPort == 0 {
+		opts.HTTPPort = r.httpPort
+	}
+	r.pebble = testenv.StartPebble(t, opts)
+	return r
+}
+
+// acme returns the acme app config for this rig's Pebble, with fields
+// overridden (a nil value deletes a field).
+func (r *rig) acme(fields map[string]any) map[string]any {
+	app := map[string]any{
+		"account_email": "ops@example.com",
+		"api_uri":       r.pebble.DirectoryURL,
+		"trusted_roots": []string{r.pebble.ListenerCAFile},
+		"http_port":     r.httpPort,
+		"cert_type":     "ecc",
+		"issue_timeout": "60s",
+	}
+	for k, v := range fields {
+		if v == nil {
+			delete(app, k)
+			continue
+		}
+		app[k] = v
+	}
+	return app
+}
+
+// config is a whole Caddy config: the acme app, an HTTPS server whose
+// certificates come from the policy, and an HTTP server with the
+// acme_challenge handler followed by a 418 "next" response.
+func (r *rig) config(acmeApp map[string]any, policy map[string]any) []byte {
+	if policy == nil {
+		policy = map[string]any{"get_certificate": []any{map[string]any{"via": "acme"}}}
+	}
+	cfg := map[string]any{
+		"admin":   map[string]any{"disabled": true},
+		"storage": map[string]any{"module": "file_system", "root": r.storage},
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "WARN"}}},
+		"apps": map[string]any{
+			"acme": acmeApp,
+			"tls":  map[string]any{"automation": map[string]any{"policies": []any{policy}}},
+			"http": map[string]any{
+				"http_port":  r.httpPort,
+				"https_port": r.httpsPort,
+				"servers": map[string]any{
+					"https": map[string]any{
+						"listen":                  []string{"127.0.0.1:" + strconv.Itoa(r.httpsPort)},
+						"routes":                  []any{route(map[string]any{"handler": "static_response", "body": "hello {http.request.host}"})},
+						"tls_connection_policies": []any{map[string]any{}},
+						"automatic_https":         map[string]any{"disable": true},
+					},
+					"http": map[string]any{
+						"listen": []string{"127.0.0.1:" + strconv.Itoa(r.httpPort)},
+						"routes": []any{route(
+							map[string]any{"handler": "acme_challenge"},
+							map[string]any{"handler": "static_response", "status_code": 418, "body": "next"},
+						)},
+						"automatic_https": map[string]any{"disable": true},
+					},
+				},
+			},
+		},
+	}
+	out, err := json.Marshal(cfg)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return out
+}
+
+func route(handlers ...map[string]any) map[string]any {
+	return map[string]any{"handle": handlers}
+}
+
+// load runs the config in this process until the test ends.
+func (r *rig) load(cfg []byte) *App {
+	r.t.Helper()
+	if err := caddy.Load(cfg, true); err != nil {
+		r.t.Fatalf("loading config: %v", err)
+	}
+	r.t.Cleanup(func() {
+		if err := caddy.Stop(); err != nil {
+			r.t.Errorf("stopping caddy: %v", err)
+		}
+	})
+	app, err := caddy.ActiveContext().App("acme")
+	if err != nil {
+		r.t.Fatalf("getting the acme app: %v", err)
+	}
+	return app.(*App)
+}
+
+// handshake connects to the HTTPS server with SNI name, verifying the chain
+// against Pebble's roots, and returns the verified chain.
+func (r *rig) handshake(name string) ([]*x509.Certificate, error) {
+	r.t.Helper()
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	conn, err := tls.DialWithDialer(dialer, "tcp", "127.0.0.1:"+strconv.Itoa(r.httpsPort), &tls.Config{
+		ServerName: name,
+		RootCAs:    r.pebble.RootPool(r.t),
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	chains := conn.ConnectionState().VerifiedChains
+	if len(chains) == 0 {
+		return nil, errors.New("no verified chain")
+	}
+	return chains[0], nil
+}
+
+// mustHandshake is handshake that fails the test on error, and checks the
+// leaf names exactly name.
+func (r *rig) mustHandshake(name string) []*x509.Certificate {
+	r.t.Helper()
+	chain, err := r.handshake(name)
+	if err != nil {
+		r.t.Fatalf("TLS handshake for %s: %v\npebble log:\n%s", name, err, r.pebble.Log())
+	}
+	leaf := chain[0]
+	if err := leaf.VerifyHostname(name); err != nil {
+		r.t.Fatalf("leaf for %s: %v", name, err)
+	}
+	if len(leaf.DNSNames)+len(leaf.IPAddresses) != 1 {
+		r.t.Fatalf("leaf for %s has SANs %v %v, want exactly the one name", name, leaf.DNSNames, leaf.IPAddresses)
+	}
+	return chain
+}
+
+func TestIssueOnFirstHandshake(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		certType string
+		rsaBits  int
+		check    func(t *testing.T, leaf *x509.Certificate)
+	}{
+		{"ecc", "ecc", 0, func(t *testing.T, leaf *x509.Certificate) {
+			k, ok := leaf.PublicKey.(*ecdsa.PublicKey)
+			if !ok || k.Curve != elliptic.P256() {
+				t.Fatalf("key is %T, want ECDSA P-256", leaf.PublicKey)
+			}
+		}},
+		{"rsa3072", "rsa", 3072, func(t *testing.T, leaf *x509.Certificate) {
+			k, ok := leaf.PublicKey.(*rsa.PublicKey)
+			if !ok || k.N.BitLen() != 3072 {
+				t.Fatalf("key is %T, want RSA 3072", leaf.PublicKey)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, testenv.PebbleOptions{})
+			fields := map[string]any{"domains": []string{"shop.example.com"}, "cert_type": tc.certType}
+			if tc.rsaBits != 0 {
+				fields["rsa_key_size"] = tc.rsaBits
+			}
+			app := r.load(r.config(r.acme(fields), nil))
+
+			chain := r.mustHandshake("shop.example.com")
+			tc.check(t, chain[0])
+			if n := r.pebble.OrdersFor("shop.example.com"); n != 1 {
+				t.Fatalf("orders for shop.example.com = %d, want 1", n)
+			}
+
+			// the second handshake is served from memory: no new order, and
+			// it works with the certificate gone from storage
+			if err := app.storage.Delete(t.Context(), "certificates"); err != nil {
+				t.Fatal(err)
+			}
+			again := r.mustHandshake("shop.example.com")
+			if !again[0].Equal(chain[0]) {
+				t.Fatal("second handshake served another certificate")
+			}
+			if n := r.pebble.Orders(); n != 1 {
+				t.Fatalf("orders after the second handshake = %d, want 1", n)
+			}
+		})
+	}
+}
