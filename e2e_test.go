@@ -8,8 +8,10 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"net"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -220,5 +222,182 @@ func TestIssueOnFirstHandshake(t *testing.T) {
 				t.Fatalf("orders after the second handshake = %d, want 1", n)
 			}
 		})
+	}
+}
+
+// orderNames returns the identifiers of every order Pebble received.
+func (r *rig) orderNames() []string {
+	var names []string
+	for _, o := range r.pebble.OrderList() {
+		names = append(names, o.Identifiers...)
+	}
+	return names
+}
+
+// TestDisallowedNameFailsWithoutOrder puts the acme manager and Caddy's own
+// ACME issuer, pointed at the same Pebble, in one TLS policy: a name the app
+// does not allow must fail the handshake without the issuer ordering it.
+func TestDisallowedNameFailsWithoutOrder(t *testing.T) {
+	r := newRig(t, testenv.PebbleOptions{})
+	policy := map[string]any{
+		"get_certificate": []any{map[string]any{"via": "acme"}},
+		"issuers": []any{map[string]any{
+			"module":                  "acme",
+			"ca":                      r.pebble.DirectoryURL,
+			"email":                   "fallthrough@example.com",
+			"trusted_roots_pem_files": []string{r.pebble.ListenerCAFile},
+			"challenges": map[string]any{
+				"http":     map[string]any{"alternate_port": r.httpPort},
+				"tls-alpn": map[string]any{"disabled": true},
+			},
+		}},
+		"on_demand": true,
+	}
+	r.load(r.config(r.acme(map[string]any{"domains": []string{"allowed.example.com"}}), policy))
+
+	for _, name := range []string{"denied.example.com", "allowed.example.com.evil.example", "example.com"} {
+		if _, err := r.handshake(name); err == nil {
+			t.Fatalf("handshake for %s succeeded, want it refused", name)
+		}
+	}
+	if n := r.pebble.Orders(); n != 0 {
+		t.Fatalf("disallowed names caused %d orders (%v), want none", n, r.orderNames())
+	}
+
+	// the allowed name is served by the app, in the same policy
+	r.mustHandshake("allowed.example.com")
+	if got := r.orderNames(); len(got) != 1 || got[0] != "allowed.example.com" {
+		t.Fatalf("orders = %v, want one for allowed.example.com", got)
+	}
+}
+
+// TestWildcardDomains checks `*.x` (any depth below, not the apex) and `x.*`
+// (any TLD) on real handshakes.
+func TestWildcardDomains(t *testing.T) {
+	r := newRig(t, testenv.PebbleOptions{})
+	r.load(r.config(r.acme(map[string]any{"domains": []string{"*.wild.example.com", "brand.*"}}), nil))
+
+	for _, name := range []string{"a.wild.example.com", "a.b.wild.example.com", "brand.example.org", "BRAND.example.net"} {
+		t.Run("allowed/"+name, func(t *testing.T) {
+			r.mustHandshake(strings.ToLower(name))
+		})
+	}
+	for _, name := range []string{"wild.example.com", "badwild.example.com", "x.brand.example.org", "brandx.example.org"} {
+		t.Run("refused/"+name, func(t *testing.T) {
+			if _, err := r.handshake(name); err == nil {
+				t.Fatalf("handshake for %s succeeded, want it refused", name)
+			}
+		})
+	}
+	want := map[string]bool{"a.wild.example.com": true, "a.b.wild.example.com": true, "brand.example.org": true, "brand.example.net": true}
+	got := r.orderNames()
+	if len(got) != len(want) {
+		t.Fatalf("orders = %v, want one for each of %v", got, want)
+	}
+	for _, name := range got {
+		if !want[name] {
+			t.Fatalf("unexpected order for %s (orders %v)", name, got)
+		}
+	}
+}
+
+// TestIPv4 checks enable_ipv4_common_name on a handshake without SNI (the
+// name is then the address the client connected to, 127.0.0.1).
+func TestIPv4(t *testing.T) {
+	t.Run("disabled", func(t *testing.T) {
+		r := newRig(t, testenv.PebbleOptions{})
+		r.load(r.config(r.acme(map[string]any{"allow_any_domain": true, "enable_ipv4_common_name": false}), nil))
+		if _, err := r.handshake("127.0.0.1"); err == nil {
+			t.Fatal("handshake for 127.0.0.1 succeeded with enable_ipv4_common_name false")
+		}
+		if n := r.pebble.Orders(); n != 0 {
+			t.Fatalf("%d orders, want none", n)
+		}
+	})
+	t.Run("enabled", func(t *testing.T) {
+		r := newRig(t, testenv.PebbleOptions{})
+		r.load(r.config(r.acme(map[string]any{"domains": []string{"127.0.0.1"}}), nil))
+		chain, err := r.handshake("127.0.0.1")
+		if err != nil {
+			t.Fatalf("handshake for 127.0.0.1: %v\n%s", err, r.pebble.Log())
+		}
+		if ips := chain[0].IPAddresses; len(ips) != 1 || !ips[0].Equal(net.IPv4(127, 0, 0, 1)) || len(chain[0].DNSNames) != 0 {
+			t.Fatalf("leaf SANs = %v %v, want the IP address only", chain[0].DNSNames, ips)
+		}
+		if n := r.pebble.OrdersFor("127.0.0.1"); n != 1 {
+			t.Fatalf("orders for 127.0.0.1 = %d, want 1", n)
+		}
+	})
+}
+
+// TestRestartServesStoredCertificate: a new Caddy (new app, empty cache)
+// with the same storage serves the stored certificate without ordering.
+func TestRestartServesStoredCertificate(t *testing.T) {
+	r := newRig(t, testenv.PebbleOptions{})
+	cfg := r.config(r.acme(map[string]any{"domains": []string{"persist.example.com"}}), nil)
+	r.load(cfg)
+	first := r.mustHandshake("persist.example.com")
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	r.load(cfg)
+	second := r.mustHandshake("persist.example.com")
+	if !second[0].Equal(first[0]) {
+		t.Fatal("the restarted Caddy served another certificate")
+	}
+	if n := r.pebble.Orders(); n != 1 {
+		t.Fatalf("orders = %d, want 1 (the restart must not order again)", n)
+	}
+}
+
+// TestBackoffAfterFailedValidation points Pebble's HTTP-01 validation at a
+// port nobody listens on: the order fails, a backoff is recorded in storage
+// with the cause, and the next handshake places no order.
+func TestBackoffAfterFailedValidation(t *testing.T) {
+	r := newRig(t, testenv.PebbleOptions{HTTPPort: testenv.FreePort(t)})
+	app := r.load(r.config(r.acme(map[string]any{"domains": []string{"fail.example.com"}, "fail_backoff_minutes": 10}), nil))
+
+	if _, err := r.handshake("fail.example.com"); err == nil {
+		t.Fatal("handshake succeeded although validation cannot")
+	}
+	if n := r.pebble.Orders(); n != 1 {
+		t.Fatalf("orders after the failed attempt = %d, want 1", n)
+	}
+	data, err := app.storage.Load(t.Context(), backoffKey("fail.example.com"))
+	if err != nil {
+		t.Fatalf("loading the backoff record: %v", err)
+	}
+	var b backoff
+	if err := json.Unmarshal(data, &b); err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(b.Until); left < 9*time.Minute || left > 10*time.Minute {
+		t.Fatalf("backoff ends in %s, want about 10m", left)
+	}
+	if b.Host != "fail.example.com" || b.Error == "" {
+		t.Fatalf("backoff record = %+v, want the host and the cause", b)
+	}
+
+	if _, err := r.handshake("fail.example.com"); err == nil {
+		t.Fatal("second handshake succeeded")
+	}
+	_, err = app.certificate(t.Context(), &tls.ClientHelloInfo{ServerName: "fail.example.com"})
+	if err == nil || !strings.Contains(err.Error(), "because of previous failure; this is configurable with fail_backoff_minutes") {
+		t.Fatalf("error during backoff = %v, want Kong's backoff message", err)
+	}
+	if n := r.pebble.Orders(); n != 1 {
+		t.Fatalf("orders during the backoff = %d, want still 1", n)
+	}
+}
+
+// TestSuccessSetsNoBackoff: unlike Kong, a successful order leaves no
+// backoff behind.
+func TestSuccessSetsNoBackoff(t *testing.T) {
+	r := newRig(t, testenv.PebbleOptions{})
+	app := r.load(r.config(r.acme(map[string]any{"domains": []string{"ok.example.com"}}), nil))
+	r.mustHandshake("ok.example.com")
+	if _, err := app.storage.Load(t.Context(), backoffKey("ok.example.com")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("backoff after a successful order: %v, want none", err)
 	}
 }
