@@ -6,16 +6,24 @@ import (
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"io/fs"
 	"net"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
 
 	"github.com/acmekit/caddy-acme/internal/testenv"
 )
@@ -32,6 +40,7 @@ type rig struct {
 	httpPort  int
 	httpsPort int
 	storage   string
+	logFile   string // if set, Caddy logs here at DEBUG level
 }
 
 // newRig starts Pebble with its HTTP-01 validation pointed at the Caddy
@@ -79,10 +88,14 @@ func (r *rig) config(acmeApp map[string]any, policy map[string]any) []byte {
 	if policy == nil {
 		policy = map[string]any{"get_certificate": []any{map[string]any{"via": "acme"}}}
 	}
+	logs := map[string]any{"level": "WARN"}
+	if r.logFile != "" {
+		logs = map[string]any{"level": "DEBUG", "writer": map[string]any{"output": "file", "filename": r.logFile}}
+	}
 	cfg := map[string]any{
 		"admin":   map[string]any{"disabled": true},
 		"storage": map[string]any{"module": "file_system", "root": r.storage},
-		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "WARN"}}},
+		"logging": map[string]any{"logs": map[string]any{"default": logs}},
 		"apps": map[string]any{
 			"acme": acmeApp,
 			"tls":  map[string]any{"automation": map[string]any{"policies": []any{policy}}},
@@ -400,4 +413,188 @@ func TestSuccessSetsNoBackoff(t *testing.T) {
 	if _, err := app.storage.Load(t.Context(), backoffKey("ok.example.com")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("backoff after a successful order: %v, want none", err)
 	}
+}
+
+// TestEAB runs Pebble with external account binding required: the app
+// registers with eab_kid/eab_hmac_key (the key given as a placeholder), and
+// fails clearly without them. The HMAC key appears in no log line.
+func TestEAB(t *testing.T) {
+	hmacKey := base64.RawURLEncoding.EncodeToString([]byte("caddy-acme test EAB HMAC key 256"))
+	r := newRig(t, testenv.PebbleOptions{EAB: map[string]string{"kid-1": hmacKey}})
+	r.logFile = filepath.Join(t.TempDir(), "caddy.log")
+	t.Setenv("CADDY_ACME_TEST_EAB_HMAC", hmacKey)
+
+	t.Run("with binding", func(t *testing.T) {
+		r.load(r.config(r.acme(map[string]any{
+			"domains":      []string{"eab.example.com"},
+			"eab_kid":      "kid-1",
+			"eab_hmac_key": "{env.CADDY_ACME_TEST_EAB_HMAC}",
+		}), nil))
+		r.mustHandshake("eab.example.com")
+	})
+	t.Run("without binding", func(t *testing.T) {
+		r.storage = t.TempDir() // a fresh node: no account registered yet
+		app := r.load(r.config(r.acme(map[string]any{"domains": []string{"noeab.example.com"}}), nil))
+		if _, err := r.handshake("noeab.example.com"); err == nil {
+			t.Fatal("handshake succeeded without external account binding")
+		}
+		data, err := app.storage.Load(t.Context(), backoffKey("noeab.example.com"))
+		if err != nil {
+			t.Fatalf("loading the backoff record: %v", err)
+		}
+		var b backoff
+		if err := json.Unmarshal(data, &b); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(b.Error, "externalAccountRequired") {
+			t.Fatalf("failure cause = %q, want the CA's externalAccountRequired problem", b.Error)
+		}
+	})
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	logs, err := os.ReadFile(r.logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(logs) == 0 {
+		t.Fatal("no logs written")
+	}
+	if strings.Contains(string(logs), hmacKey) {
+		t.Fatal("the EAB HMAC key appears in the logs")
+	}
+}
+
+// TestPreferredChain: with alternate chains offered, preferred_chain picks
+// the one whose root (the issuer of its last certificate) has that name.
+func TestPreferredChain(t *testing.T) {
+	r := newRig(t, testenv.PebbleOptions{AlternateRoots: 1})
+	for i, name := range []string{"default.example.com", "alternate.example.com"} {
+		fields := map[string]any{"domains": []string{name}}
+		root := r.pebble.Root(t, 0)
+		if i == 1 {
+			root = r.pebble.Root(t, 1)
+			fields["preferred_chain"] = root.Subject.CommonName
+		}
+		t.Run(name, func(t *testing.T) {
+			r.load(r.config(r.acme(fields), nil))
+			chain := r.mustHandshake(name)
+			if got := chain[len(chain)-1]; !got.Equal(root) {
+				t.Fatalf("chain ends at %q, want %q", got.Subject.CommonName, root.Subject.CommonName)
+			}
+		})
+	}
+	if r.pebble.Root(t, 0).Equal(r.pebble.Root(t, 1)) {
+		t.Fatal("Pebble offered no alternate root")
+	}
+}
+
+// TestChallengeFromStorage: the acme_challenge handler answers a challenge
+// that another node started and only the shared storage knows; anything
+// else goes to the next handler.
+func TestChallengeFromStorage(t *testing.T) {
+	r := newRig(t, testenv.PebbleOptions{})
+	app := r.load(r.config(r.acme(map[string]any{"domains": []string{"*.cluster.example.com"}}), nil))
+
+	store := func(host, token string) string {
+		keyAuth := token + ".thumbprint-of-the-other-node"
+		data, err := json.Marshal(acme.Challenge{
+			Type:             acme.ChallengeTypeHTTP01,
+			Token:            token,
+			KeyAuthorization: keyAuth,
+			Identifier:       acme.Identifier{Type: "dns", Value: host},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// where certmagic's distributed solver keeps it (solvers.go)
+		key := path.Join("acme", certmagic.StorageKeys.Safe(app.issuer.IssuerKey()), "challenge_tokens", certmagic.StorageKeys.Safe(host)+".json")
+		if err := app.storage.Store(t.Context(), key, data); err != nil {
+			t.Fatal(err)
+		}
+		return keyAuth
+	}
+	keyAuth := store("node2.cluster.example.com", "tok_EN-abc123")
+	store("denied.example.org", "tok_denied")
+
+	for _, tc := range []struct {
+		name, host, path string
+		status           int
+		body             string
+	}{
+		{"stored token", "node2.cluster.example.com", "/.well-known/acme-challenge/tok_EN-abc123", 200, keyAuth},
+		{"host with port", "node2.cluster.example.com:80", "/.well-known/acme-challenge/tok_EN-abc123", 200, keyAuth},
+		{"unknown token", "node2.cluster.example.com", "/.well-known/acme-challenge/other", 418, "next"},
+		{"unknown host", "node3.cluster.example.com", "/.well-known/acme-challenge/tok_EN-abc123", 418, "next"},
+		{"disallowed host", "denied.example.org", "/.well-known/acme-challenge/tok_denied", 418, "next"},
+		{"not a challenge", "node2.cluster.example.com", "/index.html", 418, "next"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(r.httpPort)+tc.path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Host = tc.host
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.status || string(body) != tc.body {
+				t.Fatalf("got %d %q, want %d %q", resp.StatusCode, body, tc.status, tc.body)
+			}
+		})
+	}
+}
+
+// TestTermsOfService: any Let's Encrypt directory needs tos_accepted, in
+// every form of its URL (Kong checks only the bare origins); loading does
+// no network I/O, so an accepted config loads here without internet.
+func TestTermsOfService(t *testing.T) {
+	load := func(apiURI string, tos bool) error {
+		cfg, err := json.Marshal(map[string]any{
+			"admin": map[string]any{"disabled": true},
+			"apps": map[string]any{"acme": map[string]any{
+				"account_email": "ops@example.com",
+				"api_uri":       apiURI,
+				"tos_accepted":  tos,
+				"domains":       []string{"example.com"},
+			}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = caddy.Load(cfg, true)
+		if err == nil {
+			if err := caddy.Stop(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return err
+	}
+	for _, uri := range []string{
+		"", // the default
+		"https://acme-v02.api.letsencrypt.org",
+		"https://acme-v02.api.letsencrypt.org/directory",
+		"https://acme-staging-v02.api.letsencrypt.org/",
+		"https://ACME-STAGING-V02.api.letsencrypt.org/directory",
+	} {
+		t.Run("refused "+uri, func(t *testing.T) {
+			err := load(uri, false)
+			if err == nil || !strings.Contains(err.Error(), "tos_accepted: terms of service must be accepted, see https://letsencrypt.org/repository/") {
+				t.Fatalf("loading with %q and tos_accepted false: %v, want the terms of service error", uri, err)
+			}
+		})
+		t.Run("accepted "+uri, func(t *testing.T) {
+			if err := load(uri, true); err != nil {
+				t.Fatalf("loading with %q and tos_accepted true: %v", uri, err)
+			}
+		})
+	}
+	t.Run("other CA", func(t *testing.T) {
+		if err := load("https://ca.internal.example/acme/directory", false); err != nil {
+			t.Fatalf("a CA other than Let's Encrypt needs no tos_accepted: %v", err)
+		}
+	})
 }

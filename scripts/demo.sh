@@ -107,11 +107,11 @@ trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- helpers ---
 
-# free_port prints a 127.0.0.1 port nothing uses (TCP or UDP, any address),
-# below the kernel's ephemeral range so outgoing connections cannot take it
-# meanwhile, and not chosen before by this run. Only bash and /proc.
+# free_port VAR sets VAR to a 127.0.0.1 port nothing uses (TCP or UDP, any
+# address), below the kernel's ephemeral range so outgoing connections cannot
+# take it meanwhile, and not chosen before by this run. Only bash and /proc.
 free_port() {
-	local low=32768 range port hex f i
+	local var=$1 low=32768 range port hex f i
 	if read -r range _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null; then
 		low=$range
 	fi
@@ -128,7 +128,7 @@ free_port() {
 		port=$((10000 + (RANDOM * 32768 + RANDOM) % (low - 10000)))
 		if [[ -z "${used[$port]:-}" && -z "${TAKEN[$port]:-}" ]]; then
 			TAKEN[$port]=1
-			echo "$port"
+			printf -v "$var" '%d' "$port"
 			return 0
 		fi
 	done
@@ -184,6 +184,9 @@ install_prerequisites() {
 			apt-get install -y -q "${pkgs[@]}"
 		fi
 	fi
+	if ! command -v "$GO" >/dev/null 2>&1 && [[ "$GO" == go && -x /usr/local/go/bin/go ]]; then
+		export PATH="/usr/local/go/bin:$PATH" # Go's default install location
+	fi
 	command -v "$GO" >/dev/null 2>&1 || die "Go is required (https://go.dev/dl/)"
 	info "curl: $(curl --version | head -n 1 | cut -d' ' -f1-2), openssl: $(openssl version | cut -d' ' -f1-2), go: $("$GO" env GOVERSION)"
 	CADDY_ACME_BIN="$BIN_DIR" "$ROOT/scripts/install-test-servers.sh" pebble | sed 's/^/    /'
@@ -193,7 +196,10 @@ build_caddy() {
 	step "2. Building Caddy with caddy-acme: bin/caddy"
 	(cd "$ROOT" && "$GO" build -o "$CADDY" ./cmd/caddy)
 	info "$("$CADDY" version | head -n 1)"
-	"$CADDY" list-modules 2>/dev/null | grep -E '^(acme|tls\.get_certificate\.acme|http\.handlers\.acme_challenge)$' | sed 's/^/    module /'
+	local modules
+	modules=$("$CADDY" list-modules 2>/dev/null | grep -E '^(acme|tls\.get_certificate\.acme|http\.handlers\.acme_challenge)$' || true)
+	[[ $(wc -l <<<"$modules") -eq 3 ]] || die "bin/caddy lacks the caddy-acme modules"
+	info "modules: ${modules//$'\n'/, }"
 }
 
 make_work_dir() {
@@ -227,14 +233,14 @@ make_work_dir() {
 # start_servers: one attempt at starting pebble-challtestsrv, Pebble and
 # Caddy on fresh ports. Returns 2 if a port was taken (retry), 1 on failure.
 start_servers() {
-	DNS_PORT=$(free_port)
-	CHALL_PORT=$(free_port)
-	PEBBLE_PORT=$(free_port)
-	PEBBLE_MGMT_PORT=$(free_port)
-	PEBBLE_TLS_PORT=$(free_port) # TLS-ALPN-01: unused, caddy-acme validates with HTTP-01
-	HTTP_PORT=$(free_port)
-	HTTPS_PORT=$(free_port)
-	ADMIN_PORT=$(free_port)
+	free_port DNS_PORT
+	free_port CHALL_PORT
+	free_port PEBBLE_PORT
+	free_port PEBBLE_MGMT_PORT
+	free_port PEBBLE_TLS_PORT # TLS-ALPN-01: unused, caddy-acme validates with HTTP-01
+	free_port HTTP_PORT
+	free_port HTTPS_PORT
+	free_port ADMIN_PORT
 	PEBBLE_DIR="https://127.0.0.1:$PEBBLE_PORT/dir"
 	PEBBLE_MGMT="https://127.0.0.1:$PEBBLE_MGMT_PORT"
 	local d=$DEMO_DIR rc=0 pid
@@ -312,8 +318,7 @@ start_with_retries() {
 		((rc == 0)) && return 0
 		((rc == 2 && attempt < START_ATTEMPTS)) || exit 1
 		info "retrying with other ports (attempt $((attempt + 1)) of $START_ATTEMPTS)"
-		stop_all
-		TAKEN=()
+		stop_all # the ports tried stay in TAKEN, so other ones are chosen
 	done
 }
 
@@ -342,7 +347,8 @@ show_cert() {
 		tail -n 5 "$out" >&2
 		return 1
 	}
-	openssl x509 -in "$out" -noout -subject -issuer -enddate -ext subjectAltName | sed 's/^/    /'
+	openssl x509 -in "$out" -noout -subject -issuer -enddate -ext subjectAltName |
+		sed -e 's/^subject=$/subject= (empty: Pebble puts the name in the subjectAltName only)/' -e 's/^/    /'
 	info "$(grep -m1 'Verify return code' "$out" | sed 's/^ *//') — verified against Pebble's root"
 }
 
@@ -369,13 +375,15 @@ demo_client() {
 	info "curl: ${out#curl: }"
 	info "REFUSED, as expected: no certificate for a name not in domains"
 	local line
-	line=$(grep -m1 -F "$REFUSED" "$DEMO_DIR/caddy.log" || true)
-	[[ -z "$line" ]] || info "caddy.log: ${line:0:300}"
+	line=$(grep -m1 -F "\"sni\":\"$REFUSED\"" "$DEMO_DIR/caddy.log" | sed -n 's/.*"error":"\([^"]*\)".*/\1/p' || true)
+	[[ -z "$line" ]] || info "caddy.log: $line"
+	info "orders Pebble created: $(grep -c 'Added order' "$DEMO_DIR/pebble.log" || true) (for $ALLOWED and $ALLOWED_WILD only)"
 
-	step "11. HTTP: challenges are answered, everything else is redirected"
+	step "11. Plain HTTP: Pebble's challenge requests were answered (above); anything else is redirected"
 	curl -sS --max-time 10 -o /dev/null --resolve "$ALLOWED:$HTTP_PORT:127.0.0.1" \
-		-w '    http://%{url.host}:%{url.port}/hello -> %{response_code} %{redirect_url}\n' \
+		-w "    GET http://$ALLOWED:$HTTP_PORT/hello -> %{response_code} %{redirect_url}\n" \
 		"http://$ALLOWED:$HTTP_PORT/hello"
+	info "(the redirect names the standard HTTPS port, 443, as it would in production)"
 
 	step "12. What Caddy keeps in storage ($DEMO_DIR/storage)"
 	(cd "$DEMO_DIR/storage" && find . -type f -name '*.crt' | sed 's|^\./|    |' | sort)
