@@ -201,6 +201,12 @@ func TestIssueOnFirstHandshake(t *testing.T) {
 				t.Fatalf("key is %T, want ECDSA P-256", leaf.PublicKey)
 			}
 		}},
+		{"rsa4096 default", "", 0, func(t *testing.T, leaf *x509.Certificate) {
+			k, ok := leaf.PublicKey.(*rsa.PublicKey)
+			if !ok || k.N.BitLen() != 4096 {
+				t.Fatalf("key is %T, want RSA 4096 (Kong's default)", leaf.PublicKey)
+			}
+		}},
 		{"rsa3072", "rsa", 3072, func(t *testing.T, leaf *x509.Certificate) {
 			k, ok := leaf.PublicKey.(*rsa.PublicKey)
 			if !ok || k.N.BitLen() != 3072 {
@@ -211,6 +217,9 @@ func TestIssueOnFirstHandshake(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, testenv.PebbleOptions{})
 			fields := map[string]any{"domains": []string{"shop.example.com"}, "cert_type": tc.certType}
+			if tc.certType == "" {
+				fields["cert_type"] = nil
+			}
 			if tc.rsaBits != 0 {
 				fields["rsa_key_size"] = tc.rsaBits
 			}
@@ -597,4 +606,28 @@ func TestTermsOfService(t *testing.T) {
 			t.Fatalf("a CA other than Let's Encrypt needs no tos_accepted: %v", err)
 		}
 	})
+}
+
+// TestConcurrentHandshakesOneOrder: many clients asking for a new name at
+// once share one order.
+func TestConcurrentHandshakesOneOrder(t *testing.T) {
+	r := newRig(t, testenv.PebbleOptions{})
+	r.load(r.config(r.acme(map[string]any{"domains": []string{"busy.example.com"}}), nil))
+
+	const clients = 8
+	errs := make(chan error, clients)
+	for range clients {
+		go func() {
+			_, err := r.handshake("busy.example.com")
+			errs <- err
+		}()
+	}
+	for range clients {
+		if err := <-errs; err != nil {
+			t.Errorf("handshake: %v", err)
+		}
+	}
+	if n := r.pebble.Orders(); n != 1 {
+		t.Fatalf("%d concurrent handshakes placed %d orders, want 1", clients, n)
+	}
 }

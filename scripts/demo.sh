@@ -36,8 +36,10 @@ REFUSED="evil.example"          # not listed: must be refused
 START_ATTEMPTS=3 # port clashes with other programs are retried with new ports
 ISSUE_WAIT=60    # seconds the first handshake may take (issuance included)
 
-PIDS=()     # every process this script started, in start order
+PIDS=()             # every process this script started, in start order
 declare -A TAKEN=() # ports chosen by this run
+WORK_DIR_MADE=""    # set once .demo/ holds this run's files
+CERTS_MADE=""       # set once Pebble's listener certificate is made
 
 step() { printf '\n==> %s\n' "$*"; }
 info() { printf '    %s\n' "$*"; }
@@ -86,12 +88,19 @@ show_tail() {
 
 on_exit() {
 	local status=$?
-	trap - EXIT INT TERM
+	set +e # clean up whatever fails
+	trap - EXIT HUP INT TERM
+	trap '' PIPE # output may be a closed pipe: never die before the clean-up
 	if ((${#PIDS[@]} > 0)); then
 		step "Stopping Caddy, Pebble and pebble-challtestsrv"
 		stop_all
 	fi
-	if ((status != 0)); then
+	if ((status == 129 || status == 130 || status == 141 || status == 143)); then
+		printf '\nDEMO INTERRUPTED. Logs: %s/{caddy,pebble,challtestsrv}.log\n' "$DEMO_DIR" >&2
+	elif ((status != 0)) && [[ -z "$WORK_DIR_MADE" ]]; then
+		printf '\nDEMO FAILED (exit status %d) before it started any server.\n' "$status" >&2
+	elif ((status != 0)); then
+		[[ -n "$CERTS_MADE" ]] || show_tail "$DEMO_DIR/openssl.log"
 		show_tail "$DEMO_DIR/challtestsrv.log"
 		show_tail "$DEMO_DIR/pebble.log"
 		show_tail "$DEMO_DIR/caddy.log"
@@ -102,7 +111,9 @@ on_exit() {
 	exit "$status"
 }
 trap on_exit EXIT
+trap 'exit 129' HUP
 trap 'exit 130' INT
+trap 'exit 141' PIPE
 trap 'exit 143' TERM
 
 # ---------------------------------------------------------------- helpers ---
@@ -183,6 +194,9 @@ install_prerequisites() {
 			apt-get update -q
 			apt-get install -y -q "${pkgs[@]}"
 		fi
+		for cmd in "${pkgs[@]}"; do
+			command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still not on PATH after apt-get install"
+		done
 	fi
 	if ! command -v "$GO" >/dev/null 2>&1 && [[ "$GO" == go && -x /usr/local/go/bin/go ]]; then
 		export PATH="/usr/local/go/bin:$PATH" # Go's default install location
@@ -207,6 +221,7 @@ make_work_dir() {
 	[[ "$DEMO_DIR" == */.demo ]] || die "refusing to remove $DEMO_DIR"
 	rm -rf "$DEMO_DIR"
 	mkdir -p "$DEMO_DIR/storage" "$DEMO_DIR/caddy-config" "$DEMO_DIR/caddy-data"
+	WORK_DIR_MADE=1
 
 	# Pebble serves its ACME API over HTTPS: a throwaway CA and a listener
 	# certificate for 127.0.0.1/localhost, ECDSA P-256, valid for a day.
@@ -215,18 +230,19 @@ make_work_dir() {
 		-keyout "$d/listener-ca.key" -out "$d/listener-ca.pem" -days 1 \
 		-subj "/CN=caddy-acme demo Pebble listener CA" \
 		-addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
-		-addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+		-addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>>"$d/openssl.log"
 	openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-		-keyout "$d/listener.key" -out "$d/listener.csr" -subj "/CN=127.0.0.1" 2>/dev/null
+		-keyout "$d/listener.key" -out "$d/listener.csr" -subj "/CN=127.0.0.1" 2>>"$d/openssl.log"
 	printf '%s\n' \
 		"basicConstraints=critical,CA:FALSE" \
 		"keyUsage=critical,digitalSignature" \
 		"extendedKeyUsage=serverAuth" \
 		"subjectAltName=IP:127.0.0.1,DNS:localhost" >"$d/listener.ext"
 	openssl x509 -req -in "$d/listener.csr" -CA "$d/listener-ca.pem" -CAkey "$d/listener-ca.key" \
-		-CAcreateserial -days 1 -extfile "$d/listener.ext" -out "$d/listener.pem" 2>/dev/null
-	openssl verify -CAfile "$d/listener-ca.pem" "$d/listener.pem" >/dev/null ||
+		-CAcreateserial -days 1 -extfile "$d/listener.ext" -out "$d/listener.pem" 2>>"$d/openssl.log"
+	openssl verify -CAfile "$d/listener-ca.pem" "$d/listener.pem" >>"$d/openssl.log" 2>&1 ||
 		die "the generated Pebble listener certificate does not verify"
+	CERTS_MADE=1
 	info "Pebble API certificate: $d/listener.pem (CA: $d/listener-ca.pem)"
 }
 
@@ -243,7 +259,7 @@ start_servers() {
 	free_port ADMIN_PORT
 	PEBBLE_DIR="https://127.0.0.1:$PEBBLE_PORT/dir"
 	PEBBLE_MGMT="https://127.0.0.1:$PEBBLE_MGMT_PORT"
-	local d=$DEMO_DIR rc=0 pid
+	local d=$DEMO_DIR pid
 
 	step "4. pebble-challtestsrv: DNS on 127.0.0.1:$DNS_PORT, every name resolves to 127.0.0.1"
 	"$BIN_DIR/pebble-challtestsrv" -defaultIPv4 127.0.0.1 -defaultIPv6 "" \
@@ -307,7 +323,6 @@ start_servers() {
 	wait_for 30 Caddy "$pid" "$d/caddy.log" port_open "$HTTPS_PORT" || return
 	wait_for 10 Caddy "$pid" "$d/caddy.log" port_open "$HTTP_PORT" || return
 	info "ready (pid $pid)"
-	return "$rc"
 }
 
 start_with_retries() {
@@ -329,7 +344,7 @@ fetch() {
 	if ! out=$(curl -sS --max-time "$ISSUE_WAIT" \
 		--resolve "$name:$HTTPS_PORT:127.0.0.1" --cacert "$DEMO_DIR/pebble-root.pem" \
 		-w '\n%{time_total}' "https://$name:$HTTPS_PORT/" 2>&1); then
-		warn "request for $name failed: $out"
+		warn "request for $name failed: ${out%$'\n'*}"
 		return 1
 	fi
 	info "response: ${out%$'\n'*}"
@@ -377,9 +392,13 @@ demo_client() {
 	local line
 	line=$(grep -m1 -F "\"sni\":\"$REFUSED\"" "$DEMO_DIR/caddy.log" | sed -n 's/.*"error":"\([^"]*\)".*/\1/p' || true)
 	[[ -z "$line" ]] || info "caddy.log: $line"
-	info "orders Pebble created: $(grep -c 'Added order' "$DEMO_DIR/pebble.log" || true) (for $ALLOWED and $ALLOWED_WILD only)"
+	local orders
+	orders=$(grep -c 'Added order' "$DEMO_DIR/pebble.log" || true)
+	((orders == 2)) || die "Pebble created $orders orders, want 2 (one each for $ALLOWED and $ALLOWED_WILD)"
+	info "orders Pebble created: $orders (one each for $ALLOWED and $ALLOWED_WILD; none for $REFUSED)"
 
-	step "11. Plain HTTP: Pebble's challenge requests were answered (above); anything else is redirected"
+	step "11. Plain HTTP: Caddy answers the CA's challenges, redirects anything else"
+	info "HTTP-01 validation requests from Pebble answered: $(grep -c '"served key authentication"' "$DEMO_DIR/caddy.log" || true)"
 	curl -sS --max-time 10 -o /dev/null --resolve "$ALLOWED:$HTTP_PORT:127.0.0.1" \
 		-w "    GET http://$ALLOWED:$HTTP_PORT/hello -> %{response_code} %{redirect_url}\n" \
 		"http://$ALLOWED:$HTTP_PORT/hello"
