@@ -31,6 +31,7 @@ bench:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzMatch -fuzztime 30s ./internal/allowlist/
 	$(GO) test -run '^$$' -fuzz FuzzValidate -fuzztime 30s ./internal/allowlist/
+	$(GO) test -run '^$$' -fuzz FuzzCaddyfile -fuzztime 30s .
 
 vet:
 	$(GO) vet ./...
