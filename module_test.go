@@ -143,3 +143,50 @@ func TestKeyGenerator(t *testing.T) {
 		})
 	}
 }
+
+// TestWarnsWhenNothingAllowed: an empty domains list without
+// allow_any_domain serves nothing, which the app says at start.
+func TestWarnsWhenNothingAllowed(t *testing.T) {
+	const warning = "no certificate will be obtained: domains is empty and allow_any_domain is false"
+	for _, tc := range []struct {
+		name   string
+		fields map[string]any
+		warns  bool
+	}{
+		{"no domains", map[string]any{}, true},
+		{"domains", map[string]any{"domains": []string{"example.com"}}, false},
+		{"allow_any_domain", map[string]any{"allow_any_domain": true}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			logFile := filepath.Join(t.TempDir(), "caddy.log")
+			app := map[string]any{"account_email": "ops@example.com", "api_uri": "https://ca.example/dir"}
+			for k, v := range tc.fields {
+				app[k] = v
+			}
+			cfg, err := json.Marshal(map[string]any{
+				"admin":   map[string]any{"disabled": true},
+				"storage": map[string]any{"module": "file_system", "root": t.TempDir()},
+				"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
+					"writer": map[string]any{"output": "file", "filename": logFile},
+				}}},
+				"apps": map[string]any{"acme": app},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := caddy.Load(cfg, true); err != nil {
+				t.Fatal(err)
+			}
+			if err := caddy.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			logs, err := os.ReadFile(logFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := strings.Contains(string(logs), warning); got != tc.warns {
+				t.Fatalf("warning logged = %v, want %v; logs:\n%s", got, tc.warns, logs)
+			}
+		})
+	}
+}
