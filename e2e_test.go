@@ -417,10 +417,22 @@ func TestBackoffAfterFailedValidation(t *testing.T) {
 // backoff behind.
 func TestSuccessSetsNoBackoff(t *testing.T) {
 	r := newRig(t, testenv.PebbleOptions{})
-	app := r.load(r.config(r.acme(map[string]any{"domains": []string{"ok.example.com"}}), nil))
+	app := r.load(r.config(r.acme(map[string]any{"domains": []string{"ok.example.com", "garbage.example.com", "expired.example.com"}}), nil))
 	r.mustHandshake("ok.example.com")
 	if _, err := app.storage.Load(t.Context(), backoffKey("ok.example.com")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("backoff after a successful order: %v, want none", err)
+	}
+
+	// backoff records written by someone else (unreadable) or expired do
+	// not stop an order
+	for name, record := range map[string]string{
+		"garbage.example.com": "not json {",
+		"expired.example.com": `{"host":"expired.example.com","until":"2020-01-01T00:00:00Z","error":"old"}`,
+	} {
+		if err := app.storage.Store(t.Context(), backoffKey(name), []byte(record)); err != nil {
+			t.Fatal(err)
+		}
+		r.mustHandshake(name)
 	}
 }
 
@@ -562,25 +574,12 @@ func TestChallengeFromStorage(t *testing.T) {
 // no network I/O, so an accepted config loads here without internet.
 func TestTermsOfService(t *testing.T) {
 	load := func(apiURI string, tos bool) error {
-		cfg, err := json.Marshal(map[string]any{
-			"admin": map[string]any{"disabled": true},
-			"apps": map[string]any{"acme": map[string]any{
-				"account_email": "ops@example.com",
-				"api_uri":       apiURI,
-				"tos_accepted":  tos,
-				"domains":       []string{"example.com"},
-			}},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = caddy.Load(cfg, true)
-		if err == nil {
-			if err := caddy.Stop(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return err
+		return loadApp(t, map[string]any{
+			"account_email": "ops@example.com",
+			"api_uri":       apiURI,
+			"tos_accepted":  tos,
+			"domains":       []string{"example.com"},
+		}, "")
 	}
 	for _, uri := range []string{
 		"", // the default

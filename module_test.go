@@ -14,12 +14,17 @@ import (
 )
 
 // loadApp loads a config made of the acme app alone, as `caddy run` would,
-// and stops it again.
-func loadApp(t *testing.T, app map[string]any) error {
+// and stops it again. Logs go to logFile unless it is "".
+func loadApp(t *testing.T, app map[string]any, logFile string) error {
 	t.Helper()
+	logs := map[string]any{}
+	if logFile != "" {
+		logs["writer"] = map[string]any{"output": "file", "filename": logFile}
+	}
 	cfg, err := json.Marshal(map[string]any{
 		"admin":   map[string]any{"disabled": true},
 		"storage": map[string]any{"module": "file_system", "root": t.TempDir()},
+		"logging": map[string]any{"logs": map[string]any{"default": logs}},
 		"apps":    map[string]any{"acme": app},
 	})
 	if err != nil {
@@ -81,7 +86,7 @@ func TestValidation(t *testing.T) {
 			for k, v := range tc.fields {
 				app[k] = v
 			}
-			err := loadApp(t, app)
+			err := loadApp(t, app, "")
 			switch {
 			case tc.want == "" && err != nil:
 				t.Fatalf("loading: %v", err)
@@ -163,21 +168,7 @@ func TestWarnsWhenNothingAllowed(t *testing.T) {
 			for k, v := range tc.fields {
 				app[k] = v
 			}
-			cfg, err := json.Marshal(map[string]any{
-				"admin":   map[string]any{"disabled": true},
-				"storage": map[string]any{"module": "file_system", "root": t.TempDir()},
-				"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
-					"writer": map[string]any{"output": "file", "filename": logFile},
-				}}},
-				"apps": map[string]any{"acme": app},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := caddy.Load(cfg, true); err != nil {
-				t.Fatal(err)
-			}
-			if err := caddy.Stop(); err != nil {
+			if err := loadApp(t, app, logFile); err != nil {
 				t.Fatal(err)
 			}
 			logs, err := os.ReadFile(logFile)

@@ -61,17 +61,14 @@ func (a *App) certificate(ctx context.Context, hello *tls.ClientHelloInfo) (*tls
 	}
 }
 
-// cached returns a certificate for name from the app's memory, preferring
-// one that has not expired.
+// cached returns an unexpired certificate for name from the app's memory.
+// An expired one is not returned, so that storage is read again: another
+// node may have renewed it.
 func (a *App) cached(name string) (certmagic.Certificate, bool) {
-	certs := a.cache.AllMatchingCertificates(name)
-	for _, c := range certs {
+	for _, c := range a.cache.AllMatchingCertificates(name) {
 		if !c.Expired() {
 			return c, true
 		}
-	}
-	if len(certs) > 0 {
-		return certs[0], true
 	}
 	return certmagic.Certificate{}, false
 }
