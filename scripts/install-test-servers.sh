@@ -64,6 +64,16 @@ install_pebble() {
 	done
 }
 
+# Servers other than Pebble each have a file scripts/install/<name>.sh that
+# defines install_<name> (and may use log, die, need_cmd, go_bin_version and
+# BIN_DIR from here); each adds its name to ALL_SERVERS.
+for f in "$(dirname "${BASH_SOURCE[0]}")"/install/*.sh; do
+	[[ -e "$f" ]] || continue
+	# shellcheck source=/dev/null
+	source "$f"
+	ALL_SERVERS+=("$(basename "$f" .sh)")
+done
+
 main() {
 	local servers=("$@")
 	if [[ ${#servers[@]} -eq 0 ]]; then
