@@ -19,3 +19,10 @@ func TestFileStorage(t *testing.T) {
 		return &certmagic.FileStorage{Path: filepath.Join(root, namespace)}
 	}, storagetest.Options{UnownedUnlock: true})
 }
+
+func BenchmarkFileStorage(b *testing.B) {
+	root := b.TempDir()
+	storagetest.Bench(b, func(t testing.TB, namespace string) certmagic.Storage {
+		return &certmagic.FileStorage{Path: filepath.Join(root, namespace)}
+	})
+}
