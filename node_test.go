@@ -14,21 +14,27 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	"github.com/acmekit/caddy-acme/internal/testenv"
 )
 
 // nodeConfigEnv, when set, makes the test binary run as another Caddy node:
 // it loads the config file it names, prints nodeReady, and runs until its
-// standard input closes.
+// standard input closes. cliEnv makes it the caddy command.
 const (
 	nodeConfigEnv = "CADDY_ACME_TEST_NODE_CONFIG"
 	nodeReady     = "caddy-acme test node ready"
+	cliEnv        = "CADDY_ACME_TEST_CADDY_CLI"
 )
 
 func TestMain(m *testing.M) {
 	if file := os.Getenv(nodeConfigEnv); file != "" {
 		os.Exit(runNode(file))
+	}
+	if os.Getenv(cliEnv) != "" {
+		caddycmd.Main()
+		return
 	}
 	os.Exit(m.Run())
 }
