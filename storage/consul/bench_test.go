@@ -1,0 +1,185 @@
+package consul
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/hashicorp/consul/api"
+
+	"github.com/acmekit/caddy-acme/internal/testenv"
+	"github.com/acmekit/caddy-acme/storage/internal/backend"
+	"github.com/acmekit/caddy-acme/storage/storagetest"
+)
+
+// BenchmarkConsul measures the storage (storagetest.Bench) and, on the same
+// agent in the same run, the raw consul/api calls it is built on, so the
+// figures compare:
+//
+//	go test ./storage/consul/ -run '^$' -bench . -benchtime 2000x
+//
+// Paired runs each storage operation and its raw counterpart back to back,
+// which is the fair comparison on a busy machine.
+func BenchmarkConsul(b *testing.B) {
+	c := testenv.StartConsul(b, testenv.ConsulOptions{})
+	b.Run("Storage", func(b *testing.B) {
+		storagetest.Bench(b, opener(Storage{
+			Address: c.Addr,
+			Options: backend.Options{LockLease: caddy.Duration(testLease)},
+		}))
+	})
+	b.Run("Raw", func(b *testing.B) {
+		// The same client settings as the storage's (pooled transport).
+		pc, err := newClient(connSettings{address: c.Addr, scheme: "http", timeout: defaultTimeout})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer pc.Destruct()
+		kv := pc.api.KV()
+		value := bytes.Repeat([]byte("0123456789abcdef"), 64)
+		prefix := "raw-bench/" + backend.Token()[:8] + "/"
+		i := 0
+		b.Run("Put", func(b *testing.B) {
+			storagetest.Timed(b, func() error {
+				i++
+				_, err := kv.Put(&api.KVPair{Key: fmt.Sprintf("%sstore/%d", prefix, i%64), Value: changed(value, i)}, nil)
+				return err
+			})
+		})
+		b.Run("TxnSet", func(b *testing.B) { // what Store sends
+			storagetest.Timed(b, func() error {
+				i++
+				ok, _, _, err := pc.api.Txn().Txn(api.TxnOps{
+					{KV: &api.KVTxnOp{Verb: api.KVSet, Key: fmt.Sprintf("%stxn/%d", prefix, i%64), Value: changed(value, i)}},
+				}, nil)
+				if err == nil && !ok {
+					err = fmt.Errorf("transaction rolled back")
+				}
+				return err
+			})
+		})
+		if _, err := kv.Put(&api.KVPair{Key: prefix + "load", Value: value}, nil); err != nil {
+			b.Fatal(err)
+		}
+		b.Run("Get", func(b *testing.B) {
+			storagetest.Timed(b, func() error {
+				p, _, err := kv.Get(prefix+"load", nil)
+				if err == nil && p == nil {
+					err = fmt.Errorf("missing")
+				}
+				return err
+			})
+		})
+		for n := range 10 {
+			if _, err := kv.Put(&api.KVPair{Key: fmt.Sprintf("%slist/dir/child%d", prefix, n), Value: value[:16]}, nil); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run("Keys", func(b *testing.B) {
+			storagetest.Timed(b, func() error {
+				keys, _, err := kv.Keys(prefix+"list/dir/", "/", nil)
+				if err == nil && len(keys) != 10 {
+					err = fmt.Errorf("listed %d keys", len(keys))
+				}
+				return err
+			})
+		})
+	})
+	// Paired: each iteration runs the storage operation and the raw call
+	// it corresponds to back to back, so both see the same machine load;
+	// ratio-p50 is storage p50 / raw p50.
+	b.Run("Paired", func(b *testing.B) {
+		s := opener(Storage{Address: c.Addr})(b, "paired-"+backend.Token()[:8])
+		st := s.(*Storage)
+		kv := st.client.KV()
+		ctx := b.Context()
+		value := bytes.Repeat([]byte("0123456789abcdef"), 64)
+		for n := range 10 {
+			if err := s.Store(ctx, fmt.Sprintf("list/dir/child%d", n), value[:16]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := s.Store(ctx, "load", value); err != nil {
+			b.Fatal(err)
+		}
+		i, j := 0, 0
+		for _, p := range []struct {
+			name    string
+			storage func() error
+			raw     func() error
+		}{
+			{"Store-vs-Put", func() error {
+				i++
+				return s.Store(ctx, fmt.Sprintf("store/%d", i%64), value)
+			}, func() error {
+				j++
+				_, err := kv.Put(&api.KVPair{Key: fmt.Sprintf("%s/raw/%d", st.prefix, j%64), Value: changed(value, j)}, nil)
+				return err
+			}},
+			{"Load-vs-Get", func() error {
+				_, err := s.Load(ctx, "load")
+				return err
+			}, func() error {
+				_, _, err := kv.Get(st.prefix+"/load", nil)
+				return err
+			}},
+			{"Stat-vs-Get", func() error {
+				_, err := s.Stat(ctx, "load")
+				return err
+			}, func() error {
+				_, _, err := kv.Get(st.prefix+"/load", nil)
+				return err
+			}},
+			{"List-vs-Keys", func() error {
+				_, err := s.List(ctx, "list/dir", false)
+				return err
+			}, func() error {
+				_, _, err := kv.Keys(st.prefix+"/list/dir/", "/", nil)
+				return err
+			}},
+		} {
+			b.Run(p.name, func(b *testing.B) {
+				var ts, tr []time.Duration
+				timed := func(op func() error) time.Duration {
+					start := time.Now()
+					if err := op(); err != nil {
+						b.Fatal(err)
+					}
+					return time.Since(start)
+				}
+				flip := false
+				for b.Loop() {
+					// Alternate which goes first, so neither always follows
+					// the other.
+					if flip = !flip; flip {
+						ts = append(ts, timed(p.storage))
+						tr = append(tr, timed(p.raw))
+					} else {
+						tr = append(tr, timed(p.raw))
+						ts = append(ts, timed(p.storage))
+					}
+				}
+				slices.Sort(ts)
+				slices.Sort(tr)
+				b.ReportMetric(float64(ts[len(ts)/2].Nanoseconds()), "storage-p50-ns")
+				b.ReportMetric(float64(ts[len(ts)*99/100].Nanoseconds()), "storage-p99-ns")
+				b.ReportMetric(float64(tr[len(tr)/2].Nanoseconds()), "raw-p50-ns")
+				b.ReportMetric(float64(tr[len(tr)*99/100].Nanoseconds()), "raw-p99-ns")
+				b.ReportMetric(float64(ts[len(ts)/2])/float64(tr[len(tr)/2]), "ratio-p50")
+			})
+		}
+	})
+}
+
+// changed returns value with its first bytes replaced by i: a raw write of
+// the bytes a key already holds is a no-op for Consul (it skips the state
+// store), while the storage's Store always changes the pair (its flags
+// hold the modification time), so the raw writes must change it too.
+func changed(value []byte, i int) []byte {
+	v := bytes.Clone(value)
+	copy(v, fmt.Sprintf("%016d", i))
+	return v
+}
