@@ -36,6 +36,18 @@ func backends() []backend {
 				return map[string]any{"module": "file_system", "root": filepath.Join(root, ns)}
 			}
 		}},
+		{"acme_kong", func(t *testing.T) func(string) map[string]any {
+			pg := testenv.StartPostgres(t, testenv.PostgresOptions{})
+			return func(ns string) map[string]any {
+				return map[string]any{"module": "acme_kong", "dsn": pg.DSN, "key_prefix": ns + "/"}
+			}
+		}},
+		{"acme_consul", func(t *testing.T) func(string) map[string]any {
+			c := testenv.StartConsul(t, testenv.ConsulOptions{})
+			return func(ns string) map[string]any {
+				return map[string]any{"module": "acme_consul", "address": c.Addr, "key_prefix": ns}
+			}
+		}},
 	}
 }
 

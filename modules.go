@@ -1,0 +1,8 @@
+package caddyacme
+
+// The storage modules, registered with the app so that one
+// `xcaddy build --with github.com/acmekit/caddy-acme` has everything.
+import (
+	_ "github.com/acmekit/caddy-acme/storage/consul"
+	_ "github.com/acmekit/caddy-acme/storage/kong"
+)
