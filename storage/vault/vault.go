@@ -1,0 +1,895 @@
+// Package vault is the caddy.storage.acme_vault module: certmagic storage
+// in a HashiCorp Vault KV version 2 secrets engine, with locks built on the
+// engine's check-and-set versions, for a cluster of Caddy instances that
+// share certificates (Kong's `vault` storage for its acme plugin).
+package vault
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/acmekit/caddy-acme/storage/internal/backend"
+)
+
+func init() {
+	caddy.RegisterModule(Storage{})
+}
+
+// Storage keeps certmagic's data in a Vault KV version 2 secrets engine:
+// the value of the certmagic key `a/b/c` is the secret
+// `<mount>/data/<path_prefix>/a/b/c`, in its `value` field (UTF-8 text as
+// is, so certificates read naturally in the Vault UI and CLI; anything else,
+// including encrypted values, base64 with `"encoding": "base64"`). Load,
+// Store and Stat of a value are one HTTP round trip each; Modified is the creation time
+// of the secret's current version. Directories are Vault's folders: List is
+// a LIST of one folder (Vault lists one level), so its cost depends on the
+// folder, not on the total; Delete removes every version of a secret (its
+// metadata) and, for a folder, everything under it.
+//
+// Overwriting a key keeps the older versions up to the mount's
+// max_versions (10 by default), as Vault does for every secret; set
+// `max_versions` on the mount (`vault write <mount>/config max_versions=1`)
+// if old private keys should not linger. Mounts with cas_required are not
+// supported.
+//
+// Locks. A lock is the secret `<mount>/data/<lock_prefix>/<name>`, whose
+// current version holds the owner's random token. Its metadata sets
+// delete_version_after to lock_lease (rounded up to whole seconds, as Vault
+// keeps it), so Vault itself soft-deletes every version that long after it
+// was written, by Vault's clock: no clocks of Caddy instances are compared. A lock is held while its current version is
+// readable and carries a token. To acquire, an instance writes its token
+// with check-and-set on the current version number (0 for a new lock), so
+// of several instances that see the lock free exactly one succeeds; while
+// holding it, it writes a new version every lock_refresh (check-and-set
+// again, after checking the token is still its own); to unlock, it
+// check-and-set writes a version without a token, and only if the current
+// version is its own. A waiting Lock polls, since Vault has no change
+// notification for KV: every tenth of the time waited so far, at least every
+// 10ms and at most every min(lock_lease/10, 100ms), with ±20% jitter — a
+// lock released soon is handed over within about 10ms, one released after a
+// long wait within about 100ms, and a long wait costs at most ten reads a
+// second.
+//
+// Failure modes: an instance that crashes (or loses Vault) while holding a
+// lock loses it lock_lease after its last refresh, and another instance then
+// takes it over. An instance that cannot refresh for longer than lock_lease
+// (a network partition) loses the lock although it still runs, as with every
+// lease; it logs the failed refreshes and its Unlock reports the loss. All
+// instances must use the same lock_lease: the metadata of a lock carries
+// one, set by whoever acquires it. One small lock secret per lock name (its
+// metadata; every version expires) stays in Vault after use; it may be
+// deleted whenever no Caddy instance runs.
+//
+// Authentication happens on the first storage operation, never in
+// Provision, so `caddy adapt` and `caddy validate` work offline. A token
+// that can be renewed is renewed in the background while the client is in
+// use; a token from kubernetes or approle login is replaced by logging in
+// again before it expires, and also when Vault answers 403 for a token that
+// may have been revoked. Clients are shared by every instance with the same
+// connection and authentication settings, across config reloads. VAULT_*
+// environment variables are ignored: everything comes from this config
+// (use placeholders such as {env.VAULT_TOKEN}).
+//
+// Caddyfile:
+//
+//	storage acme_vault {
+//		address <url>
+//		mount <kv-v2-mount>
+//		path_prefix <folder>
+//		lock_prefix <folder>
+//		namespace <namespace>
+//		auth_method token|token_file|kubernetes|approle
+//		token <token>
+//		token_file <path>
+//		role <kubernetes-role>
+//		jwt_path <path>
+//		auth_mount <path>
+//		role_id <approle-role-id>
+//		secret_id <approle-secret-id>
+//		timeout <duration>
+//		tls {
+//			ca_file <path>
+//			server_name <name>
+//			insecure_skip_verify
+//		}
+//		encryption_key <key>
+//		lock_lease <duration>
+//		lock_refresh <duration>
+//	}
+type Storage struct {
+	// The URL of the Vault server, `http://` or `https://` with host and
+	// port. Placeholders are expanded. Default: `https://127.0.0.1:8200`.
+	Address string `json:"address,omitempty"`
+
+	// The path of the KV version 2 secrets engine (Kong's first kv_path
+	// segment). Default: `secret`.
+	Mount string `json:"mount,omitempty"`
+
+	// The folder inside the mount that holds the certmagic keys (Kong's
+	// kv_path without its mount). It must not be empty: a mount's root is
+	// shared with other secrets. Default: `caddy-acme`.
+	PathPrefix string `json:"path_prefix,omitempty"`
+
+	// The folder inside the mount that holds the locks; it must lie outside
+	// path_prefix (and path_prefix outside it), so locks never show among
+	// the keys. Default: path_prefix followed by `-locks`.
+	LockPrefix string `json:"lock_prefix,omitempty"`
+
+	// The Vault Enterprise or HCP Vault namespace, sent as the
+	// X-Vault-Namespace header with every request (logins too).
+	// Placeholders are expanded. Default: none (the root namespace).
+	Namespace string `json:"namespace,omitempty"`
+
+	// How the storage authenticates: `token` (the token field), `token_file`
+	// (a file holding a token, such as a Vault Agent sink; read again when
+	// Vault rejects the token or it expires), `kubernetes` (log in at
+	// auth/<auth_mount>/login with the service account JWT from jwt_path and
+	// role, as Kong does) or `approle` (log in with role_id and secret_id).
+	// Default: `token`.
+	AuthMethod string `json:"auth_method,omitempty"`
+
+	// The Vault token for auth_method `token`. A secret: use a placeholder
+	// such as {env.VAULT_TOKEN} or {file./run/secrets/vault-token}; it never
+	// appears in logs or errors. REQUIRED for auth_method `token`.
+	Token string `json:"token,omitempty"`
+
+	// The file holding the Vault token for auth_method `token_file`, read
+	// on first use and again whenever Vault rejects the token or it is
+	// about to expire. Placeholders are expanded. REQUIRED for that method.
+	TokenFile string `json:"token_file,omitempty"`
+
+	// The role to log in as, for auth_method `kubernetes` (Kong's
+	// auth_role). Placeholders are expanded. REQUIRED for that method.
+	Role string `json:"role,omitempty"`
+
+	// The file holding the Kubernetes service account JWT for auth_method
+	// `kubernetes`, read at every login (projected tokens rotate).
+	// Default: `/var/run/secrets/kubernetes.io/serviceaccount/token`.
+	JWTPath string `json:"jwt_path,omitempty"`
+
+	// The path the auth method is mounted at, for auth_method `kubernetes`
+	// (Kong's auth_path) or `approle`. Default: `kubernetes` or `approle`.
+	AuthMount string `json:"auth_mount,omitempty"`
+
+	// The AppRole role ID for auth_method `approle`. Placeholders are
+	// expanded. REQUIRED for that method.
+	RoleID string `json:"role_id,omitempty"`
+
+	// The AppRole secret ID for auth_method `approle`; leave it empty for a
+	// role that does not bind one. A secret: use a placeholder; it never
+	// appears in logs or errors. Default: none.
+	SecretID string `json:"secret_id,omitempty"`
+
+	// TLS settings for an `https://` address. Default: verify Vault's
+	// certificate against the system's trusted roots, for the host of
+	// address.
+	TLS *TLSConfig `json:"tls,omitempty"`
+
+	// How long one request to Vault may take, including reading its
+	// response. Default: 10s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	backend.Options
+
+	mount      string
+	prefix     string
+	lockPrefix string
+	clientKey  string
+	cfg        clientConfig
+	rt         backend.Runtime
+	client     *client
+	logger     *zap.Logger
+	held       *backend.Held
+	own        *nameLocks
+	holder     string
+	released   bool
+}
+
+// TLSConfig configures the connection to an `https://` Vault address.
+type TLSConfig struct {
+	// A PEM file of the CA certificates that sign Vault's certificate.
+	// Placeholders are expanded. Default: the system's trusted roots.
+	CAFile string `json:"ca_file,omitempty"`
+
+	// The name Vault's certificate must be valid for, also sent as SNI
+	// (Kong's tls_server_name). Default: the host of address.
+	ServerName string `json:"server_name,omitempty"`
+
+	// Accept any certificate Vault presents. Insecure: for tests only.
+	// Default: false.
+	InsecureSkipVerify bool `json:"insecure_skip_verify,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Storage) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "caddy.storage.acme_vault",
+		New: func() caddy.Module { return new(Storage) },
+	}
+}
+
+// Provision checks the configuration, expands placeholders and gets the
+// shared client for these settings. It does no network I/O.
+func (s *Storage) Provision(ctx caddy.Context) error {
+	s.logger = ctx.Logger()
+	cfg, err := s.settings()
+	if err != nil {
+		return err
+	}
+	rt, err := s.Options.Provision()
+	if err != nil {
+		return err
+	}
+	s.rt = rt
+	s.cfg = cfg
+	s.clientKey = cfg.key()
+	s.holder = holderName()
+	s.held = new(backend.Held)
+	s.own = new(nameLocks)
+	c, err := clients.Acquire(s.clientKey, func() (*client, error) {
+		return newClient(cfg, s.logger)
+	})
+	if err != nil {
+		return fmt.Errorf("creating vault client: %w", err)
+	}
+	s.client = c
+	return nil
+}
+
+// settings checks the fields and expands their placeholders. Errors name
+// the field and never contain a secret.
+func (s *Storage) settings() (clientConfig, error) {
+	var cfg clientConfig
+	repl := caddy.NewReplacer()
+	expand := func(field, v string) (string, error) {
+		out, err := repl.ReplaceOrErr(v, true, true)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", field, err)
+		}
+		return out, nil
+	}
+	var err error
+	fields := []struct {
+		name string
+		in   string
+		out  *string
+	}{
+		{"address", s.Address, &cfg.address},
+		{"mount", s.Mount, &s.mount},
+		{"path_prefix", s.PathPrefix, &s.prefix},
+		{"lock_prefix", s.LockPrefix, &s.lockPrefix},
+		{"namespace", s.Namespace, &cfg.namespace},
+		{"auth_method", s.AuthMethod, &cfg.auth.method},
+		{"token", s.Token, &cfg.auth.token},
+		{"token_file", s.TokenFile, &cfg.auth.tokenFile},
+		{"role", s.Role, &cfg.auth.role},
+		{"jwt_path", s.JWTPath, &cfg.auth.jwtPath},
+		{"auth_mount", s.AuthMount, &cfg.auth.mount},
+		{"role_id", s.RoleID, &cfg.auth.roleID},
+		{"secret_id", s.SecretID, &cfg.auth.secretID},
+	}
+	for _, f := range fields {
+		if *f.out, err = expand(f.name, f.in); err != nil {
+			return cfg, err
+		}
+	}
+
+	if cfg.address == "" {
+		cfg.address = defaultAddress
+	}
+	u, err := url.Parse(cfg.address)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return cfg, fmt.Errorf("address: want an http:// or https:// URL with a host and nothing after it, such as https://vault.internal:8200, got %q", redactURL(cfg.address))
+	}
+	cfg.address = u.Scheme + "://" + u.Host
+
+	s.mount = strings.Trim(s.mount, "/")
+	if s.mount == "" {
+		s.mount = defaultMount
+	}
+	if err := checkPath("mount", s.mount); err != nil {
+		return cfg, err
+	}
+	if s.PathPrefix == "" {
+		s.prefix = defaultPathPrefix
+	}
+	s.prefix = strings.Trim(s.prefix, "/")
+	if s.prefix == "" {
+		return cfg, errors.New("path_prefix: must not be empty: the keys need a folder of their own inside the mount")
+	}
+	if err := checkPath("path_prefix", s.prefix); err != nil {
+		return cfg, err
+	}
+	if s.LockPrefix == "" {
+		s.lockPrefix = s.prefix + "-locks"
+	}
+	s.lockPrefix = strings.Trim(s.lockPrefix, "/")
+	if s.lockPrefix == "" {
+		return cfg, errors.New("lock_prefix: must not be empty")
+	}
+	if err := checkPath("lock_prefix", s.lockPrefix); err != nil {
+		return cfg, err
+	}
+	if s.lockPrefix == s.prefix || backend.Under(s.prefix, s.lockPrefix) || backend.Under(s.lockPrefix, s.prefix) {
+		return cfg, fmt.Errorf("lock_prefix: %q must lie outside path_prefix %q and the other way round", s.lockPrefix, s.prefix)
+	}
+
+	a := &cfg.auth
+	if a.method == "" {
+		a.method = authToken
+	}
+	allowed := map[string][]string{
+		authToken:      {"token"},
+		authTokenFile:  {"token_file"},
+		authKubernetes: {"role", "jwt_path", "auth_mount"},
+		authAppRole:    {"role_id", "secret_id", "auth_mount"},
+	}
+	ok := allowed[a.method]
+	if ok == nil {
+		return cfg, fmt.Errorf("auth_method: want token, token_file, kubernetes or approle, got %q", a.method)
+	}
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"token", a.token != ""},
+		{"token_file", a.tokenFile != ""},
+		{"role", a.role != ""},
+		{"jwt_path", a.jwtPath != ""},
+		{"auth_mount", a.mount != ""},
+		{"role_id", a.roleID != ""},
+		{"secret_id", a.secretID != ""},
+	} {
+		if f.set && !slices.Contains(ok, f.name) {
+			return cfg, fmt.Errorf("%s: not used by auth_method %s", f.name, a.method)
+		}
+	}
+	switch a.method {
+	case authToken:
+		if a.token == "" {
+			return cfg, errors.New("token: required for auth_method token (use a placeholder such as {env.VAULT_TOKEN})")
+		}
+		if strings.ContainsAny(a.token, " \t\r\n") {
+			return cfg, errors.New("token: contains white space")
+		}
+	case authTokenFile:
+		if a.tokenFile == "" {
+			return cfg, errors.New("token_file: required for auth_method token_file")
+		}
+	case authKubernetes:
+		if a.role == "" {
+			return cfg, errors.New("role: required for auth_method kubernetes")
+		}
+		if a.jwtPath == "" {
+			a.jwtPath = defaultJWTPath
+		}
+		if a.mount == "" {
+			a.mount = authKubernetes
+		}
+	case authAppRole:
+		if a.roleID == "" {
+			return cfg, errors.New("role_id: required for auth_method approle")
+		}
+		if a.mount == "" {
+			a.mount = authAppRole
+		}
+	}
+	a.mount = strings.Trim(a.mount, "/")
+	if err := checkPath("auth_mount", a.mount); a.mount != "" && err != nil {
+		return cfg, err
+	}
+
+	cfg.timeout = time.Duration(s.Timeout)
+	if cfg.timeout == 0 {
+		cfg.timeout = defaultTimeout
+	}
+	if cfg.timeout < 0 {
+		return cfg, fmt.Errorf("timeout: must be positive, got %s", cfg.timeout)
+	}
+
+	if s.TLS != nil {
+		if u.Scheme != "https" {
+			return cfg, errors.New("tls: set, but address is not https://")
+		}
+		caFile, err := expand("tls.ca_file", s.TLS.CAFile)
+		if err != nil {
+			return cfg, err
+		}
+		if cfg.tls.serverName, err = expand("tls.server_name", s.TLS.ServerName); err != nil {
+			return cfg, err
+		}
+		cfg.tls.insecure = s.TLS.InsecureSkipVerify
+		if caFile != "" {
+			pem, err := os.ReadFile(caFile)
+			if err != nil {
+				return cfg, fmt.Errorf("tls.ca_file: %w", err)
+			}
+			if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+				return cfg, fmt.Errorf("tls.ca_file: no PEM certificate in %s", caFile)
+			}
+			cfg.tls.caPEM = pem
+		}
+	}
+	return cfg, nil
+}
+
+// checkKey rejects keys (and lock names) that Vault's client would not
+// send as they are: the path of a request is cleaned, so `a/../b` would
+// address `b`, outside the key's folder.
+func checkKey(key string) error {
+	if key == "" {
+		return nil
+	}
+	for _, c := range strings.Split(key, "/") {
+		if c == "" || c == "." || c == ".." {
+			return fmt.Errorf("%w: empty, '.' or '..' path component", fs.ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// checkNonEmpty is checkKey that also rejects the root.
+func checkNonEmpty(key string) error {
+	if key == "" {
+		return errEmptyKey
+	}
+	return checkKey(key)
+}
+
+// checkPath rejects Vault paths with empty, `.` or `..` components.
+func checkPath(field, p string) error {
+	for _, c := range strings.Split(p, "/") {
+		if c == "" || c == "." || c == ".." {
+			return fmt.Errorf("%s: %q has an empty, '.' or '..' path component", field, p)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this instance's use of the shared client. Locks it holds
+// stay held (and refreshed) until they are unlocked: an instance of an old
+// config may still be finishing an operation.
+func (s *Storage) Cleanup() error {
+	if s.client == nil || s.released {
+		return nil
+	}
+	s.released = true
+	return clients.Release(s.clientKey)
+}
+
+// CertMagicStorage returns the storage itself.
+func (s *Storage) CertMagicStorage() (certmagic.Storage, error) {
+	return s, nil
+}
+
+// String describes the storage without any secret.
+func (s *Storage) String() string {
+	if s == nil {
+		return "acme_vault(nil)"
+	}
+	addr := s.Address
+	if s.client != nil {
+		addr = s.cfg.address
+	}
+	method := s.AuthMethod
+	if method == "" {
+		method = authToken
+	}
+	enc := "none"
+	if s.EncryptionKey != "" {
+		enc = "aes-256-gcm (key redacted)"
+	}
+	return fmt.Sprintf("acme_vault(address=%s mount=%s path_prefix=%s namespace=%s auth_method=%s encryption=%s)",
+		redactURL(addr), s.Mount, s.PathPrefix, s.Namespace, method, enc)
+}
+
+// MarshalLogObject logs what String shows, as fields (certmagic logs the
+// storage with zap.Any).
+func (s *Storage) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("module", "acme_vault")
+	enc.AddString("address", redactURL(s.Address))
+	enc.AddString("mount", s.Mount)
+	enc.AddString("path_prefix", s.PathPrefix)
+	enc.AddString("namespace", s.Namespace)
+	enc.AddString("auth_method", s.AuthMethod)
+	enc.AddBool("encrypted", s.EncryptionKey != "")
+	return nil
+}
+
+// Store puts value at key, replacing what was there: one write.
+func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
+	key = backend.Clean(key)
+	if err := checkNonEmpty(key); err != nil {
+		return fmt.Errorf("storing %q: %w", key, err)
+	}
+	body, err := json.Marshal(writeRequest{Data: encodeValue(s.rt.Sealer.Seal(key, value))})
+	if err != nil {
+		return fmt.Errorf("storing %s: %w", key, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.timeout)
+	defer cancel()
+	var resp writeResponse
+	status, err := s.client.call(ctx, http.MethodPut, s.dataPath(key), nil, body, &resp)
+	if err != nil {
+		return fmt.Errorf("storing %s: %w", key, err)
+	}
+	if status == http.StatusNotFound || resp.Data.Version == 0 {
+		return fmt.Errorf("storing %s: %s is not a KV version 2 mount (a write returned no version)", key, s.mount)
+	}
+	return nil
+}
+
+// Load returns the value at key, or an error wrapping fs.ErrNotExist.
+func (s *Storage) Load(ctx context.Context, key string) ([]byte, error) {
+	key = backend.Clean(key)
+	if err := checkKey(key); err != nil {
+		return nil, fmt.Errorf("loading %q: %w", key, err)
+	}
+	value, _, err := s.load(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("loading %s: %w", key, err)
+	}
+	return value, nil
+}
+
+// load reads the current version of key: one read.
+func (s *Storage) load(ctx context.Context, key string) ([]byte, time.Time, error) {
+	if key == "" {
+		return nil, time.Time{}, fs.ErrNotExist
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.timeout)
+	defer cancel()
+	var resp readResponse
+	status, err := s.client.call(ctx, http.MethodGet, s.dataPath(key), nil, nil, &resp)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	if status == http.StatusNotFound || resp.Data.Data == nil {
+		return nil, time.Time{}, fs.ErrNotExist
+	}
+	raw, err := resp.Data.Data.decode()
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	value, err := s.rt.Sealer.Open(key, raw)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	return value, resp.Data.Metadata.CreatedTime, nil
+}
+
+// Delete removes key with all its versions and, if it is a folder,
+// everything under it. A missing key is not an error.
+func (s *Storage) Delete(ctx context.Context, key string) error {
+	key = backend.Clean(key)
+	if err := checkKey(key); err != nil {
+		return fmt.Errorf("deleting %q: %w", key, err)
+	}
+	if err := s.delete(ctx, key); err != nil {
+		return fmt.Errorf("deleting %s: %w", key, err)
+	}
+	return nil
+}
+
+func (s *Storage) delete(ctx context.Context, key string) error {
+	if key != "" {
+		if err := s.deleteSecret(ctx, key); err != nil {
+			return err
+		}
+	}
+	entries, found, err := s.list(ctx, key)
+	if err != nil || !found {
+		return err
+	}
+	for _, e := range entries {
+		child := join(key, strings.TrimSuffix(e, "/"))
+		if strings.HasSuffix(e, "/") {
+			err = s.delete(ctx, child)
+		} else {
+			err = s.deleteSecret(ctx, child)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteSecret removes every version of one secret.
+func (s *Storage) deleteSecret(ctx context.Context, key string) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.timeout)
+	defer cancel()
+	_, err := s.client.call(ctx, http.MethodDelete, s.metaPath(s.prefix, key), nil, nil, nil)
+	return err
+}
+
+// Exists reports whether key is a value or a folder with something in it.
+func (s *Storage) Exists(ctx context.Context, key string) bool {
+	_, err := s.Stat(ctx, key)
+	return err == nil
+}
+
+// List returns the full keys under prefix: its direct children (values and
+// folders) or, if recursive, every key and folder below it. A value has no
+// children; a missing prefix is fs.ErrNotExist.
+func (s *Storage) List(ctx context.Context, prefix string, recursive bool) ([]string, error) {
+	prefix = backend.Clean(prefix)
+	if err := checkKey(prefix); err != nil {
+		return nil, fmt.Errorf("listing %q: %w", prefix, err)
+	}
+	keys, err := s.walk(ctx, prefix, recursive, true)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", prefix, err)
+	}
+	return keys, nil
+}
+
+func (s *Storage) walk(ctx context.Context, dir string, recursive, top bool) ([]string, error) {
+	entries, found, err := s.list(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		if !top || dir == "" {
+			return nil, nil
+		}
+		// a value has no children; only a missing key is an error
+		if _, _, err := s.load(ctx, dir); err != nil {
+			return nil, err
+		}
+		return []string{}, nil
+	}
+	keys := make([]string, 0, len(entries))
+	seen := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		child := join(dir, strings.TrimSuffix(e, "/"))
+		if !seen[child] {
+			seen[child] = true
+			keys = append(keys, child)
+		}
+		if recursive && strings.HasSuffix(e, "/") {
+			sub, err := s.walk(ctx, child, true, false)
+			if err != nil {
+				return nil, err
+			}
+			keys = append(keys, sub...)
+		}
+	}
+	return keys, nil
+}
+
+// list returns the entries of one folder as Vault lists them (sub-folders
+// end in /), and whether the folder exists.
+func (s *Storage) list(ctx context.Context, dir string) ([]string, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.timeout)
+	defer cancel()
+	var resp listResponse
+	status, err := s.client.call(ctx, http.MethodGet, s.metaPath(s.prefix, dir), listParams, nil, &resp)
+	if err != nil {
+		return nil, false, err
+	}
+	if status == http.StatusNotFound || len(resp.Data.Keys) == 0 {
+		return nil, false, nil
+	}
+	return resp.Data.Keys, true, nil
+}
+
+// Stat describes key: a value (IsTerminal, with its size and the time its
+// current version was written) or a folder.
+func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
+	key = backend.Clean(key)
+	if err := checkKey(key); err != nil {
+		return certmagic.KeyInfo{}, fmt.Errorf("stat %q: %w", key, err)
+	}
+	info, err := s.stat(ctx, key)
+	if err != nil {
+		return info, fmt.Errorf("stat %s: %w", key, err)
+	}
+	return info, nil
+}
+
+func (s *Storage) stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
+	if key == "" {
+		return certmagic.KeyInfo{Key: key}, nil
+	}
+	value, modified, err := s.load(ctx, key)
+	if err == nil {
+		return certmagic.KeyInfo{Key: key, Modified: modified, Size: int64(len(value)), IsTerminal: true}, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return certmagic.KeyInfo{}, err
+	}
+	_, found, err := s.list(ctx, key)
+	if err != nil {
+		return certmagic.KeyInfo{}, err
+	}
+	if !found {
+		return certmagic.KeyInfo{}, fs.ErrNotExist
+	}
+	return certmagic.KeyInfo{Key: key}, nil
+}
+
+// dataPath is the API path (without /v1/) of key's current data.
+func (s *Storage) dataPath(key string) string {
+	return s.mount + "/data/" + s.prefix + "/" + key
+}
+
+// metaPath is the API path of the metadata of key (a folder if key is "")
+// inside folder.
+func (s *Storage) metaPath(folder, key string) string {
+	if key == "" {
+		return s.mount + "/metadata/" + folder
+	}
+	return s.mount + "/metadata/" + folder + "/" + key
+}
+
+func join(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+// holderName identifies this process in lock secrets, for people
+// inspecting them.
+func holderName() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s/%d", host, os.Getpid())
+}
+
+// redactURL drops user information from a URL-like string.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.User == nil {
+		return s
+	}
+	u.User = nil
+	return u.String()
+}
+
+// clientConfig is everything a client is built from; equal configs share
+// a client.
+type clientConfig struct {
+	address   string
+	namespace string
+	timeout   time.Duration
+	tls       struct {
+		caPEM      []byte
+		serverName string
+		insecure   bool
+	}
+	auth authSettings
+}
+
+// key is the pool key of c: a hash, so that secrets are not kept in it.
+func (c clientConfig) key() string {
+	h := sha256.New()
+	for _, v := range []string{
+		c.address, c.namespace, c.timeout.String(),
+		string(c.tls.caPEM), c.tls.serverName, fmt.Sprint(c.tls.insecure),
+		c.auth.method, c.auth.token, c.auth.tokenFile, c.auth.role, c.auth.jwtPath,
+		c.auth.mount, c.auth.roleID, c.auth.secretID,
+	} {
+		fmt.Fprintf(h, "%d:%s;", len(v), v)
+	}
+	return "acme_vault:" + hex.EncodeToString(h.Sum(nil))
+}
+
+// tlsConfig returns the client TLS configuration, nil for defaults.
+func (c clientConfig) tlsConfig() *tls.Config {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.tls.serverName, InsecureSkipVerify: c.tls.insecure}
+	if len(c.tls.caPEM) > 0 {
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(c.tls.caPEM)
+		cfg.RootCAs = pool
+	}
+	return cfg
+}
+
+// KV version 2 wire formats.
+type (
+	// kvValue is the data of a secret that holds a certmagic value.
+	kvValue struct {
+		Value    *string `json:"value"`
+		Encoding string  `json:"encoding,omitempty"`
+	}
+	writeRequest struct {
+		Options *writeOptions `json:"options,omitempty"`
+		Data    any           `json:"data"`
+	}
+	writeOptions struct {
+		CAS int `json:"cas"`
+	}
+	versionMetadata struct {
+		CreatedTime  time.Time `json:"created_time"`
+		DeletionTime string    `json:"deletion_time"`
+		Destroyed    bool      `json:"destroyed"`
+		Version      int       `json:"version"`
+	}
+	writeResponse struct {
+		Data versionMetadata `json:"data"`
+	}
+	readResponse struct {
+		Data struct {
+			Data     *kvValue        `json:"data"`
+			Metadata versionMetadata `json:"metadata"`
+		} `json:"data"`
+	}
+	listResponse struct {
+		Data struct {
+			Keys []string `json:"keys"`
+		} `json:"data"`
+	}
+)
+
+// encodeValue stores UTF-8 text as it is and anything else as base64.
+func encodeValue(b []byte) kvValue {
+	if utf8.Valid(b) {
+		v := string(b)
+		return kvValue{Value: &v}
+	}
+	v := base64.StdEncoding.EncodeToString(b)
+	return kvValue{Value: &v, Encoding: "base64"}
+}
+
+func (v *kvValue) decode() ([]byte, error) {
+	if v.Value == nil {
+		return nil, errors.New(`secret has no "value" field (not written by this storage)`)
+	}
+	switch v.Encoding {
+	case "":
+		return []byte(*v.Value), nil
+	case "base64":
+		b, err := base64.StdEncoding.DecodeString(*v.Value)
+		if err != nil {
+			return nil, fmt.Errorf("decoding value: %w", err)
+		}
+		return b, nil
+	default:
+		return nil, fmt.Errorf("value has unknown encoding %q", v.Encoding)
+	}
+}
+
+var errEmptyKey = fmt.Errorf("%w: empty key", fs.ErrInvalid)
+
+var listParams = map[string][]string{"list": {"true"}}
+
+const (
+	defaultAddress    = "https://127.0.0.1:8200"
+	defaultMount      = "secret"
+	defaultPathPrefix = "caddy-acme"
+	defaultJWTPath    = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+	defaultTimeout    = 10 * time.Second
+)
+
+// Interface guards
+var (
+	_ caddy.Provisioner          = (*Storage)(nil)
+	_ caddy.CleanerUpper         = (*Storage)(nil)
+	_ caddy.StorageConverter     = (*Storage)(nil)
+	_ certmagic.Storage          = (*Storage)(nil)
+	_ certmagic.TryLocker        = (*Storage)(nil)
+	_ certmagic.LockLeaseRenewer = (*Storage)(nil)
+	_ fmt.Stringer               = (*Storage)(nil)
+	_ zapcore.ObjectMarshaler    = (*Storage)(nil)
+)
