@@ -48,6 +48,12 @@ func backends() []backend {
 				return map[string]any{"module": "acme_consul", "address": c.Addr, "key_prefix": ns}
 			}
 		}},
+		{"acme_vault", func(t *testing.T) func(string) map[string]any {
+			v := testenv.StartVault(t, testenv.VaultOptions{})
+			return func(ns string) map[string]any {
+				return map[string]any{"module": "acme_vault", "address": v.Addr, "token": v.RootToken, "path_prefix": ns}
+			}
+		}},
 	}
 }
 

@@ -5,4 +5,5 @@ package caddyacme
 import (
 	_ "github.com/acmekit/caddy-acme/storage/consul"
 	_ "github.com/acmekit/caddy-acme/storage/kong"
+	_ "github.com/acmekit/caddy-acme/storage/vault"
 )
