@@ -1,0 +1,117 @@
+package redis
+
+import (
+	"bytes"
+	"context"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/acmekit/caddy-acme/internal/testenv"
+	"github.com/acmekit/caddy-acme/storage/storagetest"
+)
+
+// rawBench measures the raw go-redis round trips the storage's operations
+// are compared with (BENCHMARKS.md): SET and GET of the 1 KiB value that
+// storagetest.Bench stores. It runs before and after the storage's
+// benchmarks (name "Raw" and "RawAfter"), so that a drift of the machine
+// during the run shows.
+func rawBench(b *testing.B, name string, get func(ctx context.Context, key string) error, set func(ctx context.Context, key string, value []byte) error) {
+	ctx := context.Background()
+	value := bytes.Repeat([]byte("0123456789abcdef"), 64)
+	b.Run(name+"/SET", func(b *testing.B) {
+		storagetest.Timed(b, func() error { return set(ctx, "bench:raw", value) })
+	})
+	b.Run(name+"/GET", func(b *testing.B) {
+		storagetest.Timed(b, func() error { return get(ctx, "bench:raw") })
+	})
+}
+
+// BenchmarkStandalone runs storagetest.Bench against a standalone Redis,
+// with the raw driver's GET and SET on the same server before and after.
+func BenchmarkStandalone(b *testing.B) {
+	r := testenv.StartRedis(b, testenv.RedisOptions{})
+	c := r.Client(b)
+	get := func(ctx context.Context, k string) error { return c.Get(ctx, k).Err() }
+	set := func(ctx context.Context, k string, v []byte) error { return c.Set(ctx, k, v, 0).Err() }
+	rawBench(b, "Raw", get, set)
+	storagetest.Bench(b, opener(func() *Storage { return &Storage{Addresses: []string{r.Addr}} }))
+	rawBench(b, "RawAfter", get, set)
+}
+
+// BenchmarkCluster does the same against a Redis Cluster of three masters.
+func BenchmarkCluster(b *testing.B) {
+	cl := testenv.StartRedisCluster(b)
+	c := cl.Client(b)
+	get := func(ctx context.Context, k string) error { return c.Get(ctx, k).Err() }
+	set := func(ctx context.Context, k string, v []byte) error { return c.Set(ctx, k, v, 0).Err() }
+	rawBench(b, "Raw", get, set)
+	storagetest.Bench(b, opener(func() *Storage { return &Storage{Addresses: cl.Addrs} }))
+	rawBench(b, "RawAfter", get, set)
+}
+
+// BenchmarkPaired alternates each storage operation with the raw go-redis
+// command it is compared with, on the same standalone server, so that both
+// see the same machine at the same moment: every iteration times one raw
+// command and one storage operation. It reports both p50s and their ratio
+// (storage/raw), which a drifting load on the machine does not skew.
+// Store-vs-SET stores into directories written moments before (as certmagic
+// stores a certificate, its key and its metadata), StoreNewDirs-vs-SET into
+// new ones.
+func BenchmarkPaired(b *testing.B) {
+	ctx := context.Background()
+	r := testenv.StartRedis(b, testenv.RedisOptions{})
+	c := r.Client(b)
+	s := open(b, func() *Storage { return &Storage{Addresses: []string{r.Addr}} }, "paired")
+	value := bytes.Repeat([]byte("0123456789abcdef"), 64)
+	if err := s.Store(ctx, "bench/load/key", value); err != nil {
+		b.Fatal(err)
+	}
+	if err := c.Set(ctx, "bench:raw", value, 0).Err(); err != nil {
+		b.Fatal(err)
+	}
+	i := 0
+	for _, pair := range []struct {
+		name       string
+		raw, store func() error
+	}{
+		{"Store-vs-SET",
+			func() error { return c.Set(ctx, "bench:raw", value, 0).Err() },
+			func() error { i++; return s.Store(ctx, "bench/store/"+strconv.Itoa(i%64), value) }},
+		// a key in directories this instance has not written lately:
+		// every index field is written (a pipeline of four commands)
+		{"StoreNewDirs-vs-SET",
+			func() error { return c.Set(ctx, "bench:raw", value, 0).Err() },
+			func() error { i++; return s.Store(ctx, "bench/new"+strconv.Itoa(i)+"/x/key", value) }},
+		{"Load-vs-GET",
+			func() error { return c.Get(ctx, "bench:raw").Err() },
+			func() error { _, err := s.Load(ctx, "bench/load/key"); return err }},
+		{"Stat-vs-GET",
+			func() error { return c.Get(ctx, "bench:raw").Err() },
+			func() error { _, err := s.Stat(ctx, "bench/load/key"); return err }},
+	} {
+		b.Run(pair.name, func(b *testing.B) {
+			var raw, stored []time.Duration
+			for b.Loop() {
+				start := time.Now()
+				if err := pair.raw(); err != nil {
+					b.Fatal(err)
+				}
+				mid := time.Now()
+				if err := pair.store(); err != nil {
+					b.Fatal(err)
+				}
+				raw = append(raw, mid.Sub(start))
+				stored = append(stored, time.Since(mid))
+			}
+			slices.Sort(raw)
+			slices.Sort(stored)
+			rawP50, storeP50 := raw[len(raw)/2], stored[len(stored)/2]
+			b.ReportMetric(float64(rawP50.Nanoseconds()), "raw-p50-ns")
+			b.ReportMetric(float64(storeP50.Nanoseconds()), "p50-ns")
+			b.ReportMetric(float64(stored[len(stored)*99/100].Nanoseconds()), "p99-ns")
+			b.ReportMetric(float64(storeP50)/float64(rawP50), "ratio-p50")
+		})
+	}
+}

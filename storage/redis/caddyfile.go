@@ -1,0 +1,179 @@
+package redis
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// UnmarshalCaddyfile sets up the storage from Caddyfile tokens. Syntax:
+//
+//	storage acme_redis [<address>...] {
+//		addresses <address>...
+//		master_name <name>
+//		cluster
+//		username <username>
+//		password <password>
+//		sentinel_username <username>
+//		sentinel_password <password>
+//		db <number>
+//		key_prefix <prefix>
+//		dial_timeout <duration>
+//		read_timeout <duration>
+//		write_timeout <duration>
+//		tls {
+//			enabled <true|false>
+//			ca_file <path>
+//			server_name <name>
+//			insecure_skip_verify
+//			client_cert_file <path>
+//			client_key_file <path>
+//		}
+//		encryption_key <key>
+//		lock_lease <duration>
+//		lock_refresh <duration>
+//	}
+//
+// Addresses may be given on the first line instead of with addresses. A
+// bare `tls` (without a block) turns TLS on with the defaults.
+func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the module name
+	seen := make(map[string]bool)
+	if args := d.RemainingArgs(); len(args) > 0 {
+		s.Addresses = args
+		seen["addresses"] = true
+	}
+	for d.NextBlock(0) {
+		key := d.Val()
+		if seen[key] {
+			return d.Errf("%s specified more than once", key)
+		}
+		seen[key] = true
+		if ok, err := s.Options.UnmarshalCaddyfile(d); ok || err != nil {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		switch key {
+		case "addresses":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			s.Addresses = args
+		case "master_name", "username", "password", "sentinel_username", "sentinel_password", "key_prefix":
+			val, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			*map[string]*string{
+				"master_name":       &s.MasterName,
+				"username":          &s.Username,
+				"password":          &s.Password,
+				"sentinel_username": &s.SentinelUsername,
+				"sentinel_password": &s.SentinelPassword,
+				"key_prefix":        &s.KeyPrefix,
+			}[key] = val
+		case "cluster":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			s.Cluster = true
+		case "db":
+			val, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 0 {
+				return d.Errf("db: expected a database number (0 or more), got %q", val)
+			}
+			s.DB = n
+		case "dial_timeout", "read_timeout", "write_timeout":
+			val, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			dur, err := caddy.ParseDuration(val)
+			if err != nil || dur <= 0 {
+				return d.Errf("%s: expected a positive duration such as 5s, got %q", key, val)
+			}
+			*map[string]*caddy.Duration{
+				"dial_timeout":  &s.DialTimeout,
+				"read_timeout":  &s.ReadTimeout,
+				"write_timeout": &s.WriteTimeout,
+			}[key] = caddy.Duration(dur)
+		case "tls":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			s.TLS = new(TLS)
+			if err := s.TLS.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized subdirective '%s'", key)
+		}
+	}
+	return nil
+}
+
+// unmarshalCaddyfile reads the block of the tls subdirective, if any.
+func (t *TLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		key := d.Val()
+		if seen[key] {
+			return d.Errf("tls: %s specified more than once", key)
+		}
+		seen[key] = true
+		switch key {
+		case "enabled":
+			val, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			b, err := strconv.ParseBool(val)
+			if err != nil {
+				return d.Errf("tls: enabled: expected true or false, got %q", val)
+			}
+			t.Enabled = &b
+		case "ca_file", "server_name", "client_cert_file", "client_key_file":
+			val, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			*map[string]*string{
+				"ca_file":          &t.CAFile,
+				"server_name":      &t.ServerName,
+				"client_cert_file": &t.ClientCertFile,
+				"client_key_file":  &t.ClientKeyFile,
+			}[key] = val
+		case "insecure_skip_verify":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			t.InsecureSkipVerify = true
+		default:
+			return d.Errf("unrecognized subdirective '%s'", key)
+		}
+	}
+	return nil
+}
+
+// oneArg returns the single argument of the current subdirective.
+func oneArg(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	val := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	return val, nil
+}
+
+// Interface guards
+var _ caddyfile.Unmarshaler = (*Storage)(nil)

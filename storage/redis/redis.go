@@ -1,0 +1,601 @@
+// Package redis is the caddy.storage.acme_redis module: certmagic storage
+// and distributed locks in Redis (standalone, Cluster or Sentinel).
+package redis
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+	goredis "github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/acmekit/caddy-acme/storage/internal/backend"
+)
+
+func init() {
+	caddy.RegisterModule(new(Storage))
+}
+
+// Storage keeps certmagic's data (certificates, keys, ACME accounts,
+// challenge tokens, …) in Redis and coordinates the nodes of a cluster with
+// locks in Redis. It works with a standalone server, Redis Cluster and
+// Sentinel-managed replication, with ACL users, TLS and key prefixes, and is
+// usable both inside the acme app and as Caddy's global storage.
+//
+// Every string field accepts placeholders such as {env.NAME} and
+// {file./path}, expanded when the config is loaded; an unknown or empty
+// placeholder is an error. Instances with the same connection settings
+// share one client, across config reloads. The Caddyfile syntax is under
+// UnmarshalCaddyfile. It needs Redis 5 or later (6 for ACL users) and is
+// tested with Redis 7.0.
+//
+// # Data layout
+//
+// Every key lives under key_prefix (P below). A certmagic key k with value
+// v is the hash P+"v:"+k with the fields value (v, or v sealed with
+// encryption_key), size (the length of v) and modified (Unix nanoseconds).
+// Load is one HGET, Stat one HMGET: no encoding of the value, one round trip.
+//
+// So that List costs O(children) and never scans the key space, every
+// directory D has an index, the hash P+"d:"+D (D is "" for the root), whose
+// fields name D's direct children: "name" for a file, "name/" for a
+// directory (a name may be both). Each field's value is the time, in Unix
+// milliseconds on the writer's clock, the field was last written.
+//
+// Store writes the index fields of every directory above the key first and
+// the value last: in one pipeline on a standalone or Sentinel-managed server
+// (Redis runs a connection's commands in order), in two round trips on
+// Cluster (the indexes live on other nodes, so their order is not
+// guaranteed within one pipeline). The indexes therefore always name at
+// least every key that has a value: a writer that stops halfway (a crash,
+// a lost connection) leaves at worst index fields without a value behind,
+// never a value that List cannot find. No command touches more than one
+// key, so nothing depends on keys sharing a Cluster hash slot, and keys
+// spread over the whole cluster. Index fields the same instance wrote in
+// the last 5 seconds are not written again (nothing removes a field that
+// young, see below), so a burst of Stores into one directory, such as
+// certmagic's certificate, key and metadata, costs a single HSET each
+// after the first.
+//
+// Readers never trust an index field alone. A file exists if its value
+// hash does; a directory exists if some file below it does. List, Stat and
+// Exists check the children they are about to report (in pipelines, one
+// level of the tree per round trip, stopping at the first file found for a
+// directory) and leave out the ones that do not exist. Fields found stale
+// are removed lazily ("pruned") by a Lua script on their index, which
+// removes a field only if it was last written at least a minute ago by the
+// Redis server's clock. Delete walks the indexes below the key, removes
+// the values it finds at once, and then prunes the index fields the same
+// way (values first, so an interrupted Delete leaves nothing unlisted).
+//
+// The minute's grace is what makes concurrent Store, Delete and reads safe
+// without multi-key transactions (which Cluster does not allow across
+// slots): a field that a Store has just written, but whose value it has not
+// written yet, looks stale for a moment, and is left alone. A Store racing
+// with a Delete of the same key or a directory above it is ordered one way
+// or the other: either the value is deleted, or it survives and is listed.
+//
+// Failure modes: a Store whose value write comes more than 55 seconds
+// after its index writes (a process frozen in between), writers whose
+// clocks run more than 55 seconds behind the Redis server's, or index keys
+// removed behind the storage's back (FLUSHDB, eviction under a maxmemory
+// policy other than noeviction) can leave a value that exists (Load and
+// Stat find it) but is missing from List until it is stored again. Stale
+// fields cost readers one check each until they are pruned. As with any
+// Redis replication, a failover (Sentinel, Cluster) may lose the last
+// writes the old master had not yet replicated.
+//
+// # Locks
+//
+// A lock is the string P+"l:"+name, created with SET NX PX (the lease,
+// lock_lease) holding a random owner token. While it is held, its lease
+// is extended every lock_refresh by a script that extends it only if the
+// token is still this instance's, and never shortens it (RenewLockLease
+// extends it the same way to the duration certmagic asks for). Unlock
+// deletes it by a script that compares the token first, so an instance
+// only ever releases its own lock, and then publishes on the channel
+// P+"unlock:"+name. A Lock that finds the lock taken subscribes to that
+// channel and tries again on every message, or when the lease it saw
+// expires, or at the latest every min(lease/4, 1s); it returns when its
+// context ends. A lock belongs to the storage instance, not to a
+// goroutine: a second Lock of a name the instance holds waits like any
+// other node's.
+//
+// Failure modes: a holder that crashes keeps the lock until its lease
+// runs out (lock_lease, or longer if certmagic renewed the lease for a
+// long operation); then the next waiter takes it. A holder that cannot
+// reach Redis for longer than its lease loses the lock without knowing,
+// and another node may take it: as certmagic's docs say of every Locker,
+// users of these locks must tolerate rare overlaps. With Sentinel or
+// Cluster, a failover right after a lock was taken may lose it with the
+// unreplicated writes.
+type Storage struct {
+	// The Redis servers, as host:port. One address is a standalone server;
+	// several are seed nodes of a Redis Cluster; with master_name they are
+	// the Sentinels to ask for the master. Default: 127.0.0.1:6379.
+	Addresses []string `json:"addresses,omitempty"`
+
+	// The name of the master the Sentinels at addresses monitor. Setting it
+	// selects Sentinel mode. Default: none (no Sentinel).
+	MasterName string `json:"master_name,omitempty"`
+
+	// Use Redis Cluster even though addresses has a single seed node.
+	// Default: false (Cluster is used when addresses has several entries
+	// and master_name is not set).
+	Cluster bool `json:"cluster,omitempty"`
+
+	// The ACL user to log in as (Redis 6 and later). Default: none (the
+	// default user).
+	Username string `json:"username,omitempty"`
+
+	// The password of username, or of the default user (requirepass). A
+	// secret: use {env.NAME} or {file./path}; it never appears in logs or
+	// errors. Default: none.
+	Password string `json:"password,omitempty"`
+
+	// The ACL user to log in to the Sentinels as, with master_name.
+	// Default: none.
+	SentinelUsername string `json:"sentinel_username,omitempty"`
+
+	// The password for the Sentinels, with master_name. A secret, like
+	// password. Default: none.
+	SentinelPassword string `json:"sentinel_password,omitempty"`
+
+	// The logical database to use (SELECT). Redis Cluster has only
+	// database 0. Default: 0.
+	DB int `json:"db,omitempty"`
+
+	// Prepended to every Redis key and pub/sub channel this storage uses,
+	// as is (add your own separator), so that several Caddy clusters (or
+	// other programs) can share one Redis; Kong's namespace. Default:
+	// "caddy-acme:".
+	KeyPrefix string `json:"key_prefix,omitempty"`
+
+	// Connect with TLS. Default: no TLS.
+	TLS *TLS `json:"tls,omitempty"`
+
+	// How long to wait for a connection to be established. Default: 5s.
+	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
+
+	// How long to wait for a reply to a command. Default: 3s.
+	ReadTimeout caddy.Duration `json:"read_timeout,omitempty"`
+
+	// How long to wait for a command to be sent. Default: read_timeout.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	backend.Options
+
+	logger   *zap.Logger
+	rt       backend.Runtime
+	prefix   string
+	grace    time.Duration // how old a stale index field must be to be pruned
+	poll     time.Duration // how often a waiting Lock tries again; 0: min(lease/4, 1s)
+	poolKey  string
+	client   *client
+	released atomic.Bool
+	held     backend.Held
+	recent   recentFields
+}
+
+// TLS configures TLS connections to Redis (servers and Sentinels alike).
+type TLS struct {
+	// Whether to use TLS. Set it to false to connect in plain text while
+	// keeping the other settings. Default: true (the presence of the tls
+	// object turns TLS on).
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// A PEM file with the certificate authorities to trust for the servers'
+	// certificates. Default: the system's trusted roots.
+	CAFile string `json:"ca_file,omitempty"`
+
+	// The name the servers' certificates must be valid for. Default: the
+	// host of the address connected to.
+	ServerName string `json:"server_name,omitempty"`
+
+	// Accept any server certificate, without verifying it: insecure,
+	// for tests only. Default: false.
+	InsecureSkipVerify bool `json:"insecure_skip_verify,omitempty"`
+
+	// A PEM file with a client certificate to present, for servers that
+	// require one (tls-auth-clients). Needs client_key_file. Default: none.
+	ClientCertFile string `json:"client_cert_file,omitempty"`
+
+	// The PEM file with the private key of client_cert_file. Default: none.
+	ClientKeyFile string `json:"client_key_file,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Storage) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "caddy.storage.acme_redis",
+		New: func() caddy.Module { return new(Storage) },
+	}
+}
+
+// Provision checks the configuration, expands placeholders and sets up the
+// client (shared with other instances that have the same connection
+// settings). It does no network I/O: go-redis connects on first use.
+func (s *Storage) Provision(ctx caddy.Context) error {
+	s.logger = ctx.Logger()
+	rt, err := s.Options.Provision()
+	if err != nil {
+		return err
+	}
+	s.rt = rt
+	cs, err := s.settings()
+	if err != nil {
+		return err
+	}
+	s.prefix = DefaultKeyPrefix
+	if s.KeyPrefix != "" {
+		if s.prefix, err = expand("key_prefix", s.KeyPrefix, false); err != nil {
+			return err
+		}
+	}
+	s.grace = pruneGrace
+	s.recent.window = pruneGrace / 12
+	key, err := cs.key()
+	if err != nil {
+		return err
+	}
+	c, err := clients.Acquire(key, cs.newClient)
+	if err != nil {
+		return fmt.Errorf("creating redis client: %w", err)
+	}
+	s.client, s.poolKey = c, key
+	return nil
+}
+
+// Cleanup releases this instance's use of the shared client; the client is
+// closed with its last user. Locks still held stay held until Unlock (or
+// until their lease ends, if the client was closed). Safe to call more than
+// once and after a failed Provision.
+func (s *Storage) Cleanup() error {
+	if s.client == nil || !s.released.CompareAndSwap(false, true) {
+		return nil
+	}
+	return clients.Release(s.poolKey)
+}
+
+// CertMagicStorage returns s, which is a certmagic.Storage.
+func (s *Storage) CertMagicStorage() (certmagic.Storage, error) {
+	return s, nil
+}
+
+// String describes the storage for logs (certmagic logs it with zap.Any),
+// without the password or the encryption key.
+func (s *Storage) String() string {
+	var b strings.Builder
+	b.WriteString("acme_redis{addresses=[")
+	addrs := s.Addresses
+	if len(addrs) == 0 {
+		addrs = []string{DefaultAddress}
+	}
+	b.WriteString(strings.Join(addrs, " "))
+	b.WriteString("]")
+	if s.MasterName != "" {
+		fmt.Fprintf(&b, " master_name=%q", s.MasterName)
+	}
+	if s.Cluster {
+		b.WriteString(" cluster")
+	}
+	fmt.Fprintf(&b, " db=%d", s.DB)
+	prefix := s.KeyPrefix
+	if prefix == "" {
+		prefix = DefaultKeyPrefix
+	}
+	fmt.Fprintf(&b, " key_prefix=%q", prefix)
+	if s.Username != "" {
+		fmt.Fprintf(&b, " username=%q", s.Username)
+	}
+	if s.Password != "" {
+		b.WriteString(" password=(redacted)")
+	}
+	if s.SentinelPassword != "" {
+		b.WriteString(" sentinel_password=(redacted)")
+	}
+	if s.TLS.enabled() {
+		b.WriteString(" tls")
+	}
+	if s.EncryptionKey != "" {
+		b.WriteString(" encryption=aes-256-gcm (key redacted)")
+	}
+	b.WriteString("}")
+	return b.String()
+}
+
+// DefaultAddress is the Redis server used when addresses is empty.
+const DefaultAddress = "127.0.0.1:6379"
+
+// DefaultKeyPrefix is prepended to every Redis key when key_prefix is empty.
+const DefaultKeyPrefix = "caddy-acme:"
+
+// pruneGrace is how long ago a stale index field must have been written
+// before it is removed (see Storage's data layout).
+const pruneGrace = time.Minute
+
+func (t *TLS) enabled() bool {
+	return t != nil && (t.Enabled == nil || *t.Enabled)
+}
+
+// connSettings are the normalised connection settings, with placeholders
+// expanded; equal settings share a client.
+type connSettings struct {
+	Addrs            []string
+	MasterName       string
+	Cluster          bool
+	Username         string
+	Password         string
+	SentinelUsername string
+	SentinelPassword string
+	DB               int
+	TLS              bool
+	CAFile           string
+	CASum            string
+	ServerName       string
+	Insecure         bool
+	ClientCertFile   string
+	ClientKeyFile    string
+	ClientSum        string
+	Dial             time.Duration
+	Read             time.Duration
+	Write            time.Duration
+
+	tlsConfig *tls.Config
+}
+
+// settings checks and expands the connection fields. Its errors name the
+// field and never contain a secret.
+func (s *Storage) settings() (*connSettings, error) {
+	cs := &connSettings{DB: s.DB}
+	var err error
+	for i, a := range s.Addresses {
+		field := fmt.Sprintf("addresses[%d]", i)
+		if a, err = expand(field, a, false); err != nil {
+			return nil, err
+		}
+		if err := checkAddress(a); err != nil {
+			return nil, fmt.Errorf("%s: %w", field, err)
+		}
+		cs.Addrs = append(cs.Addrs, a)
+	}
+	for _, f := range []struct {
+		name   string
+		in     string
+		out    *string
+		secret bool
+	}{
+		{"master_name", s.MasterName, &cs.MasterName, false},
+		{"username", s.Username, &cs.Username, false},
+		{"password", s.Password, &cs.Password, true},
+		{"sentinel_username", s.SentinelUsername, &cs.SentinelUsername, false},
+		{"sentinel_password", s.SentinelPassword, &cs.SentinelPassword, true},
+	} {
+		if f.in == "" {
+			continue
+		}
+		if *f.out, err = expand(f.name, f.in, f.secret); err != nil {
+			return nil, err
+		}
+	}
+	switch {
+	case cs.MasterName != "":
+		if len(cs.Addrs) == 0 {
+			return nil, errors.New("addresses: the Sentinel addresses are required with master_name")
+		}
+		if s.Cluster {
+			return nil, errors.New("cluster: cannot be combined with master_name (Sentinel)")
+		}
+	case len(cs.Addrs) == 0:
+		cs.Addrs = []string{DefaultAddress}
+		cs.Cluster = s.Cluster
+	default:
+		cs.Cluster = s.Cluster || len(cs.Addrs) > 1
+	}
+	if cs.MasterName == "" && (cs.SentinelUsername != "" || cs.SentinelPassword != "") {
+		return nil, errors.New("sentinel_username, sentinel_password: only used with master_name (Sentinel)")
+	}
+	if s.DB < 0 {
+		return nil, fmt.Errorf("db: must not be negative, got %d", s.DB)
+	}
+	if cs.Cluster && s.DB != 0 {
+		return nil, fmt.Errorf("db: Redis Cluster has only database 0, got %d", s.DB)
+	}
+	if cs.MasterName == "" {
+		// seed and Sentinel order does not matter; a standalone list has one
+		slices.Sort(cs.Addrs)
+	}
+	for _, d := range []struct {
+		name string
+		in   caddy.Duration
+		out  *time.Duration
+		def  time.Duration
+	}{
+		{"dial_timeout", s.DialTimeout, &cs.Dial, 5 * time.Second},
+		{"read_timeout", s.ReadTimeout, &cs.Read, 3 * time.Second},
+		{"write_timeout", s.WriteTimeout, &cs.Write, 0},
+	} {
+		if d.in < 0 {
+			return nil, fmt.Errorf("%s: must not be negative, got %s", d.name, time.Duration(d.in))
+		}
+		*d.out = time.Duration(d.in)
+		if *d.out == 0 {
+			*d.out = d.def
+		}
+	}
+	if cs.Write == 0 {
+		cs.Write = cs.Read
+	}
+	if s.TLS.enabled() {
+		if err := cs.setTLS(s.TLS); err != nil {
+			return nil, err
+		}
+	}
+	return cs, nil
+}
+
+// setTLS loads the TLS settings into cs.
+func (cs *connSettings) setTLS(t *TLS) error {
+	var err error
+	cs.TLS = true
+	cs.Insecure = t.InsecureSkipVerify
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // the user's explicit choice
+	if t.ServerName != "" {
+		if cs.ServerName, err = expand("tls.server_name", t.ServerName, false); err != nil {
+			return err
+		}
+		cfg.ServerName = cs.ServerName
+	}
+	if t.CAFile != "" {
+		if cs.CAFile, err = expand("tls.ca_file", t.CAFile, false); err != nil {
+			return err
+		}
+		pem, err := os.ReadFile(cs.CAFile)
+		if err != nil {
+			return fmt.Errorf("tls.ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("tls.ca_file: no PEM certificates in %s", cs.CAFile)
+		}
+		cfg.RootCAs = pool
+		sum := sha256.Sum256(pem)
+		cs.CASum = hex.EncodeToString(sum[:])
+	}
+	if (t.ClientCertFile == "") != (t.ClientKeyFile == "") {
+		return errors.New("tls.client_cert_file, tls.client_key_file: set both or neither")
+	}
+	if t.ClientCertFile != "" {
+		if cs.ClientCertFile, err = expand("tls.client_cert_file", t.ClientCertFile, false); err != nil {
+			return err
+		}
+		if cs.ClientKeyFile, err = expand("tls.client_key_file", t.ClientKeyFile, false); err != nil {
+			return err
+		}
+		certPEM, err := os.ReadFile(cs.ClientCertFile)
+		if err != nil {
+			return fmt.Errorf("tls.client_cert_file: %w", err)
+		}
+		keyPEM, err := os.ReadFile(cs.ClientKeyFile)
+		if err != nil {
+			return fmt.Errorf("tls.client_key_file: %w", err)
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return fmt.Errorf("tls.client_cert_file, tls.client_key_file: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+		sum := sha256.Sum256(append(certPEM, keyPEM...))
+		cs.ClientSum = hex.EncodeToString(sum[:])
+	}
+	cs.tlsConfig = cfg
+	return nil
+}
+
+// key identifies the settings in the client pool, without holding secrets
+// in clear.
+func (cs *connSettings) key() (string, error) {
+	b, err := json.Marshal(cs)
+	if err != nil {
+		return "", fmt.Errorf("hashing connection settings: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return "acme_redis:" + hex.EncodeToString(sum[:]), nil
+}
+
+// newClient creates the go-redis client; it does not connect yet.
+func (cs *connSettings) newClient() (*client, error) {
+	opts := &goredis.UniversalOptions{
+		Addrs:                 cs.Addrs,
+		MasterName:            cs.MasterName,
+		IsClusterMode:         cs.Cluster,
+		Username:              cs.Username,
+		Password:              cs.Password,
+		SentinelUsername:      cs.SentinelUsername,
+		SentinelPassword:      cs.SentinelPassword,
+		DB:                    cs.DB,
+		DialTimeout:           cs.Dial,
+		ReadTimeout:           cs.Read,
+		WriteTimeout:          cs.Write,
+		ContextTimeoutEnabled: true,
+		TLSConfig:             cs.tlsConfig,
+		ClientName:            "caddy-acme",
+		DisableIdentity:       true,
+	}
+	c := goredis.NewUniversalClient(opts)
+	_, cluster := c.(*goredis.ClusterClient)
+	return &client{UniversalClient: c, cluster: cluster}, nil
+}
+
+// client is a go-redis client shared through clients.
+type client struct {
+	goredis.UniversalClient
+	cluster bool // Redis Cluster: no order between commands to different nodes
+}
+
+// Destruct closes the client when its last user has released it.
+func (c *client) Destruct() error {
+	return c.Close()
+}
+
+// clients shares go-redis clients among instances with the same connection
+// settings, across config reloads.
+var clients = backend.NewPool[*client]()
+
+// checkAddress accepts host:port with a numeric port.
+func checkAddress(a string) error {
+	if strings.Contains(a, "://") {
+		return fmt.Errorf("want host:port, not a URL: %q", a)
+	}
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("want host:port: %w", err)
+	}
+	if host == "" {
+		return fmt.Errorf("want host:port, the host is missing in %q", a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("want host:port, the port is not a number in 1-65535 in %q", a)
+	}
+	return nil
+}
+
+// expand expands placeholders ({env.NAME}, {file./path}, …) in the value of
+// field, failing on unknown or empty placeholders. The error of a secret
+// shows the placeholder only if the whole value is one placeholder, so that
+// no part of a literal secret ends up in an error.
+func expand(field, v string, secret bool) (string, error) {
+	out, err := caddy.NewReplacer().ReplaceOrErr(v, true, true)
+	if err == nil {
+		return out, nil
+	}
+	if secret && !(strings.HasPrefix(v, "{") && strings.HasSuffix(v, "}") && strings.Count(v, "{") == 1) {
+		return "", fmt.Errorf("%s: expanding placeholders: unknown or empty placeholder (value not shown; write a literal { as \\{)", field)
+	}
+	return "", fmt.Errorf("%s: %w", field, err)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner          = (*Storage)(nil)
+	_ caddy.CleanerUpper         = (*Storage)(nil)
+	_ caddy.StorageConverter     = (*Storage)(nil)
+	_ certmagic.Storage          = (*Storage)(nil)
+	_ certmagic.TryLocker        = (*Storage)(nil)
+	_ certmagic.LockLeaseRenewer = (*Storage)(nil)
+	_ fmt.Stringer               = (*Storage)(nil)
+)
