@@ -36,6 +36,12 @@ func backends() []backend {
 				return map[string]any{"module": "file_system", "root": filepath.Join(root, ns)}
 			}
 		}},
+		{"acme_redis", func(t *testing.T) func(string) map[string]any {
+			r := testenv.StartRedis(t, testenv.RedisOptions{})
+			return func(ns string) map[string]any {
+				return map[string]any{"module": "acme_redis", "addresses": []string{r.Addr}, "key_prefix": ns + ":"}
+			}
+		}},
 		{"acme_kong", func(t *testing.T) func(string) map[string]any {
 			pg := testenv.StartPostgres(t, testenv.PostgresOptions{})
 			return func(ns string) map[string]any {

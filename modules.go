@@ -5,5 +5,6 @@ package caddyacme
 import (
 	_ "github.com/acmekit/caddy-acme/storage/consul"
 	_ "github.com/acmekit/caddy-acme/storage/kong"
+	_ "github.com/acmekit/caddy-acme/storage/redis"
 	_ "github.com/acmekit/caddy-acme/storage/vault"
 )
