@@ -3,13 +3,8 @@ package testenv
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -258,65 +253,18 @@ func (c *Consul) HTTPClient(t testing.TB) *http.Client {
 // 127.0.0.1, ::1, localhost and server.dc1.consul, and a client
 // certificate, and writes them (PEM) to dir.
 func (c *Consul) writeTLSFiles(dir string) error {
-	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := newTestCA("caddy-acme testenv Consul CA")
 	if err != nil {
 		return err
 	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          randSerial(),
-		Subject:               pkix.Name{CommonName: "caddy-acme testenv Consul CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(7 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return err
-	}
-	leaf := func(name, cn string, usage x509.ExtKeyUsage, dns []string, ips []net.IP) error {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return err
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: randSerial(),
-			Subject:      pkix.Name{CommonName: cn},
-			NotBefore:    now.Add(-time.Hour),
-			NotAfter:     now.Add(7 * 24 * time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-			DNSNames:     dns,
-			IPAddresses:  ips,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			return err
-		}
-		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(dir, name+"-cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(dir, name+"-key.pem"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
-	}
-	if err := leaf("consul-server", "server.dc1.consul", x509.ExtKeyUsageServerAuth,
+	if err := ca.issueFiles(dir, "consul-server", "server.dc1.consul", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		[]string{"localhost", "server.dc1.consul"}, []net.IP{net.ParseIP("127.0.0.1"), net.IPv6loopback}); err != nil {
 		return err
 	}
-	if err := leaf("consul-client", "caddy-acme test client", x509.ExtKeyUsageClientAuth, nil, nil); err != nil {
+	if err := ca.issueFiles(dir, "consul-client", "caddy-acme test client", []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil, nil); err != nil {
 		return err
 	}
-	c.CAPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	c.CAPEM = ca.certPEM()
 	c.CAFile = filepath.Join(dir, "consul-ca.pem")
 	c.ClientCertFile = filepath.Join(dir, "consul-client-cert.pem")
 	c.ClientKeyFile = filepath.Join(dir, "consul-client-key.pem")

@@ -3,19 +3,14 @@ package testenv
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -210,63 +205,22 @@ func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 // writeListenerCert creates a throwaway ECDSA CA and a certificate for
 // 127.0.0.1, ::1 and localhost signed by it, and writes them to dir.
 func (p *Pebble) writeListenerCert(dir string) error {
-	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := newTestCA("caddy-acme testenv Pebble listener CA")
 	if err != nil {
 		return err
 	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          randSerial(),
-		Subject:               pkix.Name{CommonName: "caddy-acme testenv Pebble listener CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(7 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	certPEM, keyPEM, err := ca.issue("127.0.0.1", []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		[]string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1"), net.IPv6loopback})
 	if err != nil {
 		return err
 	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
+	caPEM := ca.certPEM()
+	p.ListenerCAFile = filepath.Join(dir, "listener-ca.pem")
+	if err := os.WriteFile(p.ListenerCAFile, caPEM, 0o600); err != nil {
 		return err
 	}
-	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
+	if err := writeCertFiles(dir, "listener", certPEM, keyPEM); err != nil {
 		return err
-	}
-	leafTmpl := &x509.Certificate{
-		SerialNumber: randSerial(),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(7 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.IPv6loopback},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(leafKey)
-	if err != nil {
-		return err
-	}
-	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER})
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-	files := map[string][]byte{
-		"listener-ca.pem":   caPEM,
-		"listener-cert.pem": certPEM,
-		"listener-key.pem":  keyPEM,
-	}
-	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			return err
-		}
 	}
 	p.listenerTLS, err = tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
@@ -274,16 +228,7 @@ func (p *Pebble) writeListenerCert(dir string) error {
 	}
 	p.ListenerCAPEM = caPEM
 	p.listenerCAPEM = bytes.Clone(caPEM)
-	p.ListenerCAFile = filepath.Join(dir, "listener-ca.pem")
 	return nil
-}
-
-func randSerial() *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		panic(err)
-	}
-	return n
 }
 
 // pebbleConfig is Pebble's JSON configuration (the fields used here).

@@ -2,13 +2,8 @@ package testenv
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -289,68 +284,22 @@ func (r *Redis) Client(t testing.TB) *goredis.Client {
 // writeTLSFiles creates the throwaway CA, a server certificate for
 // RedisServerName and 127.0.0.1 and a client certificate, in r.Dir.
 func (r *Redis) writeTLSFiles() error {
-	now := time.Now()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := newTestCA("caddy-acme testenv Redis CA")
 	if err != nil {
 		return err
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          randSerial(),
-		Subject:               pkix.Name{CommonName: "caddy-acme testenv Redis CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(7 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		return err
-	}
-	issue := func(name string, tmpl *x509.Certificate) error {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return err
-		}
-		tmpl.SerialNumber = randSerial()
-		tmpl.NotBefore = now.Add(-time.Hour)
-		tmpl.NotAfter = now.Add(7 * 24 * time.Hour)
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			return err
-		}
-		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(r.Dir, name+"-cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-			return err
-		}
-		return os.WriteFile(filepath.Join(r.Dir, name+"-key.pem"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
 	}
 	// Redis uses the server certificate for the connections it makes
 	// itself too (replication, cluster bus), hence both usages.
-	if err := issue("server", &x509.Certificate{
-		Subject:     pkix.Name{CommonName: RedisServerName},
-		DNSNames:    []string{RedisServerName},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}); err != nil {
+	if err := ca.issueFiles(r.Dir, "server", RedisServerName,
+		[]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		[]string{RedisServerName}, []net.IP{net.ParseIP("127.0.0.1")}); err != nil {
 		return err
 	}
-	if err := issue("client", &x509.Certificate{
-		Subject:     pkix.Name{CommonName: "caddy-acme testenv Redis client"},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}); err != nil {
+	if err := ca.issueFiles(r.Dir, "client", "caddy-acme testenv Redis client",
+		[]x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil, nil); err != nil {
 		return err
 	}
-	r.CAPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	r.CAPEM = ca.certPEM()
 	r.CAFile = filepath.Join(r.Dir, "ca.pem")
 	r.ClientCertFile = filepath.Join(r.Dir, "client-cert.pem")
 	r.ClientKeyFile = filepath.Join(r.Dir, "client-key.pem")
