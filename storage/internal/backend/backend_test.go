@@ -62,6 +62,9 @@ func TestSealer(t *testing.T) {
 	if got := none.Seal("k", []byte("x")); string(got) != "x" {
 		t.Fatal("a nil Sealer changed the value")
 	}
+	if got, err := none.Open("k", sealed); err == nil || !strings.Contains(err.Error(), "value is encrypted: set the storage's encryption_key") {
+		t.Fatalf("reading a sealed value without a key = %q, %v; want a clear error", got, err)
+	}
 	if s.String() == "" || strings.Contains(s.String(), string(key)) {
 		t.Fatal("String shows the key")
 	}

@@ -75,9 +75,14 @@ func (s *Sealer) Seal(key string, value []byte) []byte {
 	return s.aead.Seal(out, nonce, value, []byte(key))
 }
 
-// Open returns the plain value of data stored under key.
+// Open returns the plain value of data stored under key. Without a key
+// (a nil Sealer), a sealed value is an error rather than bytes returned as
+// if they were the value.
 func (s *Sealer) Open(key string, data []byte) ([]byte, error) {
 	if s == nil {
+		if bytes.HasPrefix(data, sealMagic) {
+			return nil, fmt.Errorf("reading %s: value is encrypted: set the storage's encryption_key", key)
+		}
 		return data, nil
 	}
 	if !bytes.HasPrefix(data, sealMagic) {
