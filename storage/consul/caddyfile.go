@@ -3,6 +3,8 @@ package consul
 import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/acmekit/caddy-acme/storage/internal/backend"
 )
 
 // UnmarshalCaddyfile sets up the storage from Caddyfile tokens (syntax in
@@ -52,11 +54,8 @@ func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				s.Timeout = caddy.Duration(dur)
 			}
 		case "tls":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			s.TLS = new(TLS)
-			if err := s.TLS.unmarshalCaddyfile(d); err != nil {
+			s.TLS = new(backend.TLS)
+			if err := s.TLS.UnmarshalCaddyfile(d); err != nil {
 				return err
 			}
 		default:
@@ -67,43 +66,6 @@ func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !known {
 				return d.Errf("unrecognized subdirective '%s'", key)
 			}
-		}
-	}
-	return nil
-}
-
-// unmarshalCaddyfile reads the tls block.
-func (t *TLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		key := d.Val()
-		if seen[key] {
-			return d.Errf("duplicate tls subdirective '%s'", key)
-		}
-		seen[key] = true
-		switch key {
-		case "insecure_skip_verify":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			t.InsecureSkipVerify = true
-		case "ca_file", "server_name", "cert_file", "key_file":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
-			}
-			switch key {
-			case "ca_file":
-				t.CAFile = v
-			case "server_name":
-				t.ServerName = v
-			case "cert_file":
-				t.CertFile = v
-			case "key_file":
-				t.KeyFile = v
-			}
-		default:
-			return d.Errf("unrecognized subdirective '%s'", key)
 		}
 	}
 	return nil

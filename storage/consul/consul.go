@@ -6,9 +6,7 @@ package consul
 import (
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -103,6 +101,7 @@ func init() {
 //		key_prefix <prefix>
 //		timeout <duration>
 //		tls {
+//			enabled <true|false>
 //			ca_file <path>
 //			server_name <name>
 //			insecure_skip_verify
@@ -118,8 +117,8 @@ type Storage struct {
 	// 127.0.0.1:8500.
 	Address string `json:"address,omitempty"`
 
-	// "http" or "https". Default: "https" if a tls block is given, else
-	// "http".
+	// "http" or "https". Default: "https" if tls is given (and not
+	// disabled), else "http".
 	Scheme string `json:"scheme,omitempty"`
 
 	// The ACL token sent with every request (header X-Consul-Token). A
@@ -144,9 +143,11 @@ type Storage struct {
 	// "caddy-acme".
 	KeyPrefix string `json:"key_prefix,omitempty"`
 
-	// TLS settings for the connection to Consul. Default: the system's
-	// roots, and the address's host as server name.
-	TLS *TLS `json:"tls,omitempty"`
+	// TLS settings for the connection to Consul; they need scheme https.
+	// cert_file and key_file give a client certificate, for agents with
+	// verify_incoming. Default: the system's roots, and the address's host
+	// as server name.
+	TLS *backend.TLS `json:"tls,omitempty"`
 
 	// How long one request to Consul may take, and how long connecting may
 	// take. (A Lock waiting for another node's lock is not limited by it.)
@@ -178,28 +179,6 @@ type state struct {
 	locks    map[string]string // lock name → session ID holding it
 	released bool              // the pool reference was dropped
 	crashed  bool              // crash was called
-}
-
-// TLS configures TLS for the connection to Consul.
-type TLS struct {
-	// A PEM file of the CA certificates that Consul's certificate must
-	// chain to. Default: the system's roots.
-	CAFile string `json:"ca_file,omitempty"`
-
-	// The name Consul's certificate must be valid for. Default: the host
-	// of address.
-	ServerName string `json:"server_name,omitempty"`
-
-	// Do not verify Consul's certificate at all. Insecure: for tests only.
-	// Default: false.
-	InsecureSkipVerify bool `json:"insecure_skip_verify,omitempty"`
-
-	// A PEM client certificate to present, for agents with
-	// verify_incoming. Needs key_file. Default: none.
-	CertFile string `json:"cert_file,omitempty"`
-
-	// The PEM private key of cert_file. Default: none.
-	KeyFile string `json:"key_file,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -261,7 +240,7 @@ func (s *Storage) setup() error {
 	switch c.scheme {
 	case "":
 		c.scheme = "http"
-		if s.TLS != nil {
+		if s.TLS.On() {
 			c.scheme = "https"
 		}
 	case "http", "https":
@@ -290,27 +269,13 @@ func (s *Storage) setup() error {
 		return fmt.Errorf("key_prefix: must name a KV path, got %q", s.KeyPrefix)
 	}
 	s.prefix = prefix
-	if s.TLS != nil {
+	if s.TLS.On() {
 		if c.scheme != "https" {
 			return fmt.Errorf("tls: needs scheme https, got %q", c.scheme)
 		}
-		t := s.TLS
-		if c.caFile, err = expand("tls.ca_file", t.CAFile); err != nil {
+		if c.tls, c.tlsKey, err = s.TLS.ClientConfig(); err != nil {
 			return err
 		}
-		if c.serverName, err = expand("tls.server_name", t.ServerName); err != nil {
-			return err
-		}
-		if c.certFile, err = expand("tls.cert_file", t.CertFile); err != nil {
-			return err
-		}
-		if c.keyFile, err = expand("tls.key_file", t.KeyFile); err != nil {
-			return err
-		}
-		if (c.certFile == "") != (c.keyFile == "") {
-			return errors.New("tls: cert_file and key_file must be given together")
-		}
-		c.insecure = t.InsecureSkipVerify
 	}
 	s.timeout = time.Duration(s.Timeout)
 	if s.timeout == 0 {
@@ -401,18 +366,18 @@ func (s *Storage) String() string {
 // connSettings are the normalised connection settings; equal settings
 // share one client.
 type connSettings struct {
-	address, scheme, token                string
-	datacenter, namespace, partition      string
-	caFile, serverName, certFile, keyFile string
-	insecure                              bool
-	timeout                               time.Duration
+	address, scheme, token           string
+	datacenter, namespace, partition string
+	tls                              *tls.Config // nil: defaults
+	tlsKey                           string      // fingerprint of tls
+	timeout                          time.Duration
 }
 
 // key returns the pool key: a hash, so the token is not kept in it.
 func (c connSettings) key() string {
 	h := sha256.New()
 	for _, f := range []string{c.address, c.scheme, c.token, c.datacenter, c.namespace, c.partition,
-		c.caFile, c.serverName, c.certFile, c.keyFile, strconv.FormatBool(c.insecure), c.timeout.String()} {
+		c.tlsKey, c.timeout.String()} {
 		h.Write([]byte(strconv.Itoa(len(f))))
 		h.Write([]byte{':'})
 		h.Write([]byte(f))
@@ -435,8 +400,8 @@ func (c *pooledClient) Destruct() error {
 	return nil
 }
 
-// newClient builds a client for c. It reads the TLS files but makes no
-// request (api.NewClient makes none either).
+// newClient builds a client for c. It makes no request (api.NewClient
+// makes none either).
 func newClient(c connSettings) (*pooledClient, error) {
 	dialer := &net.Dialer{Timeout: c.timeout, KeepAlive: 30 * time.Second}
 	transport := &http.Transport{
@@ -451,27 +416,12 @@ func newClient(c connSettings) (*pooledClient, error) {
 	}
 	if c.scheme == "https" {
 		host, _, _ := net.SplitHostPort(c.address)
-		cfg := &tls.Config{ServerName: host, InsecureSkipVerify: c.insecure} //nolint:gosec // opt-in, documented as insecure
-		if c.serverName != "" {
-			cfg.ServerName = c.serverName
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if c.tls != nil {
+			cfg = c.tls.Clone()
 		}
-		if c.caFile != "" {
-			pem, err := os.ReadFile(c.caFile)
-			if err != nil {
-				return nil, fmt.Errorf("tls.ca_file: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("tls.ca_file: no PEM certificate in %s", c.caFile)
-			}
-			cfg.RootCAs = pool
-		}
-		if c.certFile != "" {
-			cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
-			if err != nil {
-				return nil, fmt.Errorf("tls.cert_file, tls.key_file: %w", err)
-			}
-			cfg.Certificates = []tls.Certificate{cert}
+		if cfg.ServerName == "" {
+			cfg.ServerName = host
 		}
 		transport.TLSClientConfig = cfg
 	}

@@ -64,12 +64,12 @@ func TestProvisionErrors(t *testing.T) {
 		{"unset namespace placeholder", Storage{Namespace: "{env.CADDY_ACME_TEST_UNSET_VARIABLE}"}, "namespace:"},
 		{"unset partition placeholder", Storage{Partition: "{env.CADDY_ACME_TEST_UNSET_VARIABLE}"}, "partition:"},
 		{"root key prefix", Storage{KeyPrefix: "/"}, "key_prefix: must name a KV path"},
-		{"tls over http", Storage{Scheme: "http", TLS: &TLS{}}, "tls: needs scheme https"},
-		{"cert without key", Storage{TLS: &TLS{CertFile: "/x.pem"}}, "tls: cert_file and key_file must be given together"},
-		{"missing ca file", Storage{TLS: &TLS{CAFile: filepath.Join(dir, "missing.pem")}}, "tls.ca_file:"},
-		{"ca file without certificates", Storage{TLS: &TLS{CAFile: notPEM}}, "tls.ca_file: no PEM certificate"},
-		{"bad client pair", Storage{TLS: &TLS{CertFile: notPEM, KeyFile: notPEM}}, "tls.cert_file, tls.key_file:"},
-		{"unset ca file placeholder", Storage{TLS: &TLS{CAFile: "{env.CADDY_ACME_TEST_UNSET_VARIABLE}"}}, "tls.ca_file:"},
+		{"tls over http", Storage{Scheme: "http", TLS: &backend.TLS{}}, "tls: needs scheme https"},
+		{"cert without key", Storage{TLS: &backend.TLS{CertFile: "/x.pem"}}, "tls.cert_file, tls.key_file: set both or neither"},
+		{"missing ca file", Storage{TLS: &backend.TLS{CAFile: filepath.Join(dir, "missing.pem")}}, "tls.ca_file:"},
+		{"ca file without certificates", Storage{TLS: &backend.TLS{CAFile: notPEM}}, "tls.ca_file: no PEM certificate"},
+		{"bad client pair", Storage{TLS: &backend.TLS{CertFile: notPEM, KeyFile: notPEM}}, "tls.cert_file, tls.key_file:"},
+		{"unset ca file placeholder", Storage{TLS: &backend.TLS{CAFile: "{env.CADDY_ACME_TEST_UNSET_VARIABLE}"}}, "tls.ca_file:"},
 		{"negative timeout", Storage{Timeout: caddy.Duration(-time.Second)}, "timeout: must be positive"},
 		{"lease too short for consul", Storage{Options: backend.Options{LockLease: caddy.Duration(10 * time.Second)}}, "lock_lease: must be between 20s and 48h0m0s"},
 		{"lease too long for consul", Storage{Options: backend.Options{LockLease: caddy.Duration(72 * time.Hour)}}, "lock_lease: must be between"},
@@ -116,7 +116,7 @@ func TestProvisionDefaultsAndNoNetwork(t *testing.T) {
 		t.Fatalf("default address = %q", d.conn.address)
 	}
 
-	withTLS := &Storage{TLS: &TLS{}, KeyPrefix: "/kong/acme/"}
+	withTLS := &Storage{TLS: &backend.TLS{}, KeyPrefix: "/kong/acme/"}
 	if err := provision(t, withTLS); err != nil {
 		t.Fatalf("Provision: %v", err)
 	}

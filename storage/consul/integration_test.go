@@ -58,7 +58,7 @@ func TestConformanceEncryptedACLTLS(t *testing.T) {
 	storagetest.Run(t, opener(Storage{
 		Address: c.HTTPSAddr,
 		Token:   c.Token,
-		TLS:     &TLS{CAFile: c.CAFile, CertFile: c.ClientCertFile, KeyFile: c.ClientKeyFile},
+		TLS:     &backend.TLS{CAFile: c.CAFile, CertFile: c.ClientCertFile, KeyFile: c.ClientKeyFile},
 		Options: backend.Options{EncryptionKey: testKey(t), LockLease: caddy.Duration(testLease)},
 	}), storagetest.Options{})
 }
@@ -199,7 +199,7 @@ func TestTLS(t *testing.T) {
 	t.Parallel()
 	c := testenv.StartConsul(t, testenv.ConsulOptions{TLSClientAuth: true})
 	ctx := t.Context()
-	client := TLS{CAFile: c.CAFile, CertFile: c.ClientCertFile, KeyFile: c.ClientKeyFile}
+	client := backend.TLS{CAFile: c.CAFile, CertFile: c.ClientCertFile, KeyFile: c.ClientKeyFile}
 
 	s := newStorage(t, Storage{Address: c.HTTPSAddr, TLS: &client})
 	if err := s.Store(ctx, "x", []byte("over tls")); err != nil {
@@ -213,13 +213,13 @@ func TestTLS(t *testing.T) {
 
 	for _, tt := range []struct {
 		name    string
-		tls     TLS
+		tls     backend.TLS
 		wantErr string
 	}{
-		{"untrusted server", TLS{CertFile: c.ClientCertFile, KeyFile: c.ClientKeyFile}, "certificate"},
-		{"wrong server name", TLS{CAFile: c.CAFile, ServerName: "other.example", CertFile: c.ClientCertFile, KeyFile: c.ClientKeyFile}, "certificate"},
+		{"untrusted server", backend.TLS{CertFile: c.ClientCertFile, KeyFile: c.ClientKeyFile}, "certificate"},
+		{"wrong server name", backend.TLS{CAFile: c.CAFile, ServerName: "other.example", CertFile: c.ClientCertFile, KeyFile: c.ClientKeyFile}, "certificate"},
 		// TLS 1.3: the client may only see the server hang up.
-		{"no client certificate", TLS{CAFile: c.CAFile}, ""},
+		{"no client certificate", backend.TLS{CAFile: c.CAFile}, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			bad := newStorage(t, Storage{Address: c.HTTPSAddr, TLS: &tt.tls, KeyPrefix: s.prefix, Timeout: caddy.Duration(5 * time.Second)})

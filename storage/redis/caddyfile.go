@@ -5,6 +5,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/acmekit/caddy-acme/storage/internal/backend"
 )
 
 // UnmarshalCaddyfile sets up the storage from Caddyfile tokens. Syntax:
@@ -27,8 +29,8 @@ import (
 //			ca_file <path>
 //			server_name <name>
 //			insecure_skip_verify
-//			client_cert_file <path>
-//			client_key_file <path>
+//			cert_file <path>
+//			key_file <path>
 //		}
 //		encryption_key <key>
 //		lock_lease <duration>
@@ -106,56 +108,10 @@ func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				"write_timeout": &s.WriteTimeout,
 			}[key] = caddy.Duration(dur)
 		case "tls":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			s.TLS = new(TLS)
-			if err := s.TLS.unmarshalCaddyfile(d); err != nil {
+			s.TLS = new(backend.TLS)
+			if err := s.TLS.UnmarshalCaddyfile(d); err != nil {
 				return err
 			}
-		default:
-			return d.Errf("unrecognized subdirective '%s'", key)
-		}
-	}
-	return nil
-}
-
-// unmarshalCaddyfile reads the block of the tls subdirective, if any.
-func (t *TLS) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		key := d.Val()
-		if seen[key] {
-			return d.Errf("tls: %s specified more than once", key)
-		}
-		seen[key] = true
-		switch key {
-		case "enabled":
-			val, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			b, err := strconv.ParseBool(val)
-			if err != nil {
-				return d.Errf("tls: enabled: expected true or false, got %q", val)
-			}
-			t.Enabled = &b
-		case "ca_file", "server_name", "client_cert_file", "client_key_file":
-			val, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			*map[string]*string{
-				"ca_file":          &t.CAFile,
-				"server_name":      &t.ServerName,
-				"client_cert_file": &t.ClientCertFile,
-				"client_key_file":  &t.ClientKeyFile,
-			}[key] = val
-		case "insecure_skip_verify":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			t.InsecureSkipVerify = true
 		default:
 			return d.Errf("unrecognized subdirective '%s'", key)
 		}

@@ -132,19 +132,19 @@ func TestACLUser(t *testing.T) {
 func TestTLS(t *testing.T) {
 	r := testenv.StartRedis(t, testenv.RedisOptions{TLS: true})
 	conformance(t, func() *Storage {
-		return &Storage{Addresses: []string{r.Addr}, TLS: &TLS{CAFile: r.CAFile, ServerName: testenv.RedisServerName}}
+		return &Storage{Addresses: []string{r.Addr}, TLS: &backend.TLS{CAFile: r.CAFile, ServerName: testenv.RedisServerName}}
 	})
 
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name string
-		tls  *TLS
+		tls  *backend.TLS
 		ok   bool
 	}{
-		{"ip address in certificate", &TLS{CAFile: r.CAFile}, true},
-		{"wrong server name", &TLS{CAFile: r.CAFile, ServerName: "other.test"}, false},
-		{"untrusted", &TLS{ServerName: testenv.RedisServerName}, false},
-		{"insecure", &TLS{InsecureSkipVerify: true}, true},
+		{"ip address in certificate", &backend.TLS{CAFile: r.CAFile}, true},
+		{"wrong server name", &backend.TLS{CAFile: r.CAFile, ServerName: "other.test"}, false},
+		{"untrusted", &backend.TLS{ServerName: testenv.RedisServerName}, false},
+		{"insecure", &backend.TLS{InsecureSkipVerify: true}, true},
 		{"plain text", nil, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -160,12 +160,12 @@ func TestTLS(t *testing.T) {
 func TestTLSClientCertificate(t *testing.T) {
 	r := testenv.StartRedis(t, testenv.RedisOptions{TLS: true, TLSClientAuth: true})
 	conformance(t, func() *Storage {
-		return &Storage{Addresses: []string{r.Addr}, TLS: &TLS{
+		return &Storage{Addresses: []string{r.Addr}, TLS: &backend.TLS{
 			CAFile: r.CAFile, ServerName: testenv.RedisServerName,
-			ClientCertFile: r.ClientCertFile, ClientKeyFile: r.ClientKeyFile,
+			CertFile: r.ClientCertFile, KeyFile: r.ClientKeyFile,
 		}}
 	})
-	s := provision(t, &Storage{Addresses: []string{r.Addr}, TLS: &TLS{CAFile: r.CAFile}})
+	s := provision(t, &Storage{Addresses: []string{r.Addr}, TLS: &backend.TLS{CAFile: r.CAFile}})
 	if err := s.Store(context.Background(), "k", []byte("v")); err == nil {
 		t.Fatal("Store without a client certificate succeeded")
 	}

@@ -5,13 +5,11 @@ package redis
 import (
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -165,8 +163,11 @@ type Storage struct {
 	// "caddy-acme:".
 	KeyPrefix string `json:"key_prefix,omitempty"`
 
-	// Connect with TLS. Default: no TLS.
-	TLS *TLS `json:"tls,omitempty"`
+	// Connect with TLS, to servers and Sentinels alike; a tls object turns
+	// TLS on unless its enabled is false. cert_file and key_file give a
+	// client certificate, for servers that require one (tls-auth-clients).
+	// Default: no TLS.
+	TLS *backend.TLS `json:"tls,omitempty"`
 
 	// How long to wait for a connection to be established. Default: 5s.
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
@@ -189,33 +190,6 @@ type Storage struct {
 	released atomic.Bool
 	held     backend.Held
 	recent   recentFields
-}
-
-// TLS configures TLS connections to Redis (servers and Sentinels alike).
-type TLS struct {
-	// Whether to use TLS. Set it to false to connect in plain text while
-	// keeping the other settings. Default: true (the presence of the tls
-	// object turns TLS on).
-	Enabled *bool `json:"enabled,omitempty"`
-
-	// A PEM file with the certificate authorities to trust for the servers'
-	// certificates. Default: the system's trusted roots.
-	CAFile string `json:"ca_file,omitempty"`
-
-	// The name the servers' certificates must be valid for. Default: the
-	// host of the address connected to.
-	ServerName string `json:"server_name,omitempty"`
-
-	// Accept any server certificate, without verifying it: insecure,
-	// for tests only. Default: false.
-	InsecureSkipVerify bool `json:"insecure_skip_verify,omitempty"`
-
-	// A PEM file with a client certificate to present, for servers that
-	// require one (tls-auth-clients). Needs client_key_file. Default: none.
-	ClientCertFile string `json:"client_cert_file,omitempty"`
-
-	// The PEM file with the private key of client_cert_file. Default: none.
-	ClientKeyFile string `json:"client_key_file,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -308,7 +282,7 @@ func (s *Storage) String() string {
 	if s.SentinelPassword != "" {
 		b.WriteString(" sentinel_password=(redacted)")
 	}
-	if s.TLS.enabled() {
+	if s.TLS.On() {
 		b.WriteString(" tls")
 	}
 	if s.EncryptionKey != "" {
@@ -328,10 +302,6 @@ const DefaultKeyPrefix = "caddy-acme:"
 // before it is removed (see Storage's data layout).
 const pruneGrace = time.Minute
 
-func (t *TLS) enabled() bool {
-	return t != nil && (t.Enabled == nil || *t.Enabled)
-}
-
 // connSettings are the normalised connection settings, with placeholders
 // expanded; equal settings share a client.
 type connSettings struct {
@@ -343,14 +313,7 @@ type connSettings struct {
 	SentinelUsername string
 	SentinelPassword string
 	DB               int
-	TLS              bool
-	CAFile           string
-	CASum            string
-	ServerName       string
-	Insecure         bool
-	ClientCertFile   string
-	ClientKeyFile    string
-	ClientSum        string
+	TLS              string // fingerprint of tlsConfig; "": no TLS
 	Dial             time.Duration
 	Read             time.Duration
 	Write            time.Duration
@@ -440,70 +403,10 @@ func (s *Storage) settings() (*connSettings, error) {
 	if cs.Write == 0 {
 		cs.Write = cs.Read
 	}
-	if s.TLS.enabled() {
-		if err := cs.setTLS(s.TLS); err != nil {
-			return nil, err
-		}
+	if cs.tlsConfig, cs.TLS, err = s.TLS.ClientConfig(); err != nil {
+		return nil, err
 	}
 	return cs, nil
-}
-
-// setTLS loads the TLS settings into cs.
-func (cs *connSettings) setTLS(t *TLS) error {
-	var err error
-	cs.TLS = true
-	cs.Insecure = t.InsecureSkipVerify
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // the user's explicit choice
-	if t.ServerName != "" {
-		if cs.ServerName, err = expand("tls.server_name", t.ServerName, false); err != nil {
-			return err
-		}
-		cfg.ServerName = cs.ServerName
-	}
-	if t.CAFile != "" {
-		if cs.CAFile, err = expand("tls.ca_file", t.CAFile, false); err != nil {
-			return err
-		}
-		pem, err := os.ReadFile(cs.CAFile)
-		if err != nil {
-			return fmt.Errorf("tls.ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return fmt.Errorf("tls.ca_file: no PEM certificates in %s", cs.CAFile)
-		}
-		cfg.RootCAs = pool
-		sum := sha256.Sum256(pem)
-		cs.CASum = hex.EncodeToString(sum[:])
-	}
-	if (t.ClientCertFile == "") != (t.ClientKeyFile == "") {
-		return errors.New("tls.client_cert_file, tls.client_key_file: set both or neither")
-	}
-	if t.ClientCertFile != "" {
-		if cs.ClientCertFile, err = expand("tls.client_cert_file", t.ClientCertFile, false); err != nil {
-			return err
-		}
-		if cs.ClientKeyFile, err = expand("tls.client_key_file", t.ClientKeyFile, false); err != nil {
-			return err
-		}
-		certPEM, err := os.ReadFile(cs.ClientCertFile)
-		if err != nil {
-			return fmt.Errorf("tls.client_cert_file: %w", err)
-		}
-		keyPEM, err := os.ReadFile(cs.ClientKeyFile)
-		if err != nil {
-			return fmt.Errorf("tls.client_key_file: %w", err)
-		}
-		cert, err := tls.X509KeyPair(certPEM, keyPEM)
-		if err != nil {
-			return fmt.Errorf("tls.client_cert_file, tls.client_key_file: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
-		sum := sha256.Sum256(append(certPEM, keyPEM...))
-		cs.ClientSum = hex.EncodeToString(sum[:])
-	}
-	cs.tlsConfig = cfg
-	return nil
 }
 
 // key identifies the settings in the client pool, without holding secrets

@@ -12,6 +12,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/acmekit/caddy-acme/storage/internal/backend"
 )
 
 func TestUnmarshalCaddyfile(t *testing.T) {
@@ -48,8 +50,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				tls {
 					ca_file /etc/ca.pem
 					server_name redis.internal
-					client_cert_file /etc/client.pem
-					client_key_file /etc/client.key
+					cert_file /etc/client.pem
+					key_file /etc/client.key
 				}
 				encryption_key {env.KEY}
 				lock_lease 1m
@@ -58,7 +60,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want: `{"addresses":["10.0.0.1:26379","10.0.0.2:26379"],"master_name":"mymaster","username":"caddy",` +
 				`"password":"{env.REDIS_PASSWORD}","sentinel_username":"sentinel","sentinel_password":"{env.SENTINEL_PASSWORD}",` +
 				`"db":3,"key_prefix":"kong:","tls":{"ca_file":"/etc/ca.pem","server_name":"redis.internal",` +
-				`"client_cert_file":"/etc/client.pem","client_key_file":"/etc/client.key"},` +
+				`"cert_file":"/etc/client.pem","key_file":"/etc/client.key"},` +
 				`"dial_timeout":2000000000,"read_timeout":1000000000,"write_timeout":500000000,` +
 				`"encryption_key":"{env.KEY}","lock_lease":60000000000,"lock_refresh":10000000000}`,
 		},
@@ -77,7 +79,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "duplicate", input: "acme_redis {\n db 1\n db 2\n}", err: "db specified more than once"},
 		{name: "duplicate shared option", input: "acme_redis {\n lock_lease 1m\n lock_lease 2m\n}", err: "lock_lease specified more than once"},
 		{name: "addresses twice", input: "acme_redis a:1 {\n addresses b:2\n}", err: "addresses specified more than once"},
-		{name: "duplicate in tls", input: "acme_redis {\n tls {\n ca_file a\n ca_file b\n }\n}", err: "ca_file specified more than once"},
+		{name: "duplicate in tls", input: "acme_redis {\n tls {\n ca_file a\n ca_file b\n }\n}", err: "duplicate tls subdirective 'ca_file'"},
 		{name: "addresses without args", input: "acme_redis {\n addresses\n}", err: "wrong argument count"},
 		{name: "password without arg", input: "acme_redis {\n password\n}", err: "wrong argument count"},
 		{name: "password two args", input: "acme_redis {\n password a b\n}", err: "wrong argument count"},
@@ -149,9 +151,9 @@ func TestProvisionErrors(t *testing.T) {
 		{"db on cluster", &Storage{Addresses: []string{"a:1", "b:2"}, DB: 2}, "db: Redis Cluster has only database 0"},
 		{"db negative", &Storage{DB: -1}, "db: must not be negative"},
 		{"negative timeout", &Storage{DialTimeout: caddy.Duration(-1)}, "dial_timeout: must not be negative"},
-		{"missing ca file", &Storage{TLS: &TLS{CAFile: "/nonexistent/ca.pem"}}, "tls.ca_file"},
-		{"ca file without certificates", &Storage{TLS: &TLS{CAFile: "redis_test.go"}}, "tls.ca_file: no PEM certificates"},
-		{"client cert without key", &Storage{TLS: &TLS{ClientCertFile: "x.pem"}}, "tls.client_cert_file, tls.client_key_file: set both"},
+		{"missing ca file", &Storage{TLS: &backend.TLS{CAFile: "/nonexistent/ca.pem"}}, "tls.ca_file"},
+		{"ca file without certificates", &Storage{TLS: &backend.TLS{CAFile: "redis_test.go"}}, "tls.ca_file: no PEM certificate"},
+		{"client cert without key", &Storage{TLS: &backend.TLS{CertFile: "x.pem"}}, "tls.cert_file, tls.key_file: set both"},
 		{"bad encryption key", &Storage{}, "encryption_key"},
 		{"refresh not shorter than lease", &Storage{}, "lock_refresh"},
 		{"unknown placeholder in key prefix", &Storage{KeyPrefix: "{nope}"}, "key_prefix"},
@@ -205,7 +207,7 @@ func TestProvisionOK(t *testing.T) {
 		{"cluster forced", &Storage{Addresses: []string{"127.0.0.1:1"}, Cluster: true}, true},
 		{"sentinel", &Storage{Addresses: []string{"127.0.0.1:1", "127.0.0.1:2"}, MasterName: "m", DB: 2}, false},
 		{"placeholder password", &Storage{Password: "{env.CADDY_ACME_TEST_PASSWORD}"}, false},
-		{"tls off", &Storage{TLS: &TLS{Enabled: new(bool), CAFile: "/nonexistent"}}, false},
+		{"tls off", &Storage{TLS: &backend.TLS{Enabled: new(bool), CAFile: "/nonexistent"}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
@@ -273,7 +275,7 @@ func TestStringRedacts(t *testing.T) {
 		Password:         password,
 		SentinelPassword: sentinelPassword,
 		KeyPrefix:        "kong:",
-		TLS:              &TLS{},
+		TLS:              &backend.TLS{},
 	}
 	s.EncryptionKey = key
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})

@@ -3,6 +3,8 @@ package vault
 import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/acmekit/caddy-acme/storage/internal/backend"
 )
 
 // UnmarshalCaddyfile sets up the storage from Caddyfile tokens; the syntax
@@ -60,11 +62,8 @@ func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "tls":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			s.TLS = new(TLSConfig)
-			if err := s.TLS.unmarshalCaddyfile(d); err != nil {
+			s.TLS = new(backend.TLS)
+			if err := s.TLS.UnmarshalCaddyfile(d); err != nil {
 				return err
 			}
 		default:
@@ -75,37 +74,6 @@ func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !known {
 				return d.Errf("unrecognized subdirective '%s'", key)
 			}
-		}
-	}
-	return nil
-}
-
-// unmarshalCaddyfile reads the block of the tls subdirective.
-func (t *TLSConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	seen := make(map[string]bool)
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		key := d.Val()
-		if seen[key] {
-			return d.Errf("duplicate subdirective '%s'", key)
-		}
-		seen[key] = true
-		switch key {
-		case "ca_file", "server_name":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			if key == "ca_file" {
-				t.CAFile = d.Val()
-			} else {
-				t.ServerName = d.Val()
-			}
-		case "insecure_skip_verify":
-			t.InsecureSkipVerify = true
-		default:
-			return d.Errf("unrecognized subdirective '%s'", key)
-		}
-		if d.NextArg() {
-			return d.ArgErr()
 		}
 	}
 	return nil

@@ -619,14 +619,14 @@ func TestTLS(t *testing.T) {
 	v := testenv.StartVault(t, testenv.VaultOptions{TLS: true})
 	for _, tc := range []struct {
 		name    string
-		tls     *TLSConfig
+		tls     *backend.TLS
 		wantErr string
 	}{
-		{"ca file", &TLSConfig{CAFile: v.CAFile}, ""},
-		{"server name", &TLSConfig{CAFile: v.CAFile, ServerName: "localhost"}, ""},
-		{"wrong server name", &TLSConfig{CAFile: v.CAFile, ServerName: "vault.example"}, "certificate is valid for"},
+		{"ca file", &backend.TLS{CAFile: v.CAFile}, ""},
+		{"server name", &backend.TLS{CAFile: v.CAFile, ServerName: "localhost"}, ""},
+		{"wrong server name", &backend.TLS{CAFile: v.CAFile, ServerName: "vault.example"}, "certificate is valid for"},
 		{"unknown authority", nil, "certificate signed by unknown authority"},
-		{"insecure", &TLSConfig{InsecureSkipVerify: true}, ""},
+		{"insecure", &backend.TLS{InsecureSkipVerify: true}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStorage(t, v, func(s *Storage) { s.TLS = tc.tls })

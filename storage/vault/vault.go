@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -108,9 +107,12 @@ func init() {
 //		secret_id <approle-secret-id>
 //		timeout <duration>
 //		tls {
+//			enabled <true|false>
 //			ca_file <path>
 //			server_name <name>
 //			insecure_skip_verify
+//			cert_file <path>
+//			key_file <path>
 //		}
 //		encryption_key <key>
 //		lock_lease <duration>
@@ -180,10 +182,13 @@ type Storage struct {
 	// appears in logs or errors. Default: none.
 	SecretID string `json:"secret_id,omitempty"`
 
-	// TLS settings for an `https://` address. Default: verify Vault's
-	// certificate against the system's trusted roots, for the host of
-	// address.
-	TLS *TLSConfig `json:"tls,omitempty"`
+	// TLS settings for an `https://` address (an error with an `http://`
+	// one, unless enabled is false). server_name is Kong's
+	// tls_server_name; cert_file and key_file give a client certificate,
+	// for a listener with tls_require_and_verify_client_cert (Vault's cert
+	// auth method is not used). Default: verify Vault's certificate
+	// against the system's trusted roots, for the host of address.
+	TLS *backend.TLS `json:"tls,omitempty"`
 
 	// How long one request to Vault may take, including reading its
 	// response. Default: 10s.
@@ -203,21 +208,6 @@ type Storage struct {
 	own        *nameLocks
 	holder     string
 	released   bool
-}
-
-// TLSConfig configures the connection to an `https://` Vault address.
-type TLSConfig struct {
-	// A PEM file of the CA certificates that sign Vault's certificate.
-	// Placeholders are expanded. Default: the system's trusted roots.
-	CAFile string `json:"ca_file,omitempty"`
-
-	// The name Vault's certificate must be valid for, also sent as SNI
-	// (Kong's tls_server_name). Default: the host of address.
-	ServerName string `json:"server_name,omitempty"`
-
-	// Accept any certificate Vault presents. Insecure: for tests only.
-	// Default: false.
-	InsecureSkipVerify bool `json:"insecure_skip_verify,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -407,27 +397,12 @@ func (s *Storage) settings() (clientConfig, error) {
 		return cfg, fmt.Errorf("timeout: must be positive, got %s", cfg.timeout)
 	}
 
-	if s.TLS != nil {
+	if s.TLS.On() {
 		if u.Scheme != "https" {
 			return cfg, errors.New("tls: set, but address is not https://")
 		}
-		caFile, err := expand("tls.ca_file", s.TLS.CAFile)
-		if err != nil {
+		if cfg.tls, cfg.tlsKey, err = s.TLS.ClientConfig(); err != nil {
 			return cfg, err
-		}
-		if cfg.tls.serverName, err = expand("tls.server_name", s.TLS.ServerName); err != nil {
-			return cfg, err
-		}
-		cfg.tls.insecure = s.TLS.InsecureSkipVerify
-		if caFile != "" {
-			pem, err := os.ReadFile(caFile)
-			if err != nil {
-				return cfg, fmt.Errorf("tls.ca_file: %w", err)
-			}
-			if !x509.NewCertPool().AppendCertsFromPEM(pem) {
-				return cfg, fmt.Errorf("tls.ca_file: no PEM certificate in %s", caFile)
-			}
-			cfg.tls.caPEM = pem
 		}
 	}
 	return cfg, nil
@@ -773,12 +748,9 @@ type clientConfig struct {
 	address   string
 	namespace string
 	timeout   time.Duration
-	tls       struct {
-		caPEM      []byte
-		serverName string
-		insecure   bool
-	}
-	auth authSettings
+	tls       *tls.Config // nil: defaults
+	tlsKey    string      // fingerprint of tls
+	auth      authSettings
 }
 
 // key is the pool key of c: a hash, so that secrets are not kept in it.
@@ -786,7 +758,7 @@ func (c clientConfig) key() string {
 	h := sha256.New()
 	for _, v := range []string{
 		c.address, c.namespace, c.timeout.String(),
-		string(c.tls.caPEM), c.tls.serverName, fmt.Sprint(c.tls.insecure),
+		c.tlsKey,
 		c.auth.method, c.auth.token, c.auth.tokenFile, c.auth.role, c.auth.jwtPath,
 		c.auth.mount, c.auth.roleID, c.auth.secretID,
 	} {
@@ -795,15 +767,12 @@ func (c clientConfig) key() string {
 	return "acme_vault:" + hex.EncodeToString(h.Sum(nil))
 }
 
-// tlsConfig returns the client TLS configuration, nil for defaults.
+// tlsConfig returns the client TLS configuration.
 func (c clientConfig) tlsConfig() *tls.Config {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.tls.serverName, InsecureSkipVerify: c.tls.insecure}
-	if len(c.tls.caPEM) > 0 {
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(c.tls.caPEM)
-		cfg.RootCAs = pool
+	if c.tls == nil {
+		return &tls.Config{MinVersion: tls.VersionTLS12}
 	}
-	return cfg
+	return c.tls.Clone()
 }
 
 // KV version 2 wire formats.

@@ -93,7 +93,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "encryption key arity", input: "acme_vault {\n encryption_key\n}", wantErr: "wrong argument count"},
 		{name: "tls argument", input: "acme_vault {\n tls on\n}", wantErr: "wrong argument count"},
 		{name: "tls unknown", input: "acme_vault {\n tls {\n verify no\n }\n}", wantErr: "unrecognized subdirective 'verify'"},
-		{name: "tls duplicate", input: "acme_vault {\n tls {\n ca_file a\n ca_file b\n }\n}", wantErr: "duplicate subdirective 'ca_file'"},
+		{name: "tls duplicate", input: "acme_vault {\n tls {\n ca_file a\n ca_file b\n }\n}", wantErr: "duplicate tls subdirective 'ca_file'"},
 		{name: "tls flag argument", input: "acme_vault {\n tls {\n insecure_skip_verify yes\n }\n}", wantErr: "wrong argument count"},
 		{name: "tls missing argument", input: "acme_vault {\n tls {\n server_name\n }\n}", wantErr: "wrong argument count"},
 	} {
@@ -172,9 +172,9 @@ func TestProvisionErrors(t *testing.T) {
 		{"lock prefix around", tok(Storage{PathPrefix: "p/data", LockPrefix: "p"}), "lock_prefix:"},
 		{"lock prefix same", tok(Storage{PathPrefix: "p", LockPrefix: "/p/"}), "lock_prefix:"},
 		{"negative timeout", tok(Storage{Timeout: caddy.Duration(-time.Second)}), "timeout: must be positive"},
-		{"tls on http", tok(Storage{Address: "http://vault:8200", TLS: &TLSConfig{}}), "tls: set, but address is not https://"},
-		{"missing ca file", tok(Storage{TLS: &TLSConfig{CAFile: filepath.Join(dir, "missing.pem")}}), "tls.ca_file:"},
-		{"ca file without certificate", tok(Storage{TLS: &TLSConfig{CAFile: caFile}}), "tls.ca_file: no PEM certificate"},
+		{"tls on http", tok(Storage{Address: "http://vault:8200", TLS: &backend.TLS{}}), "tls: set, but address is not https://"},
+		{"missing ca file", tok(Storage{TLS: &backend.TLS{CAFile: filepath.Join(dir, "missing.pem")}}), "tls.ca_file:"},
+		{"ca file without certificate", tok(Storage{TLS: &backend.TLS{CAFile: caFile}}), "tls.ca_file: no PEM certificate"},
 		{"bad encryption key", tok(Storage{Options: backend.Options{EncryptionKey: "c2hvcnQ="}}), "encryption_key:"},
 		{"refresh not below lease", tok(Storage{Options: backend.Options{LockLease: caddy.Duration(time.Second), LockRefresh: caddy.Duration(time.Second)}}), "lock_refresh:"},
 	} {
