@@ -328,8 +328,8 @@ func TestEncryption(t *testing.T) {
 		t.Fatalf("error shows a key: %v", err)
 	}
 	_, err = provision(t, &Storage{Addresses: []string{r.Addr}, KeyPrefix: "enc:"}).Load(ctx, "certificates/a/a.key")
-	if err != nil {
-		t.Fatalf("Load without a key (the sealed bytes): %v", err)
+	if err == nil || !strings.Contains(err.Error(), "value is encrypted: set the storage's encryption_key") {
+		t.Fatalf("Load without a key: %v, want the value-is-encrypted error", err)
 	}
 
 	// A value copied under another key does not decrypt.
