@@ -15,10 +15,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -35,10 +37,25 @@ const InstallCommand = "scripts/install-test-servers.sh"
 const BinDirEnv = "CADDY_ACME_BIN"
 
 // FreePort returns a TCP port on 127.0.0.1 that was free at the time of the
-// call. Another process may take it before the caller binds it; callers that
-// hand the port to a child process should be prepared to retry.
+// call. It is picked at random below the kernel's ephemeral port range, so
+// that the outgoing connections of tests running in parallel (which take
+// ephemeral ports) cannot take it before the caller binds it; another
+// FreePort caller still might, rarely, so callers that hand the port to a
+// child process should be prepared to retry.
 func FreePort(t testing.TB) int {
 	t.Helper()
+	low := ephemeralLow()
+	for range 100 {
+		port := freePortFloor + rand.IntN(low-freePortFloor)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		if err := l.Close(); err != nil {
+			t.Fatalf("testenv: closing probe listener: %v", err)
+		}
+		return port
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("testenv: finding a free port: %v", err)
@@ -48,6 +65,24 @@ func FreePort(t testing.TB) int {
 		t.Fatalf("testenv: closing probe listener: %v", err)
 	}
 	return port
+}
+
+// freePortFloor is the lowest port FreePort picks (well above the
+// well-known and most registered service ports).
+const freePortFloor = 11000
+
+// ephemeralLow returns the start of the kernel's ephemeral port range
+// (/proc/sys/net/ipv4/ip_local_port_range), or 32768.
+func ephemeralLow() int {
+	data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if fields := strings.Fields(string(data)); len(fields) == 2 {
+			if n, err := strconv.Atoi(fields[0]); err == nil && n > freePortFloor+1000 {
+				return n
+			}
+		}
+	}
+	return 32768
 }
 
 // BinDirs returns the directories searched for server binaries, in order:
