@@ -1,0 +1,168 @@
+package renew
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const day = 24 * time.Hour
+
+var t0 = time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC)
+
+func TestRenewAt(t *testing.T) {
+	p := Policy{Threshold: 14 * day}
+	for _, tc := range []struct {
+		name string
+		c    Cert
+		want time.Time
+	}{
+		{"90-day certificate: 14 days before expiry", Cert{NotBefore: t0, NotAfter: t0.Add(90 * day)}, t0.Add(76 * day)},
+		{"6-day certificate: capped at half its lifetime", Cert{NotBefore: t0, NotAfter: t0.Add(6 * day)}, t0.Add(3 * day)},
+		{"ARI window earlier", Cert{NotBefore: t0, NotAfter: t0.Add(90 * day), ARIStart: t0.Add(10 * day), ARIEnd: t0.Add(11 * day)}, t0.Add(10 * day)},
+		{"ARI window later is ignored", Cert{NotBefore: t0, NotAfter: t0.Add(90 * day), ARIStart: t0.Add(80 * day), ARIEnd: t0.Add(81 * day)}, t0.Add(76 * day)},
+		{"inverted ARI window is ignored", Cert{NotBefore: t0, NotAfter: t0.Add(90 * day), ARIStart: t0.Add(10 * day), ARIEnd: t0.Add(9 * day)}, t0.Add(76 * day)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := p.RenewAt(tc.c); !got.Equal(tc.want) {
+				t.Fatalf("RenewAt = %s, want %s", got, tc.want)
+			}
+			if p.Due(tc.c, tc.want.Add(-time.Second)) || !p.Due(tc.c, tc.want) {
+				t.Fatalf("Due is not exactly from %s on", tc.want)
+			}
+		})
+	}
+	if got := (Policy{}).RenewAt(Cert{NotBefore: t0, NotAfter: t0.Add(day)}); !got.Equal(t0.Add(day)) {
+		t.Fatalf("threshold 0: RenewAt = %s, want the expiry", got)
+	}
+}
+
+type fakeClock struct{ now time.Time }
+
+func (c fakeClock) Now() time.Time { return c.now }
+
+// memStore is an in-memory Store for the scanner's logic.
+type memStore struct {
+	mu      sync.Mutex // protects all below
+	certs   map[string]Cert
+	fail    map[string]error
+	locked  bool
+	renewed []string
+	status  *Status
+
+	inflight, maxInflight atomic.Int32
+}
+
+func (m *memStore) Names(context.Context) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var names []string
+	for n := range m.certs {
+		names = append(names, n)
+	}
+	return names, nil
+}
+
+func (m *memStore) Cert(_ context.Context, name string) (Cert, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.certs[name], nil
+}
+
+func (m *memStore) Renew(_ context.Context, name string) error {
+	if v := m.inflight.Add(1); v > m.maxInflight.Load() {
+		m.maxInflight.Store(v)
+	}
+	defer m.inflight.Add(-1)
+	time.Sleep(2 * time.Millisecond)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if name == "panics.example" {
+		panic("boom")
+	}
+	if err := m.fail[name]; err != nil {
+		return err
+	}
+	m.renewed = append(m.renewed, name)
+	return nil
+}
+
+func (m *memStore) TryLock(context.Context, string) (bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.locked {
+		return false, nil
+	}
+	m.locked = true
+	return true, nil
+}
+
+func (m *memStore) Unlock(context.Context, string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.locked = false
+	return nil
+}
+
+func (m *memStore) SaveStatus(_ context.Context, s Status) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.status = &s
+	return nil
+}
+
+func TestScan(t *testing.T) {
+	now := t0.Add(80 * day)
+	store := &memStore{
+		certs: map[string]Cert{
+			"due.example":      {Name: "due.example", NotBefore: t0, NotAfter: t0.Add(90 * day)},
+			"fresh.example":    {Name: "fresh.example", NotBefore: t0.Add(70 * day), NotAfter: t0.Add(160 * day)},
+			"failing.example":  {Name: "failing.example", NotBefore: t0, NotAfter: t0.Add(85 * day)},
+			"panics.example":   {Name: "panics.example", NotBefore: t0, NotAfter: t0.Add(85 * day)},
+			"expired.example":  {Name: "expired.example", NotBefore: t0, NotAfter: t0.Add(50 * day)},
+			"shortlived.examp": {Name: "shortlived.examp", NotBefore: now.Add(-4 * day), NotAfter: now.Add(2 * day)},
+		},
+		fail: map[string]error{"failing.example": errors.New("urn:ietf:params:acme:error:rateLimited")},
+	}
+	s := &Scanner{Store: store, Policy: Policy{Threshold: 14 * day}, Clock: fakeClock{now}, Node: "node-a", Concurrency: 2}
+	st, err := s.Scan(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Checked != 6 || st.Due != 5 || st.Renewed != 3 || st.Failed != 2 {
+		t.Fatalf("status = checked %d, due %d, renewed %d, failed %d; want 6, 5, 3, 2", st.Checked, st.Due, st.Renewed, st.Failed)
+	}
+	if h := st.Hosts["failing.example"]; h.Renewed || !strings.Contains(h.LastError, "rateLimited") {
+		t.Fatalf("failing host status = %+v", h)
+	}
+	if h := st.Hosts["panics.example"]; !strings.Contains(h.LastError, "panic: boom") {
+		t.Fatalf("panicking host status = %+v", h)
+	}
+	if h := st.Hosts["fresh.example"]; h.Renewed || h.LastError != "" || !h.RenewAt.Equal(t0.Add(146*day)) {
+		t.Fatalf("fresh host status = %+v", h)
+	}
+	if store.status == nil || store.status.Renewed != 3 || store.status.Node != "node-a" {
+		t.Fatalf("saved status = %+v", store.status)
+	}
+	if m := store.maxInflight.Load(); m > 2 {
+		t.Fatalf("%d renewals at once, want at most 2", m)
+	}
+	if store.locked {
+		t.Fatal("scan lock not released")
+	}
+}
+
+func TestScanBusy(t *testing.T) {
+	store := &memStore{certs: map[string]Cert{"due.example": {NotBefore: t0, NotAfter: t0.Add(day)}}, locked: true}
+	s := &Scanner{Store: store, Policy: Policy{Threshold: 14 * day}, Clock: fakeClock{t0.Add(day)}}
+	if _, err := s.Scan(context.Background()); !errors.Is(err, ErrBusy) {
+		t.Fatalf("Scan with the lock held elsewhere: %v, want ErrBusy", err)
+	}
+	if len(store.renewed) != 0 || store.status != nil {
+		t.Fatal("a busy scan did something")
+	}
+}
