@@ -43,6 +43,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		cert_type rsa|ecc
 //		rsa_key_size 2048|3072|4096
 //		renew_threshold_days <days>
+//		renew_interval <duration>
 //		domains <name...>
 //		allow_any_domain [true|false]
 //		fail_backoff_minutes <minutes>
@@ -154,14 +155,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				err = d.Errf("http_port: expected a port between 1 and 65535, got %d", a.HTTPPort)
 			}
 		case "issue_timeout":
-			var s string
-			if err = oneString(d, &s); err == nil {
-				var dur caddy.Duration
-				if err = dur.UnmarshalJSON([]byte(strconv.Quote(s))); err != nil || dur <= 0 {
-					err = d.Errf("issue_timeout: expected a positive duration such as 90s or 2m, got %q", s)
-				}
-				a.IssueTimeout = dur
-			}
+			err = oneDuration(d, &a.IssueTimeout)
+		case "renew_interval":
+			err = oneDuration(d, &a.RenewInterval)
 		case "cache_capacity":
 			if err = oneInt(d, &a.CacheCapacity); err == nil && a.CacheCapacity < 0 {
 				err = d.Errf("cache_capacity: must not be negative, got %d", a.CacheCapacity)
@@ -204,6 +200,21 @@ func oneInt(d *caddyfile.Dispenser, dst *int) error {
 		return d.Errf("%s: expected a whole number, got %q", key, s)
 	}
 	*dst = n
+	return nil
+}
+
+// oneDuration reads exactly one positive duration (90s, 2m, 1d).
+func oneDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	key := d.Val()
+	var s string
+	if err := oneString(d, &s); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil || dur <= 0 {
+		return d.Errf("%s: expected a positive duration such as 90s or 2m, got %q", key, s)
+	}
+	*dst = caddy.Duration(dur)
 	return nil
 }
 

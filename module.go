@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/acmekit/caddy-acme/internal/allowlist"
+	"github.com/acmekit/caddy-acme/renew"
 )
 
 func init() {
@@ -77,8 +78,15 @@ type App struct {
 	RSAKeySize int `json:"rsa_key_size,omitempty"`
 
 	// Renew a certificate when fewer than this many days remain before it
-	// expires. Default: 14.
+	// expires, or half its lifetime for a certificate that lives less than
+	// twice as long (so short-lived certificates are not renewed
+	// continuously). Default: 14.
 	RenewThresholdDays *float64 `json:"renew_threshold_days,omitempty"`
+
+	// How often every certificate in storage is checked for renewal (one
+	// node of a cluster at a time); each wait is jittered by ±10%. The
+	// first check runs a minute after start. Default: 24h.
+	RenewInterval caddy.Duration `json:"renew_interval,omitempty"`
 
 	// The names certificates may be obtained for: exact names,
 	// `*.example.com` (any name below example.com, at any depth, but not
@@ -148,6 +156,8 @@ type App struct {
 	issuer  *certmagic.ACMEIssuer
 	cache   *certmagic.Cache
 	jobs    *obtainJobs
+	scanner *renew.Scanner
+	runner  *renew.Runner
 }
 
 // CaddyModule returns the Caddy module information.
@@ -214,11 +224,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Start warns about a configuration that serves nothing.
+// Start starts the renewal scans, and warns about a configuration that
+// serves nothing.
 func (a *App) Start() error {
 	if !a.AllowAnyDomain && a.matcher.Len() == 0 {
 		a.logger.Warn("no certificate will be obtained: domains is empty and allow_any_domain is false")
 	}
+	a.startRenewal()
 	return nil
 }
 
@@ -316,6 +328,9 @@ func (a *App) settings() (settings, error) {
 	}
 	if a.IssueTimeout < 0 {
 		return s, fmt.Errorf("issue_timeout: must not be negative, got %s", time.Duration(a.IssueTimeout))
+	}
+	if a.RenewInterval < 0 {
+		return s, fmt.Errorf("renew_interval: must not be negative, got %s", time.Duration(a.RenewInterval))
 	}
 	if a.CacheCapacity < 0 {
 		return s, fmt.Errorf("cache_capacity: must not be negative (0 means the default, %d), got %d", defaultCacheCapacity, a.CacheCapacity)
