@@ -55,7 +55,7 @@ func (s renewStore) Cert(ctx context.Context, name string) (renew.Cert, error) {
 	if err != nil {
 		return renew.Cert{}, fmt.Errorf("parsing stored certificate: %w", err)
 	}
-	return renew.Cert{Name: name, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}, nil
+	return renew.Cert{Name: name, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Serial: leaf.SerialNumber}, nil
 }
 
 // Renew renews name's certificate at the CA and replaces it in this node's
@@ -64,6 +64,12 @@ func (s renewStore) Renew(ctx context.Context, name string) error {
 	if err := s.a.magic.RenewCertSync(ctx, name, true); err != nil {
 		return err
 	}
+	return s.replaceCached(ctx, name)
+}
+
+// replaceCached loads name's stored certificate into this node's cache in
+// place of the certificates it holds for name.
+func (s renewStore) replaceCached(ctx context.Context, name string) error {
 	var old []string
 	for _, c := range s.a.cache.AllMatchingCertificates(name) {
 		if slices.Contains(c.Names, name) {
@@ -77,6 +83,45 @@ func (s renewStore) Renew(ctx context.Context, name string) error {
 	old = slices.DeleteFunc(old, func(h string) bool { return h == fresh.Hash() })
 	s.a.cache.Remove(old)
 	return nil
+}
+
+// refreshFromStorage replaces every certificate this node holds in memory
+// whose stored version differs (another node renewed it), so a renewal
+// reaches every node by its next scan at the latest. It reads storage once
+// per certificate name, and loads only the changed ones.
+func (a *App) refreshFromStorage(ctx context.Context) (replaced int, err error) {
+	rs := renewStore{a}
+	names, err := rs.Names(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for _, name := range names {
+		var cached []certmagic.Certificate
+		for _, c := range a.cache.AllMatchingCertificates(name) {
+			if slices.Contains(c.Names, name) {
+				cached = append(cached, c)
+			}
+		}
+		if len(cached) == 0 {
+			continue // not in memory: a handshake will load the stored one
+		}
+		stored, err := rs.Cert(ctx, name)
+		if err != nil {
+			a.logger.Warn("reading stored certificate", zap.String("identifier", name), zap.Error(err))
+			continue
+		}
+		if slices.ContainsFunc(cached, func(c certmagic.Certificate) bool {
+			return c.Leaf != nil && c.Leaf.NotAfter.Equal(stored.NotAfter) && c.Leaf.SerialNumber.Cmp(stored.Serial) == 0
+		}) {
+			continue
+		}
+		if err := rs.replaceCached(ctx, name); err != nil {
+			a.logger.Warn("loading a certificate renewed elsewhere", zap.String("identifier", name), zap.Error(err))
+			continue
+		}
+		replaced++
+	}
+	return replaced, nil
 }
 
 // TryLock takes the cluster-wide scan lock without waiting.
@@ -121,6 +166,11 @@ func (a *App) startRenewal() {
 	a.runner.Interval = time.Duration(a.RenewInterval)
 	logger := a.logger.Named("renew")
 	a.runner.OnScan = func(st renew.Status, err error) {
+		if n, err := a.refreshFromStorage(a.ctx); err != nil {
+			logger.Error("refreshing certificates from storage", zap.Error(err))
+		} else if n > 0 {
+			logger.Info("loaded certificates renewed by another node", zap.Int("count", n))
+		}
 		switch {
 		case errors.Is(err, renew.ErrBusy):
 			logger.Debug("another node is scanning")

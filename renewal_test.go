@@ -67,3 +67,29 @@ func TestRenewalScan(t *testing.T) {
 		t.Fatalf("scan status not in storage: %v", err)
 	}
 }
+
+// TestRenewedElsewhereReachesCache: a certificate renewed by another node
+// (here: renewed in storage without touching this node's memory) replaces
+// the one this node serves at its next scan.
+func TestRenewedElsewhereReachesCache(t *testing.T) {
+	r := newRig(t, testenv.PebbleOptions{})
+	app := r.load(r.config(r.acme(map[string]any{"domains": []string{"shared.example.com"}}), nil))
+	first := r.mustHandshake("shared.example.com")[0]
+
+	if err := app.magic.RenewCertSync(t.Context(), "shared.example.com", true); err != nil {
+		t.Fatal(err)
+	}
+	if still := r.mustHandshake("shared.example.com")[0]; !still.Equal(first) {
+		t.Fatal("memory changed before the refresh (the test no longer shows anything)")
+	}
+	n, err := app.refreshFromStorage(t.Context())
+	if err != nil || n != 1 {
+		t.Fatalf("refreshFromStorage = %d, %v; want 1 replaced", n, err)
+	}
+	if again := r.mustHandshake("shared.example.com")[0]; again.SerialNumber.Cmp(first.SerialNumber) == 0 {
+		t.Fatal("still serving the old certificate after the refresh")
+	}
+	if n, err := app.refreshFromStorage(t.Context()); err != nil || n != 0 {
+		t.Fatalf("second refreshFromStorage = %d, %v; want nothing to do", n, err)
+	}
+}

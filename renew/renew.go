@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/big"
 	"runtime/debug"
 	"sort"
 	"sync"
@@ -25,6 +26,7 @@ type Cert struct {
 	Name      string
 	NotBefore time.Time
 	NotAfter  time.Time
+	Serial    *big.Int // identifies the version, for caches to compare
 
 	// The CA's suggested renewal window (ARI, RFC 9773), if it gave one.
 	ARIStart time.Time
