@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"runtime/debug"
 	"slices"
 	"time"
 
@@ -184,7 +185,16 @@ func (a *App) startRenewal() {
 				zap.Duration("took", st.End.Sub(st.Start)))
 		}
 	}
-	go a.runner.Run(a.ctx)
+	go func() {
+		defer func() {
+			if r := recover(); r != nil {
+				logger.Error("panic in renewal scans; they stop until the next config load",
+					zap.Any("panic", r),
+					zap.ByteString("stack", debug.Stack()))
+			}
+		}()
+		a.runner.Run(a.ctx)
+	}()
 }
 
 func (a *App) renewThreshold() time.Duration {
