@@ -1,0 +1,432 @@
+// Package admin is caddy-acme's admin API, `admin.api.acme`: Kong's /acme
+// endpoints on Caddy's admin listener.
+//
+// Caddy creates admin modules with New() on every config load, before the
+// apps, so the module has no configuration: it finds the `acme` app at
+// request time with ctx.AppIfConfigured and uses it through the Manager
+// interface (the app implements it; this package does not import the app's).
+// When no `acme` app is configured every route answers 404.
+//
+//	PATCH  /acme                           start a renewal scan (202)
+//	POST   /acme                           order, or sanity-check, one host
+//	GET    /acme                           status of the last renewal scan
+//	GET    /acme/certificates              list (?invalid_only, ?limit, ?after)
+//	GET    /acme/certificates/{host}       one certificate
+//	DELETE /acme/certificates/{host}       delete it (?revoke=true revokes too)
+package admin
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/sha1" //nolint:gosec // Kong's digest is SHA-1
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"mime"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// Manager is what the admin API needs from the acme app.
+type Manager interface {
+	// TriggerScan starts a renewal scan in the background, coalesced with
+	// one that is running.
+	TriggerScan()
+	// Order obtains host's certificate now. Its errors wrap ErrBadHost,
+	// ErrNotAllowed or ErrConflict (backoff, or an order in progress) when
+	// they are the cause.
+	Order(ctx context.Context, host string) error
+	// SanityCheck checks that the CA can reach host's HTTP-01 challenge
+	// answers; the error says why not. ErrNotAllowed when the host is not
+	// allowed.
+	SanityCheck(ctx context.Context, host string) error
+	// Hosts lists the names of the certificates in storage.
+	Hosts(ctx context.Context) ([]string, error)
+	// Certificate describes host's stored certificate; fs.ErrNotExist
+	// (wrapped) when there is none.
+	Certificate(ctx context.Context, host string) (CertInfo, error)
+	// Delete removes host's certificate from storage and from the caches,
+	// revoking it at the CA first if revoke; fs.ErrNotExist when absent.
+	Delete(ctx context.Context, host string, revoke bool) error
+	// Status is the last renewal scan's status (JSON); nil if none ran.
+	Status(ctx context.Context) (json.RawMessage, error)
+}
+
+// Errors a Manager wraps to choose the status code.
+var (
+	ErrBadHost    = errors.New("bad host")          // 400
+	ErrNotAllowed = errors.New("host not allowed")  // 400
+	ErrConflict   = errors.New("conflicting order") // 409
+)
+
+// CertInfo is one certificate as GET /acme/certificates shows it: Kong's
+// fields (host, issuer_cn, not_before, not_after, valid, serial_number,
+// pubkey_type, digest) and caddy-acme's.
+type CertInfo struct {
+	Host             string    `json:"host"`
+	IssuerCN         string    `json:"issuer_cn"`
+	NotBefore        time.Time `json:"not_before"`
+	NotAfter         time.Time `json:"not_after"`
+	Valid            bool      `json:"valid"`
+	SerialNumber     string    `json:"serial_number"`
+	PubkeyType       string    `json:"pubkey_type"`
+	Digest           string    `json:"digest"`
+	SHA256           string    `json:"sha256"`
+	SANs             []string  `json:"sans"`
+	RenewalDue       bool      `json:"renewal_due"`
+	RenewAt          time.Time `json:"renew_at,omitzero"`
+	LastRenewalError string    `json:"last_renewal_error,omitempty"`
+}
+
+// NewCertInfo fills Kong's fields and the fingerprints from leaf, the
+// certificate stored for host; times are UTC (RFC 3339 in JSON, where Kong
+// uses the process's local time). The caller sets the renewal fields.
+func NewCertInfo(host string, leaf *x509.Certificate, now time.Time) CertInfo {
+	sha1sum := sha1.Sum(leaf.Raw) //nolint:gosec // Kong's digest
+	sha256sum := sha256.Sum256(leaf.Raw)
+	sans := append([]string{}, leaf.DNSNames...)
+	for _, ip := range leaf.IPAddresses {
+		sans = append(sans, ip.String())
+	}
+	nb, na := leaf.NotBefore.UTC(), leaf.NotAfter.UTC()
+	return CertInfo{
+		Host:         host,
+		IssuerCN:     leaf.Issuer.CommonName,
+		NotBefore:    nb,
+		NotAfter:     na,
+		Valid:        nb.Before(now) && na.After(now),
+		SerialNumber: colonHex(leaf.SerialNumber.Bytes()),
+		PubkeyType:   pubkeyType(leaf),
+		Digest:       colonHex(sha1sum[:]),
+		SHA256:       colonHex(sha256sum[:]),
+		SANs:         sans,
+	}
+}
+
+// colonHex is b as uppercase hex bytes separated by colons, as OpenSSL
+// (and Kong) print serials and digests.
+func colonHex(b []byte) string {
+	if len(b) == 0 {
+		return "00"
+	}
+	parts := make([]string, len(b))
+	for i, c := range b {
+		parts[i] = strings.ToUpper(hex.EncodeToString([]byte{c}))
+	}
+	return strings.Join(parts, ":")
+}
+
+// pubkeyType is OpenSSL's short name of the key's algorithm.
+func pubkeyType(leaf *x509.Certificate) string {
+	switch leaf.PublicKey.(type) {
+	case *rsa.PublicKey:
+		return "rsaEncryption"
+	case *ecdsa.PublicKey:
+		return "id-ecPublicKey"
+	case ed25519.PublicKey:
+		return "ED25519"
+	}
+	return leaf.PublicKeyAlgorithm.String()
+}
+
+// adminAPI is the admin.api.acme module.
+type adminAPI struct {
+	// find returns the app; set by Provision (tests set it directly).
+	find func() (Manager, error)
+}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.acme",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Provision keeps ctx to find the acme app at request time: admin modules
+// are provisioned before the apps.
+func (a *adminAPI) Provision(ctx caddy.Context) error {
+	a.find = func() (Manager, error) {
+		app, err := ctx.AppIfConfigured("acme")
+		if err != nil {
+			return nil, err
+		}
+		m, ok := app.(Manager)
+		if !ok {
+			return nil, fmt.Errorf("the acme app (%T) does not serve the admin API", app)
+		}
+		return m, nil
+	}
+	return nil
+}
+
+// Routes returns the /acme routes.
+func (a *adminAPI) Routes() []caddy.AdminRoute {
+	h := caddy.AdminHandlerFunc(a.serve)
+	return []caddy.AdminRoute{
+		{Pattern: "/acme", Handler: h},
+		{Pattern: "/acme/", Handler: h},
+	}
+}
+
+// maxBody is the largest request body accepted.
+const maxBody = 64 << 10
+
+// Pagination of GET /acme/certificates.
+const (
+	defaultLimit = 1000
+	maxLimit     = 10000
+)
+
+func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
+	m, err := a.find()
+	if err != nil {
+		return apiErr(http.StatusNotFound, fmt.Errorf("the acme app is not configured: %v", err))
+	}
+	p := r.URL.Path
+	switch {
+	case p == "/acme" || p == "/acme/":
+		switch r.Method {
+		case http.MethodPatch:
+			m.TriggerScan()
+			return reply(w, http.StatusAccepted, message("Renewal process started successfully"))
+		case http.MethodPost:
+			return a.handleOrder(w, r, m)
+		case http.MethodGet:
+			st, err := m.Status(r.Context())
+			if err != nil {
+				return apiErr(http.StatusInternalServerError, fmt.Errorf("reading renewal status: %v", err))
+			}
+			if st == nil {
+				st = json.RawMessage("null")
+			}
+			return reply(w, http.StatusOK, map[string]any{"data": st})
+		}
+		return methodNotAllowed(w, r, "GET, PATCH, POST")
+	case p == "/acme/certificates" || p == "/acme/certificates/":
+		if r.Method != http.MethodGet {
+			return methodNotAllowed(w, r, "GET")
+		}
+		return a.handleList(w, r, m)
+	case strings.HasPrefix(p, "/acme/certificates/") && !strings.Contains(p[len("/acme/certificates/"):], "/"):
+		host := strings.ToLower(strings.TrimSuffix(p[len("/acme/certificates/"):], "."))
+		switch r.Method {
+		case http.MethodGet:
+			info, err := m.Certificate(r.Context(), host)
+			if errors.Is(err, fs.ErrNotExist) {
+				return apiErr(http.StatusNotFound, fmt.Errorf("Certificate for host %s not found in storage", host)) //nolint:staticcheck // Kong's message
+			}
+			if err != nil {
+				return apiErr(http.StatusInternalServerError, err)
+			}
+			return reply(w, http.StatusOK, map[string]any{"data": info})
+		case http.MethodDelete:
+			revoke, _ := strconv.ParseBool(r.URL.Query().Get("revoke"))
+			err := m.Delete(r.Context(), host, revoke)
+			if errors.Is(err, fs.ErrNotExist) {
+				return apiErr(http.StatusNotFound, fmt.Errorf("Certificate for host %s not found in storage", host)) //nolint:staticcheck // Kong's message
+			}
+			if err != nil {
+				return apiErr(http.StatusInternalServerError, fmt.Errorf("deleting certificate for host %s: %v", host, err))
+			}
+			return reply(w, http.StatusOK, message(fmt.Sprintf("certificate for host %s is deleted", host)))
+		}
+		return methodNotAllowed(w, r, "GET, DELETE")
+	}
+	return apiErr(http.StatusNotFound, fmt.Errorf("resource not found: %s", p))
+}
+
+// orderRequest is POST /acme's body, JSON or form as Kong.
+type orderRequest struct {
+	Host any `json:"host"`
+	Test any `json:"test_http_challenge_flow"`
+}
+
+func (a *adminAPI) handleOrder(w http.ResponseWriter, r *http.Request, m Manager) error {
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return apiErr(http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", maxBody))
+		}
+		return apiErr(http.StatusBadRequest, fmt.Errorf("reading request body: %v", err))
+	}
+	var req orderRequest
+	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	switch {
+	case ct == "application/x-www-form-urlencoded" || ct == "multipart/form-data":
+		if ct == "multipart/form-data" {
+			return apiErr(http.StatusUnsupportedMediaType, errors.New("use JSON or application/x-www-form-urlencoded"))
+		}
+		vals, err := url.ParseQuery(string(body))
+		if err != nil {
+			return apiErr(http.StatusBadRequest, fmt.Errorf("malformed form body: %v", err))
+		}
+		if vals.Has("host") {
+			req.Host = vals.Get("host")
+		}
+		if vals.Has("test_http_challenge_flow") {
+			req.Test = vals.Get("test_http_challenge_flow")
+		}
+	case len(strings.TrimSpace(string(body))) == 0:
+	default:
+		if err := json.Unmarshal(body, &req); err != nil {
+			return apiErr(http.StatusBadRequest, fmt.Errorf("malformed JSON body: %v", err))
+		}
+	}
+
+	host, ok := req.Host.(string)
+	host = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(host), "."))
+	if !ok || host == "" || strings.ContainsAny(host, " ,/") {
+		return apiErr(http.StatusBadRequest, errors.New("host must be provided and containing a single domain"))
+	}
+	if strings.Contains(host, ":") {
+		return apiErr(http.StatusBadRequest, errors.New("port is not allowed in host"))
+	}
+	if strings.Contains(host, "*") {
+		return apiErr(http.StatusBadRequest, errors.New("wildcard host is not allowed: certificates are obtained with the HTTP-01 challenge, one name each"))
+	}
+	test, err := truthy(req.Test)
+	if err != nil {
+		return apiErr(http.StatusBadRequest, fmt.Errorf("test_http_challenge_flow: %v", err))
+	}
+
+	if test {
+		if err := m.SanityCheck(r.Context(), host); err != nil {
+			return apiErr(http.StatusBadRequest, fmt.Errorf("problem found running sanity check for %s: %v", host, err))
+		}
+		return reply(w, http.StatusOK, message(fmt.Sprintf("sanity test for host %s passed", host)))
+	}
+
+	err = m.Order(r.Context(), host)
+	switch {
+	case err == nil:
+		return reply(w, http.StatusCreated, message(fmt.Sprintf("certificate for host %s is created", host)))
+	case errors.Is(err, ErrBadHost), errors.Is(err, ErrNotAllowed):
+		return apiErr(http.StatusBadRequest, err)
+	case errors.Is(err, ErrConflict):
+		return apiErr(http.StatusConflict, fmt.Errorf("failed to update certificate: %v", err))
+	}
+	return apiErr(http.StatusInternalServerError, fmt.Errorf("failed to update certificate: %v", err))
+}
+
+// truthy reads a boolean given as JSON bool, string or number.
+func truthy(v any) (bool, error) {
+	switch v := v.(type) {
+	case nil:
+		return false, nil
+	case bool:
+		return v, nil
+	case string:
+		if v == "" {
+			return false, nil
+		}
+		return strconv.ParseBool(v)
+	case float64:
+		return v != 0, nil
+	}
+	return false, fmt.Errorf("expected a boolean, got %v", v)
+}
+
+// certList is GET /acme/certificates's reply.
+type certList struct {
+	Data []CertInfo `json:"data"`
+	Next string     `json:"next,omitempty"`
+}
+
+// handleList lists certificates in host order, limit at a time after the
+// host `after`; `next` is the `after` of the next page. Certificates are
+// loaded one page at a time.
+func (a *adminAPI) handleList(w http.ResponseWriter, r *http.Request, m Manager) error {
+	q := r.URL.Query()
+	invalidOnly := false
+	if v := q.Get("invalid_only"); v != "" {
+		b, err := strconv.ParseBool(v)
+		invalidOnly = err != nil || b // Kong: any truthy value
+	}
+	limit := defaultLimit
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxLimit {
+			return apiErr(http.StatusBadRequest, fmt.Errorf("limit: expected a number from 1 to %d, got %q", maxLimit, v))
+		}
+		limit = n
+	}
+	after := strings.ToLower(q.Get("after"))
+
+	hosts, err := m.Hosts(r.Context())
+	if err != nil {
+		return apiErr(http.StatusInternalServerError, fmt.Errorf("listing certificates: %v", err))
+	}
+	sort.Strings(hosts)
+	start := sort.SearchStrings(hosts, after)
+	if start < len(hosts) && hosts[start] == after && after != "" {
+		start++
+	}
+	out := certList{Data: []CertInfo{}}
+	for i := start; i < len(hosts); i++ {
+		if len(out.Data) == limit {
+			out.Next = out.Data[limit-1].Host
+			break
+		}
+		info, err := m.Certificate(r.Context(), hosts[i])
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
+			return apiErr(http.StatusInternalServerError, fmt.Errorf("loading certificate for %s: %v", hosts[i], err))
+		}
+		if invalidOnly && info.Valid {
+			continue
+		}
+		info.Host = hosts[i]
+		out.Data = append(out.Data, info)
+	}
+	return reply(w, http.StatusOK, out)
+}
+
+func message(s string) map[string]string { return map[string]string{"message": s} }
+
+func reply(w http.ResponseWriter, status int, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return apiErr(http.StatusInternalServerError, err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, err = w.Write(append(data, '\n'))
+	return err
+}
+
+func apiErr(status int, err error) error {
+	return caddy.APIError{HTTPStatus: status, Err: err}
+}
+
+func methodNotAllowed(w http.ResponseWriter, r *http.Request, allow string) error {
+	w.Header().Set("Allow", allow)
+	return apiErr(http.StatusMethodNotAllowed, fmt.Errorf("method not allowed: %s", r.Method))
+}
+
+// Interface guards
+var (
+	_ caddy.AdminRouter = (*adminAPI)(nil)
+	_ caddy.Provisioner = (*adminAPI)(nil)
+)

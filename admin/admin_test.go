@@ -1,0 +1,342 @@
+package admin
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// fakeManager is an in-memory Manager.
+type fakeManager struct {
+	mu        sync.Mutex
+	scans     int
+	orders    []string
+	orderErr  error
+	sanityErr error
+	certs     map[string]CertInfo
+	deleted   map[string]bool // host -> revoke
+	status    json.RawMessage
+}
+
+func (f *fakeManager) TriggerScan() { f.mu.Lock(); f.scans++; f.mu.Unlock() }
+
+func (f *fakeManager) Order(_ context.Context, host string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.orders = append(f.orders, host)
+	return f.orderErr
+}
+
+func (f *fakeManager) SanityCheck(context.Context, string) error { return f.sanityErr }
+
+func (f *fakeManager) Hosts(context.Context) ([]string, error) {
+	var hosts []string
+	for h := range f.certs {
+		hosts = append(hosts, h)
+	}
+	return hosts, nil
+}
+
+func (f *fakeManager) Certificate(_ context.Context, host string) (CertInfo, error) {
+	c, ok := f.certs[host]
+	if !ok {
+		return CertInfo{}, fmt.Errorf("loading %s: %w", host, fs.ErrNotExist)
+	}
+	return c, nil
+}
+
+func (f *fakeManager) Delete(_ context.Context, host string, revoke bool) error {
+	if _, ok := f.certs[host]; !ok {
+		return fs.ErrNotExist
+	}
+	delete(f.certs, host)
+	f.deleted[host] = revoke
+	return nil
+}
+
+func (f *fakeManager) Status(context.Context) (json.RawMessage, error) { return f.status, nil }
+
+func newFake() *fakeManager {
+	now := time.Now()
+	certs := map[string]CertInfo{}
+	for i, h := range []string{"a.example.com", "b.example.com", "c.example.com", "expired.example.com"} {
+		c := CertInfo{Host: h, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), Valid: true, SerialNumber: fmt.Sprint(i)}
+		if h == "expired.example.com" {
+			c.Valid = false
+		}
+		certs[h] = c
+	}
+	return &fakeManager{certs: certs, deleted: map[string]bool{}}
+}
+
+// serve runs one request through the module's handler and writes errors as
+// Caddy's admin server does: the status and {"error": message}.
+func serve(t *testing.T, a *adminAPI, req *http.Request) *httptest.ResponseRecorder {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	if err := a.serve(rec, req); err != nil {
+		var apiErr caddy.APIError
+		if !errors.As(err, &apiErr) {
+			t.Fatalf("handler returned %T %v, want caddy.APIError", err, err)
+		}
+		rec.Header().Set("Content-Type", "application/json")
+		rec.WriteHeader(apiErr.HTTPStatus)
+		json.NewEncoder(rec).Encode(map[string]string{"error": apiErr.Err.Error()}) //nolint:errcheck
+	}
+	return rec
+}
+
+func TestRoutes(t *testing.T) {
+	a := &adminAPI{}
+	var patterns []string
+	for _, r := range a.Routes() {
+		patterns = append(patterns, r.Pattern)
+	}
+	if strings.Join(patterns, " ") != "/acme /acme/" {
+		t.Fatalf("routes = %v", patterns)
+	}
+	if id := (adminAPI{}).CaddyModule().ID; id != "admin.api.acme" {
+		t.Fatalf("module ID %s", id)
+	}
+}
+
+func TestHandlers(t *testing.T) {
+	big := `{"host":"` + strings.Repeat("a", maxBody) + `"}`
+	for _, tc := range []struct {
+		name        string
+		method      string
+		target      string
+		contentType string
+		body        string
+		setup       func(*fakeManager)
+		status      int
+		want        string // substring of the body
+		check       func(*testing.T, *fakeManager)
+	}{
+		{name: "patch starts a scan", method: "PATCH", target: "/acme", status: 202,
+			want: `{"message":"Renewal process started successfully"}`,
+			check: func(t *testing.T, f *fakeManager) {
+				if f.scans != 1 {
+					t.Fatalf("scans = %d", f.scans)
+				}
+			}},
+		{name: "wrong method on /acme", method: "PUT", target: "/acme", status: 405, want: `"error":"method not allowed: PUT"`},
+		{name: "wrong method on list", method: "POST", target: "/acme/certificates", status: 405},
+		{name: "wrong method on one", method: "PATCH", target: "/acme/certificates/a.example.com", status: 405},
+		{name: "unknown path", method: "GET", target: "/acme/nope", status: 404},
+		{name: "order json", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"new.example.com"}`,
+			status: 201, want: `{"message":"certificate for host new.example.com is created"}`,
+			check: func(t *testing.T, f *fakeManager) {
+				if len(f.orders) != 1 || f.orders[0] != "new.example.com" {
+					t.Fatalf("orders = %v", f.orders)
+				}
+			}},
+		{name: "order form", method: "POST", target: "/acme", contentType: "application/x-www-form-urlencoded", body: `host=New.Example.com`,
+			status: 201, want: `certificate for host new.example.com is created`},
+		{name: "missing host", method: "POST", target: "/acme", contentType: "application/json", body: `{}`,
+			status: 400, want: `"error":"host must be provided and containing a single domain"`},
+		{name: "empty body", method: "POST", target: "/acme", status: 400, want: `host must be provided`},
+		{name: "host not a string", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":["a","b"]}`,
+			status: 400, want: `host must be provided`},
+		{name: "port", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"a.example.com:443"}`,
+			status: 400, want: `"error":"port is not allowed in host"`},
+		{name: "wildcard", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"*.example.com"}`,
+			status: 400, want: `wildcard`},
+		{name: "not allowed", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"evil.example"}`,
+			setup:  func(f *fakeManager) { f.orderErr = fmt.Errorf("evil.example: %w", ErrNotAllowed) },
+			status: 400, want: `host not allowed`},
+		{name: "malformed json", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":`,
+			status: 400, want: `malformed JSON`},
+		{name: "too large", method: "POST", target: "/acme", contentType: "application/json", body: big, status: 413},
+		{name: "backoff", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"a.example.com"}`,
+			setup:  func(f *fakeManager) { f.orderErr = fmt.Errorf("please try again in 10 seconds: %w", ErrConflict) },
+			status: 409, want: `please try again in 10 seconds`},
+		{name: "ca error", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"a.example.com"}`,
+			setup:  func(f *fakeManager) { f.orderErr = errors.New("urn:ietf:params:acme:error:rejectedIdentifier") },
+			status: 500, want: `"error":"failed to update certificate: urn:ietf:params:acme:error:rejectedIdentifier"`},
+		{name: "sanity passed", method: "POST", target: "/acme", contentType: "application/json",
+			body:   `{"host":"a.example.com","test_http_challenge_flow":true}`,
+			status: 200, want: `{"message":"sanity test for host a.example.com passed"}`,
+			check: func(t *testing.T, f *fakeManager) {
+				if len(f.orders) != 0 {
+					t.Fatalf("sanity check ordered %v", f.orders)
+				}
+			}},
+		{name: "sanity passed form string", method: "POST", target: "/acme", contentType: "application/x-www-form-urlencoded",
+			body: `host=a.example.com&test_http_challenge_flow=true`, status: 200, want: `passed`},
+		{name: "sanity failed", method: "POST", target: "/acme", contentType: "application/json",
+			body:   `{"host":"a.example.com","test_http_challenge_flow":"true"}`,
+			setup:  func(f *fakeManager) { f.sanityErr = errors.New("timeout") },
+			status: 400, want: `"error":"problem found running sanity check for a.example.com: timeout"`},
+		{name: "sanity port", method: "POST", target: "/acme", contentType: "application/json",
+			body: `{"host":"a.example.com:80","test_http_challenge_flow":true}`, status: 400, want: `port is not allowed`},
+		{name: "bad boolean", method: "POST", target: "/acme", contentType: "application/json",
+			body: `{"host":"a.example.com","test_http_challenge_flow":"maybe"}`, status: 400},
+		{name: "list", method: "GET", target: "/acme/certificates", status: 200,
+			check: func(t *testing.T, f *fakeManager) {}},
+		{name: "list bad limit", method: "GET", target: "/acme/certificates?limit=0", status: 400},
+		{name: "one", method: "GET", target: "/acme/certificates/a.example.com", status: 200, want: `"data":{"host":"a.example.com"`},
+		{name: "one absent", method: "GET", target: "/acme/certificates/zzz.example.com", status: 404,
+			want: `"error":"Certificate for host zzz.example.com not found in storage"`},
+		{name: "delete", method: "DELETE", target: "/acme/certificates/b.example.com?revoke=true", status: 200,
+			want: `certificate for host b.example.com is deleted`,
+			check: func(t *testing.T, f *fakeManager) {
+				if revoke, ok := f.deleted["b.example.com"]; !ok || !revoke {
+					t.Fatalf("deleted = %v", f.deleted)
+				}
+			}},
+		{name: "delete absent", method: "DELETE", target: "/acme/certificates/zzz.example.com", status: 404},
+		{name: "status none", method: "GET", target: "/acme", status: 200, want: `{"data":null}`},
+		{name: "status", method: "GET", target: "/acme/", status: 200,
+			setup: func(f *fakeManager) { f.status = json.RawMessage(`{"checked":4}`) },
+			want:  `{"data":{"checked":4}}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake()
+			if tc.setup != nil {
+				tc.setup(f)
+			}
+			a := &adminAPI{find: func() (Manager, error) { return f, nil }}
+			req := httptest.NewRequest(tc.method, tc.target, strings.NewReader(tc.body))
+			if tc.contentType != "" {
+				req.Header.Set("Content-Type", tc.contentType)
+			}
+			rec := serve(t, a, req)
+			if rec.Code != tc.status {
+				t.Fatalf("status = %d, want %d; body %s", rec.Code, tc.status, rec.Body)
+			}
+			if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+				t.Fatalf("Content-Type = %q", ct)
+			}
+			if !json.Valid(rec.Body.Bytes()) {
+				t.Fatalf("body is not JSON: %s", rec.Body)
+			}
+			if !strings.Contains(rec.Body.String(), tc.want) {
+				t.Fatalf("body = %s, want it to contain %s", rec.Body, tc.want)
+			}
+			if tc.status == 405 && rec.Header().Get("Allow") == "" {
+				t.Fatal("405 without Allow")
+			}
+			if tc.check != nil {
+				tc.check(t, f)
+			}
+		})
+	}
+}
+
+func TestList(t *testing.T) {
+	f := newFake()
+	a := &adminAPI{find: func() (Manager, error) { return f, nil }}
+	list := func(target string) certList {
+		t.Helper()
+		rec := serve(t, a, httptest.NewRequest("GET", target, nil))
+		if rec.Code != 200 {
+			t.Fatalf("%s: %d %s", target, rec.Code, rec.Body)
+		}
+		var l certList
+		if err := json.Unmarshal(rec.Body.Bytes(), &l); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	hosts := func(l certList) string {
+		var h []string
+		for _, c := range l.Data {
+			h = append(h, c.Host)
+		}
+		return strings.Join(h, " ")
+	}
+	for _, tc := range []struct {
+		name, target, hosts, next string
+	}{
+		{"all", "/acme/certificates", "a.example.com b.example.com c.example.com expired.example.com", ""},
+		{"invalid only", "/acme/certificates?invalid_only=true", "expired.example.com", ""},
+		{"invalid only any truthy", "/acme/certificates?invalid_only=yes", "expired.example.com", ""},
+		{"first page", "/acme/certificates?limit=2", "a.example.com b.example.com", "b.example.com"},
+		{"second page", "/acme/certificates?limit=2&after=b.example.com", "c.example.com expired.example.com", ""},
+		{"after absent host", "/acme/certificates?after=bb.example.com", "c.example.com expired.example.com", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := list(tc.target)
+			if got := hosts(l); got != tc.hosts || l.Next != tc.next {
+				t.Fatalf("hosts %q next %q, want %q next %q", got, l.Next, tc.hosts, tc.next)
+			}
+		})
+	}
+	// an empty list is [] not null
+	f.certs = map[string]CertInfo{}
+	rec := serve(t, a, httptest.NewRequest("GET", "/acme/certificates", nil))
+	if !strings.Contains(rec.Body.String(), `"data":[]`) {
+		t.Fatalf("empty list: %s", rec.Body)
+	}
+}
+
+func TestNotConfigured(t *testing.T) {
+	a := &adminAPI{}
+	if err := a.Provision(caddy.Context{Context: t.Context()}); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"/acme", "/acme/certificates", "/acme/certificates/a.example.com"} {
+		for _, method := range []string{"GET", "PATCH", "POST", "DELETE"} {
+			rec := serve(t, a, httptest.NewRequest(method, target, nil))
+			if rec.Code != 404 || !strings.Contains(rec.Body.String(), `"error":"the acme app is not configured`) {
+				t.Fatalf("%s %s: %d %s, want 404", method, target, rec.Code, rec.Body)
+			}
+		}
+	}
+}
+
+func TestNewCertInfo(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(0x0a0bff),
+		Subject:      pkix.Name{CommonName: "a.example.com"},
+		Issuer:       pkix.Name{CommonName: "Test CA"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(time.Hour),
+		DNSNames:     []string{"a.example.com"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := NewCertInfo("a.example.com", leaf, now)
+	if info.SerialNumber != "0A:0B:FF" || info.PubkeyType != "id-ecPublicKey" || !info.Valid ||
+		info.IssuerCN != "a.example.com" || len(info.Digest) != 59 || len(info.SHA256) != 95 ||
+		strings.ToUpper(info.Digest) != info.Digest || info.NotAfter.Location() != time.UTC {
+		t.Fatalf("info = %+v", info)
+	}
+	if got := NewCertInfo("a.example.com", leaf, now.Add(2*time.Hour)); got.Valid {
+		t.Fatal("expired certificate valid")
+	}
+	data, _ := json.Marshal(info)
+	for _, f := range []string{"host", "issuer_cn", "not_before", "not_after", "valid", "serial_number", "pubkey_type", "digest", "sha256", "sans", "renewal_due"} {
+		if !strings.Contains(string(data), `"`+f+`":`) {
+			t.Fatalf("JSON %s lacks %s", data, f)
+		}
+	}
+}

@@ -1,0 +1,251 @@
+package caddyacme
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+
+	"github.com/acmekit/caddy-acme/admin"
+	"github.com/acmekit/caddy-acme/renew"
+)
+
+// The App serves the admin API of package admin (admin.api.acme), which
+// finds it at request time; importing admin registers that module.
+
+// TriggerScan starts a renewal scan now, in the background; a scan asked
+// for while one runs is coalesced into one more after it.
+func (a *App) TriggerScan() {
+	if a.runner != nil {
+		a.runner.Trigger()
+	}
+}
+
+// Order obtains host's certificate now, as POST /acme: a name with no
+// certificate in storage is ordered, one with a certificate is renewed
+// (Kong documents POST as a forced renewal). Unlike Kong the allowlist
+// applies, a name in backoff or being ordered is refused (admin.ErrConflict)
+// instead of answering "created" for nothing, and a failure sets the
+// backoff like a failed handshake-time order.
+func (a *App) Order(ctx context.Context, host string) error {
+	host = normalizeHost(host)
+	if err := a.allow(host); err != nil {
+		return fmt.Errorf("%w: %v", admin.ErrNotAllowed, err)
+	}
+	if err := a.checkBackoff(ctx, host); err != nil {
+		var inBackoff backoffError
+		if !errors.As(err, &inBackoff) {
+			return err // a storage error
+		}
+		return fmt.Errorf("%w: %v", admin.ErrConflict, err)
+	}
+
+	a.jobs.mu.Lock()
+	if _, ok := a.jobs.running[host]; ok {
+		a.jobs.mu.Unlock()
+		return fmt.Errorf("%w: a certificate for host %s is already being obtained", admin.ErrConflict, host)
+	}
+	// handshakes for host wait for this job, as for one they started
+	job := &obtainJob{done: make(chan struct{})}
+	a.jobs.running[host] = job
+	a.jobs.mu.Unlock()
+	defer func() {
+		a.jobs.mu.Lock()
+		delete(a.jobs.running, host)
+		a.jobs.mu.Unlock()
+		close(job.done)
+	}()
+
+	if !a.storage.Exists(ctx, certmagic.StorageKeys.SiteCert(a.issuer.IssuerKey(), host)) {
+		job.cert, job.err = a.loadOrObtain(host)
+		return job.err
+	}
+	rctx, cancel := context.WithTimeout(a.ctx, a.issueTimeout())
+	defer cancel()
+	if err := (renewStore{a}).Renew(rctx, host); err != nil {
+		if a.ctx.Err() == nil {
+			a.setBackoff(host, err)
+		}
+		job.err = fmt.Errorf("renewing certificate for %s: %w", host, err)
+		return job.err
+	}
+	if c, ok := a.cached(host); ok {
+		job.cert = c
+	} else {
+		job.err = fmt.Errorf("certificate for %s renewed but not in memory", host)
+	}
+	return nil
+}
+
+// SanityCheck is POST /acme's test_http_challenge_flow: it fetches
+// http://<host>:<http_port>/.well-known/acme-challenge/<random token> from
+// this node, as the CA would (without following redirects). It passes when
+// the name resolves and an HTTP server answers there with a status below
+// 500: the acme_challenge handler passes unknown tokens on, so any such
+// answer (a 404, the next handler's reply, a redirect) means that the CA's
+// request would reach a server where the handler can answer. It cannot tell
+// this Caddy from another server on that address.
+func (a *App) SanityCheck(ctx context.Context, host string) error {
+	host = normalizeHost(host)
+	if err := a.allow(host); err != nil {
+		return fmt.Errorf("%w: %v", admin.ErrNotAllowed, err)
+	}
+	port := a.HTTPPort
+	if port == 0 {
+		port = 80
+	}
+	token := make([]byte, 16)
+	_, _ = rand.Read(token)
+	u := "http://" + net.JoinHostPort(host, strconv.Itoa(port)) + "/.well-known/acme-challenge/" + hex.EncodeToString(token)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode >= 500 {
+		return fmt.Errorf("unexpected response: %q, unexpected status code: %d", body, resp.StatusCode)
+	}
+	return nil
+}
+
+// Hosts lists the names of the app's certificates in storage.
+func (a *App) Hosts(ctx context.Context) ([]string, error) {
+	return renewStore{a}.Names(ctx)
+}
+
+// Certificate describes host's stored certificate with Kong's fields, when
+// it is due for renewal, and the last renewal scan's error for it.
+func (a *App) Certificate(ctx context.Context, host string) (admin.CertInfo, error) {
+	host = normalizeHost(host)
+	data, err := a.storage.Load(ctx, certmagic.StorageKeys.SiteCert(a.issuer.IssuerKey(), host))
+	if err != nil {
+		return admin.CertInfo{}, err
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return admin.CertInfo{}, fmt.Errorf("no PEM certificate in storage for %s", host)
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return admin.CertInfo{}, fmt.Errorf("parsing stored certificate of %s: %w", host, err)
+	}
+	now := time.Now()
+	info := admin.NewCertInfo(host, leaf, now)
+	policy := renew.Policy{Threshold: a.renewThreshold()}
+	rc := renew.Cert{Name: host, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Serial: leaf.SerialNumber}
+	info.RenewAt = policy.RenewAt(rc).UTC()
+	info.RenewalDue = policy.Due(rc, now)
+	if st, err := a.loadStatus(ctx); err == nil && st != nil {
+		if hs, ok := st.Hosts[host]; ok && hs.NotAfter.Equal(leaf.NotAfter) {
+			info.LastRenewalError = hs.LastError
+		}
+	}
+	return info, nil
+}
+
+// Delete removes host's certificate, key and metadata from storage and
+// this node's cache, revoking it at the CA first if revoke.
+func (a *App) Delete(ctx context.Context, host string, revoke bool) error {
+	host = normalizeHost(host)
+	issuerKey := a.issuer.IssuerKey()
+	if !a.storage.Exists(ctx, certmagic.StorageKeys.SiteCert(issuerKey, host)) {
+		return fmt.Errorf("certificate for %s: %w", host, fs.ErrNotExist)
+	}
+	if revoke {
+		if err := a.magic.RevokeCert(ctx, host, 0, false); err != nil {
+			return fmt.Errorf("revoking: %w", err)
+		}
+	}
+	for _, key := range []string{
+		certmagic.StorageKeys.SiteCert(issuerKey, host),
+		certmagic.StorageKeys.SitePrivateKey(issuerKey, host),
+		certmagic.StorageKeys.SiteMeta(issuerKey, host),
+		certmagic.StorageKeys.CertsSitePrefix(issuerKey, host),
+	} {
+		if err := a.storage.Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("deleting %s: %w", key, err)
+		}
+	}
+	var hashes []string
+	for _, c := range a.cache.AllMatchingCertificates(host) {
+		if slices.Contains(c.Names, host) {
+			hashes = append(hashes, c.Hash())
+		}
+	}
+	a.cache.Remove(hashes)
+	return nil
+}
+
+// Status returns the last renewal scan's status as stored (nil if none).
+func (a *App) Status(ctx context.Context) (json.RawMessage, error) {
+	data, err := a.storage.Load(ctx, renewStatusKey)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !json.Valid(data) {
+		return nil, fmt.Errorf("%s holds no JSON", renewStatusKey)
+	}
+	return data, nil
+}
+
+// loadStatus returns the last scan's status, read from storage at most once
+// a second, so that a page of certificates does not read it once each.
+func (a *App) loadStatus(ctx context.Context) (*renew.Status, error) {
+	a.status.mu.Lock()
+	defer a.status.mu.Unlock()
+	if time.Since(a.status.read) < time.Second {
+		return a.status.last, nil
+	}
+	data, err := a.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var st *renew.Status
+	if data != nil {
+		st = new(renew.Status)
+		if err := json.Unmarshal(data, st); err != nil {
+			return nil, err
+		}
+	}
+	a.status.last, a.status.read = st, time.Now()
+	return st, nil
+}
+
+// statusCache is the last scan status read from storage.
+type statusCache struct {
+	mu   sync.Mutex // protects last and read
+	last *renew.Status
+	read time.Time
+}
+
+func normalizeHost(host string) string {
+	return strings.ToLower(strings.TrimSuffix(host, "."))
+}
+
+var _ admin.Manager = (*App)(nil)

@@ -1,0 +1,212 @@
+package caddyacme
+
+import (
+	"crypto/sha1" //nolint:gosec // Kong's digest
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/acmekit/caddy-acme/admin"
+	"github.com/acmekit/caddy-acme/internal/testenv"
+)
+
+// withAdmin turns on Caddy's admin listener on a free port in a config
+// made by rig.config, and returns the new config and the admin base URL.
+func withAdmin(t *testing.T, cfg []byte) ([]byte, string) {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(cfg, &m); err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	m["admin"] = map[string]any{"listen": addr, "config": map[string]any{"persist": false}}
+	out, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, "http://" + addr
+}
+
+// call sends one admin request (Host is the listener's address, as the
+// admin server's origin check wants) and returns the status and body.
+func call(t *testing.T, method, url, contentType, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	client := &http.Client{Timeout: 2 * time.Minute}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(data)
+}
+
+func mustCall(t *testing.T, method, url, contentType, body string, status int) string {
+	t.Helper()
+	got, out := call(t, method, url, contentType, body)
+	if got != status {
+		t.Fatalf("%s %s %s: status %d, want %d; body %s", method, url, body, got, status, out)
+	}
+	return out
+}
+
+func TestAdminAPI(t *testing.T) {
+	r := newRig(t, testenv.PebbleOptions{})
+	cfg, base := withAdmin(t, r.config(r.acme(map[string]any{"domains": []string{"allowed.example.com", "localhost"}}), nil))
+	app := r.load(cfg)
+	const host = "allowed.example.com"
+
+	// order through the API: 201, and the certificate is served
+	out := mustCall(t, "POST", base+"/acme", "application/json", `{"host":"`+host+`"}`, 201)
+	if !strings.Contains(out, `"message":"certificate for host allowed.example.com is created"`) {
+		t.Fatalf("POST body %s", out)
+	}
+	if n := r.pebble.OrdersFor(host); n != 1 {
+		t.Fatalf("%d orders for %s, want 1", n, host)
+	}
+	leaf := r.mustHandshake(host)[0]
+	if n := r.pebble.Orders(); n != 1 {
+		t.Fatalf("handshake after POST ordered again: %v", r.orderNames())
+	}
+
+	// a name outside the allowlist is refused without an order (Kong orders it)
+	out = mustCall(t, "POST", base+"/acme", "application/x-www-form-urlencoded", "host=denied.example.com", 400)
+	if !strings.Contains(out, `"error":`) || !strings.Contains(out, "not allowed") {
+		t.Fatalf("POST denied body %s", out)
+	}
+	mustCall(t, "POST", base+"/acme", "application/json", `{"host":"allowed.example.com:443"}`, 400)
+	if n := r.pebble.Orders(); n != 1 {
+		t.Fatalf("refused names were ordered: %v", r.orderNames())
+	}
+
+	// the sanity check reaches this Caddy's HTTP port
+	out = mustCall(t, "POST", base+"/acme", "application/json", `{"host":"localhost","test_http_challenge_flow":true}`, 200)
+	if !strings.Contains(out, "sanity test for host localhost passed") {
+		t.Fatalf("sanity body %s", out)
+	}
+
+	// the list and one certificate, with Kong's fields
+	var list struct {
+		Data []admin.CertInfo `json:"data"`
+	}
+	out = mustCall(t, "GET", base+"/acme/certificates", "", "", 200)
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Data) != 1 {
+		t.Fatalf("list %s, want one certificate", out)
+	}
+	c := list.Data[0]
+	digest := sha1.Sum(leaf.Raw) //nolint:gosec
+	want := admin.NewCertInfo(host, leaf, time.Now())
+	if c.Host != host || !c.Valid || c.PubkeyType != "id-ecPublicKey" || c.IssuerCN != leaf.Issuer.CommonName ||
+		c.SerialNumber != want.SerialNumber || c.Digest != want.Digest || len(digest) != 20 ||
+		!c.NotAfter.Equal(leaf.NotAfter) || c.RenewalDue || strings.Join(c.SANs, ",") != host {
+		t.Fatalf("listed %+v, want %+v", c, want)
+	}
+	for _, f := range []string{`"not_before":"`, `"not_after":"`, `Z"`} {
+		if !strings.Contains(out, f) {
+			t.Fatalf("list %s lacks %s", out, f)
+		}
+	}
+	mustCall(t, "GET", base+"/acme/certificates?invalid_only=true", "", "", 200)
+	out = mustCall(t, "GET", base+"/acme/certificates/"+host, "", "", 200)
+	if !strings.Contains(out, `"serial_number":"`+want.SerialNumber+`"`) {
+		t.Fatalf("GET one %s", out)
+	}
+
+	// POST for a name that has a certificate renews it
+	mustCall(t, "POST", base+"/acme", "application/json", `{"host":"`+host+`"}`, 201)
+	if n := r.pebble.OrdersFor(host); n != 2 {
+		t.Fatalf("%d orders for %s after the second POST, want 2", n, host)
+	}
+	if renewed := r.mustHandshake(host)[0]; renewed.SerialNumber.Cmp(leaf.SerialNumber) == 0 {
+		t.Fatal("second POST did not replace the served certificate")
+	}
+
+	// delete: gone from storage and the API
+	mustCall(t, "DELETE", base+"/acme/certificates/"+host, "", "", 200)
+	out = mustCall(t, "GET", base+"/acme/certificates/"+host, "", "", 404)
+	if !strings.Contains(out, "not found in storage") {
+		t.Fatalf("GET deleted %s", out)
+	}
+	mustCall(t, "DELETE", base+"/acme/certificates/"+host, "", "", 404)
+
+	// PATCH starts a scan whose status GET /acme shows
+	out = mustCall(t, "PATCH", base+"/acme", "", "", 202)
+	if !strings.Contains(out, "Renewal process started successfully") {
+		t.Fatalf("PATCH %s", out)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out = mustCall(t, "GET", base+"/acme", "", "", 200)
+		if strings.Contains(out, `"start"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no scan status after PATCH: %s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// 409: a name in backoff, and one being obtained
+	app.setBackoff("localhost", errors.New("test failure"))
+	out = mustCall(t, "POST", base+"/acme", "application/json", `{"host":"localhost"}`, 409)
+	if !strings.Contains(out, "please try again in") {
+		t.Fatalf("POST in backoff: %s", out)
+	}
+	app.jobs.mu.Lock()
+	app.jobs.running[host] = &obtainJob{done: make(chan struct{})}
+	app.jobs.mu.Unlock()
+	out = mustCall(t, "POST", base+"/acme", "application/json", `{"host":"`+host+`"}`, 409)
+	if !strings.Contains(out, "already being obtained") {
+		t.Fatalf("POST in progress: %s", out)
+	}
+	app.jobs.mu.Lock()
+	delete(app.jobs.running, host)
+	app.jobs.mu.Unlock()
+	if n := r.pebble.Orders(); n != 2 {
+		t.Fatalf("409s ordered: %v", r.orderNames())
+	}
+
+	mustCall(t, "PUT", base+"/acme", "", "", 405)
+	mustCall(t, "POST", base+"/acme", "application/json", `{"host":`, 400)
+	mustCall(t, "POST", base+"/acme", "application/json", `{"host":"`+strings.Repeat("a", 70000)+`"}`, 413)
+}
+
+// TestAdminAPINotConfigured: without the acme app the routes answer 404.
+func TestAdminAPINotConfigured(t *testing.T) {
+	addr := "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t))
+	cfg := `{"admin":{"listen":"` + addr + `","config":{"persist":false}}}`
+	if err := caddy.Load([]byte(cfg), true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := caddy.Stop(); err != nil {
+			t.Errorf("stopping caddy: %v", err)
+		}
+	})
+	for _, p := range []string{"/acme", "/acme/certificates"} {
+		out := mustCall(t, "GET", "http://"+addr+p, "", "", 404)
+		if !strings.Contains(out, `"error":"the acme app is not configured`) {
+			t.Fatalf("GET %s: %s", p, out)
+		}
+	}
+}
