@@ -158,6 +158,7 @@ type App struct {
 	jobs    *obtainJobs
 	scanner *renew.Scanner
 	runner  *renew.Runner
+	status  *statusCache
 }
 
 // CaddyModule returns the Caddy module information.
@@ -174,6 +175,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.jobs = &obtainJobs{running: make(map[string]*obtainJob)}
+	a.status = new(statusCache)
 
 	s, err := a.settings()
 	if err != nil {

@@ -159,11 +159,17 @@ func (a *App) checkBackoff(ctx context.Context, name string) error {
 		return nil
 	}
 	if left := time.Until(b.Until); left > 0 {
-		return fmt.Errorf("please try again in %d seconds for host %s because of previous failure; this is configurable with fail_backoff_minutes",
-			int(math.Ceil(left.Seconds())), name)
+		return backoffError(fmt.Sprintf("please try again in %d seconds for host %s because of previous failure; this is configurable with fail_backoff_minutes",
+			int(math.Ceil(left.Seconds())), name))
 	}
 	return nil
 }
+
+// backoffError is checkBackoff's answer for a name in backoff (as opposed
+// to a storage error), with Kong's message.
+type backoffError string
+
+func (e backoffError) Error() string { return string(e) }
 
 // setBackoff records a failed order of name, so that no node orders it
 // again before fail_backoff_minutes have passed.
