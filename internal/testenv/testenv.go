@@ -47,6 +47,9 @@ func FreePort(t testing.TB) int {
 	low := ephemeralLow()
 	for range 100 {
 		port := freePortFloor + rand.IntN(low-freePortFloor)
+		if !claimPort(port) {
+			continue // handed out before in this process
+		}
 		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
 			continue
@@ -65,6 +68,27 @@ func FreePort(t testing.TB) int {
 		t.Fatalf("testenv: closing probe listener: %v", err)
 	}
 	return port
+}
+
+// claimed holds the ports FreePort returned in this process, so that two
+// calls never return the same one.
+var claimed struct {
+	sync.Mutex // protects ports
+	ports      map[int]bool
+}
+
+// claimPort records port as handed out, and reports whether it was not yet.
+func claimPort(port int) bool {
+	claimed.Lock()
+	defer claimed.Unlock()
+	if claimed.ports[port] {
+		return false
+	}
+	if claimed.ports == nil {
+		claimed.ports = make(map[int]bool)
+	}
+	claimed.ports[port] = true
+	return true
 }
 
 // freePortFloor is the lowest port FreePort picks (well above the
