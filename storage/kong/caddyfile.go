@@ -5,6 +5,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/acmekit/caddy-acme/storage/internal/backend"
 )
 
 // UnmarshalCaddyfile sets up the storage from Caddyfile tokens; see
@@ -58,13 +60,11 @@ func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			"pg_ssl_cert_key": &s.PgSSLCertKey,
 		}
 		if p, ok := strs[key]; ok {
-			if !d.NextArg() {
-				return d.ArgErr()
+			v, err := backend.OneArg(d)
+			if err != nil {
+				return err
 			}
-			*p = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			*p = v
 			continue
 		}
 

@@ -66,7 +66,7 @@ func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			s.Addresses = args
 		case "master_name", "username", "password", "sentinel_username", "sentinel_password", "key_prefix":
-			val, err := oneArg(d)
+			val, err := backend.OneArg(d)
 			if err != nil {
 				return err
 			}
@@ -84,7 +84,7 @@ func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			s.Cluster = true
 		case "db":
-			val, err := oneArg(d)
+			val, err := backend.OneArg(d)
 			if err != nil {
 				return err
 			}
@@ -94,7 +94,7 @@ func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			s.DB = n
 		case "dial_timeout", "read_timeout", "write_timeout":
-			val, err := oneArg(d)
+			val, err := backend.OneArg(d)
 			if err != nil {
 				return err
 			}
@@ -117,18 +117,6 @@ func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
-}
-
-// oneArg returns the single argument of the current subdirective.
-func oneArg(d *caddyfile.Dispenser) (string, error) {
-	if !d.NextArg() {
-		return "", d.ArgErr()
-	}
-	val := d.Val()
-	if d.NextArg() {
-		return "", d.ArgErr()
-	}
-	return val, nil
 }
 
 // Interface guards

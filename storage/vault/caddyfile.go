@@ -39,13 +39,11 @@ func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			"secret_id":   &s.SecretID,
 		}
 		if p, ok := strField[key]; ok {
-			if !d.NextArg() {
-				return d.ArgErr()
+			v, err := backend.OneArg(d)
+			if err != nil {
+				return err
 			}
-			*p = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			*p = v
 			continue
 		}
 		switch key {

@@ -106,3 +106,16 @@ func (o *Options) UnmarshalCaddyfile(d *caddyfile.Dispenser) (bool, error) {
 	}
 	return true, nil
 }
+
+// OneArg returns the single argument of the dispenser's current
+// subdirective, or an argument-count error.
+func OneArg(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.ArgErr()
+	}
+	val := d.Val()
+	if d.NextArg() {
+		return "", d.ArgErr()
+	}
+	return val, nil
+}
