@@ -13,7 +13,6 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -156,6 +155,12 @@ func (a *App) Certificate(ctx context.Context, host string) (admin.CertInfo, err
 	info := admin.NewCertInfo(host, leaf, now)
 	policy := renew.Policy{Threshold: a.renewThreshold()}
 	rc := renew.Cert{Name: host, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Serial: leaf.SerialNumber}
+	if !a.DisableARI {
+		// the stored window only: listing certificates asks the CA nothing
+		if ari, _, err := (renewStore{a}).storedARI(ctx, host); err == nil {
+			rc = withARI(rc, ari)
+		}
+	}
 	info.RenewAt = policy.RenewAt(rc).UTC()
 	info.RenewalDue = policy.Due(rc, now)
 	if st, err := a.loadStatus(ctx); err == nil && st != nil {
@@ -189,18 +194,37 @@ func (a *App) Delete(ctx context.Context, host string, revoke bool) error {
 			return fmt.Errorf("deleting %s: %w", key, err)
 		}
 	}
-	var hashes []string
-	for _, c := range a.cache.AllMatchingCertificates(host) {
-		if slices.Contains(c.Names, host) {
-			hashes = append(hashes, c.Hash())
-		}
-	}
-	a.cache.Remove(hashes)
+	a.evict(host)
+	a.publishChange(ctx, host, true)
 	return nil
 }
 
-// Status returns the last renewal scan's status as stored (nil if none).
+// Status returns the last renewal scan's status as stored (whichever node
+// ran it), with next_scan: when this node's next periodic scan starts (it
+// does not scan if another node holds the scan lock then). It is an error
+// for storage to hold something else than a JSON object there.
 func (a *App) Status(ctx context.Context) (json.RawMessage, error) {
+	st := make(map[string]json.RawMessage)
+	data, err := a.storage.Load(ctx, renewStatusKey)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, err
+	default:
+		if err := json.Unmarshal(data, &st); err != nil {
+			return nil, fmt.Errorf("%s holds no JSON object: %v", renewStatusKey, err)
+		}
+	}
+	if a.runner != nil {
+		if next := a.runner.Next(); !next.IsZero() {
+			st["next_scan"], _ = json.Marshal(next.UTC().Truncate(time.Second))
+		}
+	}
+	return json.Marshal(st)
+}
+
+// storedStatus returns the last scan's status as stored (nil if none).
+func (a *App) storedStatus(ctx context.Context) (*renew.Status, error) {
 	data, err := a.storage.Load(ctx, renewStatusKey)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -208,10 +232,11 @@ func (a *App) Status(ctx context.Context) (json.RawMessage, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !json.Valid(data) {
-		return nil, fmt.Errorf("%s holds no JSON", renewStatusKey)
+	st := new(renew.Status)
+	if err := json.Unmarshal(data, st); err != nil {
+		return nil, fmt.Errorf("%s: %v", renewStatusKey, err)
 	}
-	return data, nil
+	return st, nil
 }
 
 // loadStatus returns the last scan's status, read from storage at most once
@@ -222,16 +247,9 @@ func (a *App) loadStatus(ctx context.Context) (*renew.Status, error) {
 	if time.Since(a.status.read) < time.Second {
 		return a.status.last, nil
 	}
-	data, err := a.Status(ctx)
+	st, err := a.storedStatus(ctx)
 	if err != nil {
 		return nil, err
-	}
-	var st *renew.Status
-	if data != nil {
-		st = new(renew.Status)
-		if err := json.Unmarshal(data, st); err != nil {
-			return nil, err
-		}
 	}
 	a.status.last, a.status.read = st, time.Now()
 	return st, nil

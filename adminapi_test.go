@@ -157,13 +157,27 @@ func TestAdminAPI(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		out = mustCall(t, "GET", base+"/acme", "", "", 200)
-		if strings.Contains(out, `"start"`) {
+		if strings.Contains(out, `"start"`) && strings.Contains(out, `"next_scan"`) {
 			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no scan status after PATCH: %s", out)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+
+	// this node's next periodic scan, with the stored status
+	var st struct {
+		Data struct {
+			Start    time.Time `json:"start"`
+			NextScan time.Time `json:"next_scan"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("GET /acme: %v: %s", err, out)
+	}
+	if d := time.Until(st.Data.NextScan); d < 20*time.Hour || d > 27*time.Hour || st.Data.Start.IsZero() {
+		t.Fatalf("GET /acme: next_scan in %s, start %s; want a day (±10%%) away and a start: %s", d, st.Data.Start, out)
 	}
 
 	// 409: a name in backoff, and one being obtained
@@ -184,6 +198,15 @@ func TestAdminAPI(t *testing.T) {
 	app.jobs.mu.Unlock()
 	if n := r.pebble.Orders(); n != 2 {
 		t.Fatalf("409s ordered: %v", r.orderNames())
+	}
+
+	// a status in storage that is not ours: 500 with the reason
+	if err := app.storage.Store(t.Context(), renewStatusKey, []byte("not json")); err != nil {
+		t.Fatal(err)
+	}
+	out = mustCall(t, "GET", base+"/acme", "", "", 500)
+	if !strings.Contains(out, `"error":"reading renewal status: caddy-acme/renew_status.json holds no JSON object`) {
+		t.Fatalf("GET /acme with a corrupt status: %s", out)
 	}
 
 	mustCall(t, "PUT", base+"/acme", "", "", 405)
@@ -208,5 +231,26 @@ func TestAdminAPINotConfigured(t *testing.T) {
 		if !strings.Contains(out, `"error":"the acme app is not configured`) {
 			t.Fatalf("GET %s: %s", p, out)
 		}
+	}
+}
+
+// TestAdminAPIOrderFailure: an order the CA refuses (here: HTTP-01
+// validation cannot reach Caddy) answers 500 with the CA's error, and sets
+// the backoff, so that the next POST answers 409 without ordering.
+func TestAdminAPIOrderFailure(t *testing.T) {
+	r := newRig(t, testenv.PebbleOptions{HTTPPort: testenv.FreePort(t)})
+	cfg, base := withAdmin(t, r.config(r.acme(map[string]any{"domains": []string{"fail.example.com"}}), nil))
+	r.load(cfg)
+
+	out := mustCall(t, "POST", base+"/acme", "application/json", `{"host":"fail.example.com"}`, 500)
+	if !strings.Contains(out, `"error":"failed to update certificate: `) || !strings.Contains(out, "urn:ietf:params:acme:error") {
+		t.Fatalf("POST with a failing validation: %s, want the CA's error", out)
+	}
+	out = mustCall(t, "POST", base+"/acme", "application/json", `{"host":"fail.example.com"}`, 409)
+	if !strings.Contains(out, "because of previous failure") {
+		t.Fatalf("POST in backoff: %s", out)
+	}
+	if n := r.pebble.Orders(); n != 1 {
+		t.Fatalf("orders = %d, want 1", n)
 	}
 }

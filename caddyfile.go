@@ -43,7 +43,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		cert_type rsa|ecc
 //		rsa_key_size 2048|3072|4096
 //		renew_threshold_days <days>
+//		disable_ari [true|false]
 //		renew_interval <duration>
+//		cache_sync_interval <duration>
 //		domains <name...>
 //		allow_any_domain [true|false]
 //		fail_backoff_minutes <minutes>
@@ -158,6 +160,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneDuration(d, &a.IssueTimeout)
 		case "renew_interval":
 			err = oneDuration(d, &a.RenewInterval)
+		case "cache_sync_interval":
+			err = oneDuration(d, &a.CacheSyncInterval)
+		case "disable_ari":
+			err = flag(d, &a.DisableARI)
 		case "cache_capacity":
 			if err = oneInt(d, &a.CacheCapacity); err == nil && a.CacheCapacity < 0 {
 				err = d.Errf("cache_capacity: must not be negative, got %d", a.CacheCapacity)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
@@ -83,10 +84,23 @@ type App struct {
 	// continuously). Default: 14.
 	RenewThresholdDays *float64 `json:"renew_threshold_days,omitempty"`
 
+	// Ignore the CA's ACME Renewal Information (ARI, RFC 9773). By default
+	// a certificate is also renewed when the CA's suggested renewal window
+	// opens before renew_threshold_days (as Let's Encrypt's does, about a
+	// third of the lifetime before expiry, or at once after a revocation);
+	// with disable_ari only the threshold decides, as in Kong. Default:
+	// false.
+	DisableARI bool `json:"disable_ari,omitempty"`
+
 	// How often every certificate in storage is checked for renewal (one
 	// node of a cluster at a time); each wait is jittered by ±10%. The
 	// first check runs a minute after start. Default: 24h.
 	RenewInterval caddy.Duration `json:"renew_interval,omitempty"`
+
+	// How often each node reads the log of certificates that other nodes
+	// sharing the storage renewed or deleted, to reload or drop its copies
+	// in memory (one storage read each time). Default: 10s.
+	CacheSyncInterval caddy.Duration `json:"cache_sync_interval,omitempty"`
 
 	// The names certificates may be obtained for: exact names,
 	// `*.example.com` (any name below example.com, at any depth, but not
@@ -155,10 +169,14 @@ type App struct {
 	magic   *certmagic.Config
 	issuer  *certmagic.ACMEIssuer
 	cache   *certmagic.Cache
+	events  *caddyevents.App // nil when not provisioned by a config load
+	issuing *issuanceClock
 	jobs    *obtainJobs
 	scanner *renew.Scanner
 	runner  *renew.Runner
 	status  *statusCache
+
+	cacheSync *cacheSync
 }
 
 // CaddyModule returns the Caddy module information.
@@ -176,6 +194,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.jobs = &obtainJobs{running: make(map[string]*obtainJob)}
 	a.status = new(statusCache)
+	a.cacheSync = &cacheSync{cached: make(map[string]struct{})}
 
 	s, err := a.settings()
 	if err != nil {
@@ -183,17 +202,23 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.matcher = s.matcher
 
+	var storageModule caddy.Module
 	if a.StorageRaw != nil {
 		val, err := ctx.LoadModule(a, "StorageRaw")
 		if err != nil {
 			return fmt.Errorf("storage: loading module: %w", err)
 		}
+		storageModule = val.(caddy.Module)
 		a.storage, err = val.(caddy.StorageConverter).CertMagicStorage()
 		if err != nil {
 			return fmt.Errorf("storage: %w", err)
 		}
 	} else {
 		a.storage = ctx.Storage()
+	}
+	a.storage = instrumentStorage(a.storage, storageBackend(storageModule, a.storage))
+	if err := a.provisionEvents(ctx); err != nil {
+		return err
 	}
 
 	a.cache = certmagic.NewCache(certmagic.CacheOptions{
@@ -204,9 +229,17 @@ func (a *App) Provision(ctx caddy.Context) error {
 		Logger:   a.logger.Named("cache"),
 	})
 	a.magic = certmagic.New(a.cache, certmagic.Config{
-		Storage:   a.storage,
-		KeySource: s.keys,
-		Logger:    a.logger,
+		Storage:        a.storage,
+		KeySource:      s.keys,
+		Logger:         a.logger,
+		OnEvent:        a.onEvent,
+		ShouldEmitFunc: a.shouldEmit,
+		// certmagic's own maintenance renews certificates in memory when
+		// their ARI window says so (as the scan does) or, as a last
+		// resort, in the last 1% of their life: the renewal scan, on
+		// renew_threshold_days, comes first
+		RenewalWindowRatio: 0.01,
+		DisableARI:         a.DisableARI,
 	})
 	a.issuer = certmagic.NewACMEIssuer(a.magic, certmagic.ACMEIssuer{
 		CA:                      s.directory,
@@ -223,6 +256,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 		Logger:                  a.logger.Named("issuer"),
 	})
 	a.magic.Issuers = []certmagic.Issuer{a.issuer}
+	if reg := ctx.GetMetricsRegistry(); reg != nil {
+		if err := registerMetrics(reg, a); err != nil {
+			return fmt.Errorf("registering metrics: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -233,6 +271,7 @@ func (a *App) Start() error {
 		a.logger.Warn("no certificate will be obtained: domains is empty and allow_any_domain is false")
 	}
 	a.startRenewal()
+	a.startCacheSync()
 	return nil
 }
 
@@ -330,6 +369,9 @@ func (a *App) settings() (settings, error) {
 	}
 	if a.IssueTimeout < 0 {
 		return s, fmt.Errorf("issue_timeout: must not be negative, got %s", time.Duration(a.IssueTimeout))
+	}
+	if a.CacheSyncInterval < 0 {
+		return s, fmt.Errorf("cache_sync_interval: must not be negative, got %s", time.Duration(a.CacheSyncInterval))
 	}
 	if a.RenewInterval < 0 {
 		return s, fmt.Errorf("renew_interval: must not be negative, got %s", time.Duration(a.RenewInterval))

@@ -51,6 +51,10 @@ func (a *App) certificate(ctx context.Context, hello *tls.ClientHelloInfo) (*tls
 	select {
 	case <-job.done:
 		if job.err != nil {
+			var inBackoff backoffError
+			if errors.As(job.err, &inBackoff) {
+				a.backoffDenied(name, job.err)
+			}
 			return nil, job.err
 		}
 		return &job.cert.Certificate, nil

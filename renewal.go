@@ -2,6 +2,7 @@ package caddyacme
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
 
 	"github.com/acmekit/caddy-acme/renew"
@@ -42,21 +44,119 @@ func (s renewStore) Names(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
-// Cert reads the renewal facts of name's stored certificate.
+// Cert reads the renewal facts of name's stored certificate, with the
+// CA's ARI window (RFC 9773) unless disable_ari: the one stored with the
+// certificate's metadata, fetched again from the CA when missing or when
+// the CA's Retry-After has passed, and stored back for the next scan.
 func (s renewStore) Cert(ctx context.Context, name string) (renew.Cert, error) {
+	c, leaf, err := s.stored(ctx, name)
+	if err != nil || s.a.DisableARI {
+		return c, err
+	}
+	return withARI(c, s.ari(ctx, name, leaf)), nil
+}
+
+// stored reads name's certificate from storage.
+func (s renewStore) stored(ctx context.Context, name string) (renew.Cert, *x509.Certificate, error) {
 	data, err := s.a.storage.Load(ctx, certmagic.StorageKeys.SiteCert(s.a.issuer.IssuerKey(), name))
 	if err != nil {
-		return renew.Cert{}, err
+		return renew.Cert{}, nil, err
 	}
 	block, _ := pem.Decode(data)
 	if block == nil {
-		return renew.Cert{}, errors.New("no PEM certificate in storage")
+		return renew.Cert{}, nil, errors.New("no PEM certificate in storage")
 	}
 	leaf, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
-		return renew.Cert{}, fmt.Errorf("parsing stored certificate: %w", err)
+		return renew.Cert{}, nil, fmt.Errorf("parsing stored certificate: %w", err)
 	}
-	return renew.Cert{Name: name, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Serial: leaf.SerialNumber}, nil
+	return renew.Cert{Name: name, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Serial: leaf.SerialNumber}, leaf, nil
+}
+
+// ari returns the ARI of name's certificate (leaf): the stored one while
+// fresh, else the CA's, which it stores. Any failure yields no window (the
+// threshold alone decides) and is logged.
+func (s renewStore) ari(ctx context.Context, name string, leaf *x509.Certificate) acme.RenewalInfo {
+	logger := s.a.logger.Named("renew")
+	ari, meta, err := s.storedARI(ctx, name)
+	if err != nil {
+		logger.Debug("no usable stored ARI", zap.String("identifier", name), zap.Error(err))
+	}
+	if ari.HasWindow() && !ari.NeedsRefresh() {
+		return ari
+	}
+	fresh, err := s.a.issuer.GetRenewalInfo(ctx, certmagic.Certificate{Certificate: tls.Certificate{Leaf: leaf}})
+	if err != nil {
+		logger.Debug("getting ARI from the CA", zap.String("identifier", name), zap.Error(err))
+		return ari // a stale window is still the CA's last word
+	}
+	if meta != nil {
+		if err := s.storeARI(ctx, name, meta, fresh); err != nil {
+			logger.Warn("storing ARI", zap.String("identifier", name), zap.Error(err))
+		}
+	}
+	return fresh
+}
+
+// storedARI reads the ARI that certmagic keeps in the certificate's
+// metadata (issuer_data.renewal_info), and the metadata itself (nil if
+// unreadable).
+func (s renewStore) storedARI(ctx context.Context, name string) (acme.RenewalInfo, map[string]json.RawMessage, error) {
+	var ari acme.RenewalInfo
+	var meta, issuerData map[string]json.RawMessage
+	data, err := s.a.storage.Load(ctx, certmagic.StorageKeys.SiteMeta(s.a.issuer.IssuerKey(), name))
+	if err != nil {
+		return ari, nil, err
+	}
+	if err := json.Unmarshal(data, &meta); err != nil {
+		return ari, nil, err
+	}
+	if len(meta["issuer_data"]) > 0 {
+		if err := json.Unmarshal(meta["issuer_data"], &issuerData); err != nil {
+			return ari, nil, fmt.Errorf("issuer_data: %w", err)
+		}
+	}
+	if len(issuerData["renewal_info"]) > 0 {
+		if err := json.Unmarshal(issuerData["renewal_info"], &ari); err != nil {
+			return acme.RenewalInfo{}, meta, fmt.Errorf("renewal_info: %w", err)
+		}
+	}
+	return ari, meta, nil
+}
+
+// storeARI writes ari into the certificate's metadata, keeping the rest.
+func (s renewStore) storeARI(ctx context.Context, name string, meta map[string]json.RawMessage, ari acme.RenewalInfo) error {
+	issuerData := make(map[string]json.RawMessage)
+	if len(meta["issuer_data"]) > 0 {
+		if err := json.Unmarshal(meta["issuer_data"], &issuerData); err != nil {
+			return err
+		}
+	}
+	var err error
+	if issuerData["renewal_info"], err = json.Marshal(ari); err != nil {
+		return err
+	}
+	if meta["issuer_data"], err = json.Marshal(issuerData); err != nil {
+		return err
+	}
+	data, err := json.Marshal(meta)
+	if err != nil {
+		return err
+	}
+	return s.a.storage.Store(ctx, certmagic.StorageKeys.SiteMeta(s.a.issuer.IssuerKey(), name), data)
+}
+
+// withARI sets c's ARI window: the random time in it that acmez selected
+// (certmagic renews at that time too), or its start if none.
+func withARI(c renew.Cert, ari acme.RenewalInfo) renew.Cert {
+	if !ari.HasWindow() {
+		return c
+	}
+	c.ARIStart, c.ARIEnd = ari.SelectedTime, ari.SuggestedWindow.End
+	if c.ARIStart.IsZero() {
+		c.ARIStart = ari.SuggestedWindow.Start
+	}
+	return c
 }
 
 // Renew renews name's certificate at the CA and replaces it in this node's
@@ -65,17 +165,15 @@ func (s renewStore) Renew(ctx context.Context, name string) error {
 	if err := s.a.magic.RenewCertSync(ctx, name, true); err != nil {
 		return err
 	}
-	return s.replaceCached(ctx, name)
+	return s.replaceCached(ctx, name) // the other nodes learn it from onEvent's publishChange
 }
 
 // replaceCached loads name's stored certificate into this node's cache in
 // place of the certificates it holds for name.
 func (s renewStore) replaceCached(ctx context.Context, name string) error {
 	var old []string
-	for _, c := range s.a.cache.AllMatchingCertificates(name) {
-		if slices.Contains(c.Names, name) {
-			old = append(old, c.Hash())
-		}
+	for _, c := range s.a.cachedFor(name) {
+		old = append(old, c.Hash())
 	}
 	fresh, err := s.a.magic.CacheManagedCertificate(ctx, name)
 	if err != nil {
@@ -84,45 +182,6 @@ func (s renewStore) replaceCached(ctx context.Context, name string) error {
 	old = slices.DeleteFunc(old, func(h string) bool { return h == fresh.Hash() })
 	s.a.cache.Remove(old)
 	return nil
-}
-
-// refreshFromStorage replaces every certificate this node holds in memory
-// whose stored version differs (another node renewed it), so a renewal
-// reaches every node by its next scan at the latest. It reads storage once
-// per certificate name, and loads only the changed ones.
-func (a *App) refreshFromStorage(ctx context.Context) (replaced int, err error) {
-	rs := renewStore{a}
-	names, err := rs.Names(ctx)
-	if err != nil {
-		return 0, err
-	}
-	for _, name := range names {
-		var cached []certmagic.Certificate
-		for _, c := range a.cache.AllMatchingCertificates(name) {
-			if slices.Contains(c.Names, name) {
-				cached = append(cached, c)
-			}
-		}
-		if len(cached) == 0 {
-			continue // not in memory: a handshake will load the stored one
-		}
-		stored, err := rs.Cert(ctx, name)
-		if err != nil {
-			a.logger.Warn("reading stored certificate", zap.String("identifier", name), zap.Error(err))
-			continue
-		}
-		if slices.ContainsFunc(cached, func(c certmagic.Certificate) bool {
-			return c.Leaf != nil && c.Leaf.NotAfter.Equal(stored.NotAfter) && c.Leaf.SerialNumber.Cmp(stored.Serial) == 0
-		}) {
-			continue
-		}
-		if err := rs.replaceCached(ctx, name); err != nil {
-			a.logger.Warn("loading a certificate renewed elsewhere", zap.String("identifier", name), zap.Error(err))
-			continue
-		}
-		replaced++
-	}
-	return replaced, nil
 }
 
 // TryLock takes the cluster-wide scan lock without waiting.
@@ -150,6 +209,10 @@ func (s renewStore) SaveStatus(ctx context.Context, st renew.Status) error {
 	return s.a.storage.Store(ctx, renewStatusKey, data)
 }
 
+// firstScanDelay is how long after start the first scan runs. A variable
+// for tests.
+var firstScanDelay = time.Minute
+
 // renewStatusKey is the storage key of the last renewal scan's status.
 const renewStatusKey = "caddy-acme/renew_status.json"
 
@@ -165,12 +228,14 @@ func (a *App) startRenewal() {
 	}
 	a.runner = renew.NewRunner(a.scanner)
 	a.runner.Interval = time.Duration(a.RenewInterval)
+	a.runner.FirstDelay = firstScanDelay
 	logger := a.logger.Named("renew")
 	a.runner.OnScan = func(st renew.Status, err error) {
-		if n, err := a.refreshFromStorage(a.ctx); err != nil {
+		// the safety net under the change log of cachesync.go
+		if n, err := a.refreshCached(a.ctx); err != nil && a.ctx.Err() == nil {
 			logger.Error("refreshing certificates from storage", zap.Error(err))
 		} else if n > 0 {
-			logger.Info("loaded certificates renewed by another node", zap.Int("count", n))
+			logger.Info("reloaded certificates changed by another node", zap.Int("count", n))
 		}
 		switch {
 		case errors.Is(err, renew.ErrBusy):

@@ -3,6 +3,7 @@ package renew
 import (
 	"context"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,6 +22,7 @@ type Runner struct {
 	OnScan func(Status, error)
 
 	trigger chan struct{}
+	nextRun atomic.Int64 // unix nanoseconds of the next periodic scan; 0 while one runs
 }
 
 // NewRunner returns a Runner of s's scans with the default timings.
@@ -45,6 +47,7 @@ func (r *Runner) Run(ctx context.Context) {
 		wait = time.Minute
 	}
 	for {
+		r.nextRun.Store(time.Now().Add(wait).UnixNano())
 		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -54,12 +57,22 @@ func (r *Runner) Run(ctx context.Context) {
 		case <-trigger:
 			timer.Stop()
 		}
+		r.nextRun.Store(0)
 		st, err := r.Scanner.Scan(ctx)
 		if r.OnScan != nil {
 			r.OnScan(st, err)
 		}
 		wait = r.next()
 	}
+}
+
+// Next returns when the next periodic scan starts, or the zero time while
+// a scan runs or before Run.
+func (r *Runner) Next() time.Time {
+	if n := r.nextRun.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // next is the jittered wait until the next periodic scan.

@@ -36,6 +36,13 @@ func TestRunner(t *testing.T) {
 		}
 	}
 	wantScan("first scan soon after start")
+	var next time.Time
+	for deadline := time.Now().Add(30 * time.Second); next.IsZero() && time.Now().Before(deadline); next = r.Next() {
+		time.Sleep(time.Millisecond) // OnScan runs before the next wait is set
+	}
+	if d := time.Until(next); d < 50*time.Minute || d > 70*time.Minute {
+		t.Fatalf("Next() = %s from now, want the periodic scan an hour (±10%%) away", d)
+	}
 	r.Trigger()
 	wantScan("triggered scan")
 	cancel()
@@ -46,6 +53,12 @@ func TestRunner(t *testing.T) {
 	}
 	if n := count.Load(); n != 2 {
 		t.Fatalf("%d scans, want 2 (the next periodic one is an hour away)", n)
+	}
+}
+
+func TestRunnerNextBeforeRun(t *testing.T) {
+	if next := NewRunner(&Scanner{}).Next(); !next.IsZero() {
+		t.Fatalf("Next() before Run = %s, want zero", next)
 	}
 }
 

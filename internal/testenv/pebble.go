@@ -685,3 +685,53 @@ func parseOneCert(t testing.TB, pemBytes []byte) *x509.Certificate {
 	}
 	return cert
 }
+
+// SetRenewalInfo makes Pebble answer renewalInfo (ARI) requests for the
+// certificate certPEM (its leaf first) with the suggested window
+// [start, end], through the management API.
+func (p *Pebble) SetRenewalInfo(t testing.TB, certPEM []byte, start, end time.Time) {
+	t.Helper()
+	var window struct {
+		SuggestedWindow struct {
+			Start time.Time `json:"start"`
+			End   time.Time `json:"end"`
+		} `json:"suggestedWindow"`
+	}
+	window.SuggestedWindow.Start, window.SuggestedWindow.End = start.UTC(), end.UTC()
+	ari, err := json.Marshal(window)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := json.Marshal(map[string]string{"Certificate": string(certPEM), "ARIResponse": string(ari)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := p.Client().Post(p.ManagementURL+"/set-renewal-info/", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("testenv: setting Pebble's renewal info: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(resp.Body)
+		t.Fatalf("testenv: setting Pebble's renewal info: %s: %s", resp.Status, msg)
+	}
+}
+
+// SetServFail makes pebble-challtestsrv answer SERVFAIL to every DNS query
+// for host, so that the CA's validation of host fails.
+func (p *Pebble) SetServFail(t testing.TB, host string) {
+	t.Helper()
+	body, err := json.Marshal(map[string]string{"host": host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Post(p.ChallSrvURL+"/set-servfail", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatalf("testenv: setting SERVFAIL for %s: %v", host, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(resp.Body)
+		t.Fatalf("testenv: setting SERVFAIL for %s: %s: %s", host, resp.Status, msg)
+	}
+}

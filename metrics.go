@@ -1,0 +1,223 @@
+package caddyacme
+
+import (
+	"context"
+	"errors"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Caddy makes a new Prometheus registry for every config load (the one its
+// admin endpoint /metrics serves). The counters and histograms below are
+// made once per process and registered into each config's registry in
+// Provision, so their values survive config reloads; the state of the
+// certificates is read at scrape time by a stateCollector bound to the
+// app of that config. No metric has a host label: the number of series
+// does not grow with the number of certificates.
+
+// metrics are the process-wide counters and histograms.
+var metrics = struct {
+	orders           *prometheus.CounterVec
+	renewals         *prometheus.CounterVec
+	issuanceDuration *prometheus.HistogramVec
+	backoffDenials   prometheus.Counter
+	storageDuration  *prometheus.HistogramVec
+	storageErrors    *prometheus.CounterVec
+}{
+	orders: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNamespace,
+		Name:      "orders_total",
+		Help:      "Certificate orders (first issuance of a name) by outcome: success or failure.",
+	}, []string{"outcome"}),
+	renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNamespace,
+		Name:      "renewals_total",
+		Help:      "Certificate renewals (renewal scans and admin API) by outcome: success or failure.",
+	}, []string{"outcome"}),
+	issuanceDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: metricsNamespace,
+		Name:      "issuance_duration_seconds",
+		Help:      "Time from the start of an order or renewal at the CA to its end, by kind (order or renewal) and outcome.",
+		Buckets:   []float64{0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120, 300},
+	}, []string{"kind", "outcome"}),
+	backoffDenials: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: metricsNamespace,
+		Name:      "backoff_denials_total",
+		Help:      "TLS handshakes refused because their name is in backoff after a failed order (fail_backoff_minutes).",
+	}),
+	storageDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: metricsNamespace,
+		Name:      "storage_operation_duration_seconds",
+		Help:      "Duration of the app's storage operations by backend (storage module) and operation; lock includes waiting for another holder.",
+		Buckets:   []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+	}, []string{"backend", "operation"}),
+	storageErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: metricsNamespace,
+		Name:      "storage_errors_total",
+		Help:      "Failed storage operations by backend and operation (a missing key is not a failure).",
+	}, []string{"backend", "operation"}),
+}
+
+func init() {
+	// export the outcomes at zero before the first one, so that rate()
+	// and ratios work from the start
+	for _, outcome := range []string{outcomeSuccess, outcomeFailure} {
+		metrics.orders.WithLabelValues(outcome)
+		metrics.renewals.WithLabelValues(outcome)
+	}
+}
+
+// registerMetrics registers the process-wide metrics and the state of app
+// a into reg, the registry of a's config. A collector that is already in
+// reg is fine (an app provisioned twice in one context).
+func registerMetrics(reg prometheus.Registerer, a *App) error {
+	for _, c := range []prometheus.Collector{
+		metrics.orders,
+		metrics.renewals,
+		metrics.issuanceDuration,
+		metrics.backoffDenials,
+		metrics.storageDuration,
+		metrics.storageErrors,
+		stateCollector{a},
+	} {
+		if err := reg.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// stateCollector exports the state of one app's certificates at scrape
+// time: how many it holds in memory, and from the last renewal scan's
+// status (read from storage at most once a second, never by listing
+// storage) how many are stored and when they expire.
+type stateCollector struct {
+	a *App
+}
+
+var (
+	descCached = prometheus.NewDesc(metricsNamespace+"_certificates_cached",
+		"Certificates of the app held in this node's memory.", nil, nil)
+	descManaged = prometheus.NewDesc(metricsNamespace+"_certificates_managed",
+		"Certificates in storage at the last renewal scan.", nil, nil)
+	descRemaining = prometheus.NewDesc(metricsNamespace+"_certificate_remaining_seconds",
+		"Seconds until the certificates of the last renewal scan expire (negative once expired).", nil, nil)
+	descMinRemaining = prometheus.NewDesc(metricsNamespace+"_certificate_min_remaining_seconds",
+		"Seconds until the first of the certificates of the last renewal scan expires.", nil, nil)
+	descLastScan = prometheus.NewDesc(metricsNamespace+"_renewal_scan_timestamp_seconds",
+		"Unix time at which the last renewal scan (on any node sharing the storage) ended.", nil, nil)
+)
+
+// remainingBuckets are the upper bounds of
+// caddy_acme_certificate_remaining_seconds: 1, 3, 7, 14, 30, 60 and 90 days.
+var remainingBuckets = []float64{1 * day, 3 * day, 7 * day, 14 * day, 30 * day, 60 * day, 90 * day}
+
+const day = 24 * 60 * 60
+
+// Describe implements prometheus.Collector.
+func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descCached
+	ch <- descManaged
+	ch <- descRemaining
+	ch <- descMinRemaining
+	ch <- descLastScan
+}
+
+// Collect implements prometheus.Collector. The storage-derived metrics are
+// left out until a first scan has run, or when the status cannot be read
+// (the storage error counter counts that).
+func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
+	a := c.a
+	ch <- prometheus.MustNewConstMetric(descCached, prometheus.GaugeValue, float64(len(a.cachedNames())))
+
+	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+	defer cancel()
+	st, err := a.loadStatus(ctx)
+	if err != nil {
+		if a.ctx.Err() == nil {
+			a.logger.Warn("reading the renewal scan status for metrics", zap.Error(err))
+		}
+		return
+	}
+	if st == nil {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descManaged, prometheus.GaugeValue, float64(st.Checked))
+	ch <- prometheus.MustNewConstMetric(descLastScan, prometheus.GaugeValue, float64(st.End.UnixNano())/1e9)
+
+	now := time.Now()
+	h := newRemainingHistogram()
+	for name, hs := range st.Hosts {
+		notAfter := hs.NotAfter
+		// a certificate renewed since the scan (by the scan itself, the
+		// admin API or another node) is in memory with a later expiry
+		if held, ok := a.heldNotAfter(name); ok && held.After(notAfter) {
+			notAfter = held
+		} else if hs.Renewed {
+			continue // renewed, but the new expiry is not known here
+		}
+		if notAfter.IsZero() {
+			continue // the scan could not read it
+		}
+		h.observe(notAfter.Sub(now).Seconds())
+	}
+	ch <- prometheus.MustNewConstHistogram(descRemaining, h.count, h.sum, h.buckets)
+	if h.count > 0 {
+		ch <- prometheus.MustNewConstMetric(descMinRemaining, prometheus.GaugeValue, h.min)
+	}
+}
+
+// heldNotAfter returns the latest expiry of the certificates for name in
+// this node's memory.
+func (a *App) heldNotAfter(name string) (time.Time, bool) {
+	var latest time.Time
+	for _, c := range a.cache.AllMatchingCertificates(name) {
+		if c.Leaf != nil && slices.Contains(c.Names, name) && c.Leaf.NotAfter.After(latest) {
+			latest = c.Leaf.NotAfter
+		}
+	}
+	return latest, !latest.IsZero()
+}
+
+// remainingHistogram accumulates caddy_acme_certificate_remaining_seconds.
+type remainingHistogram struct {
+	count   uint64
+	sum     float64
+	min     float64
+	buckets map[float64]uint64 // cumulative, by upper bound
+}
+
+func newRemainingHistogram() *remainingHistogram {
+	h := &remainingHistogram{min: math.Inf(1), buckets: make(map[float64]uint64, len(remainingBuckets))}
+	for _, b := range remainingBuckets {
+		h.buckets[b] = 0
+	}
+	return h
+}
+
+func (h *remainingHistogram) observe(seconds float64) {
+	h.count++
+	h.sum += seconds
+	h.min = min(h.min, seconds)
+	for _, b := range remainingBuckets {
+		if seconds <= b {
+			h.buckets[b]++
+		}
+	}
+}
+
+const (
+	metricsNamespace = "caddy_acme"
+	outcomeSuccess   = "success"
+	outcomeFailure   = "failure"
+)
+
+// Interface guards
+var _ prometheus.Collector = stateCollector{}
