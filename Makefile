@@ -32,6 +32,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzMatch -fuzztime 30s ./internal/allowlist/
 	$(GO) test -run '^$$' -fuzz FuzzValidate -fuzztime 30s ./internal/allowlist/
 	$(GO) test -run '^$$' -fuzz FuzzCaddyfile -fuzztime 30s .
+	$(GO) test -run '^$$' -fuzz FuzzAdapt -fuzztime 30s ./kongcompat/
 
 vet:
 	$(GO) vet ./...
