@@ -6,13 +6,11 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"fmt"
 	"math/big"
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 )
 
 // BenchmarkCertificateCached measures the handshake path of the manager for
@@ -70,17 +68,7 @@ func benchApp(b *testing.B, n int, name string) *App {
 		domains = append(domains, fmt.Sprintf("host%d.example.org", i))
 	}
 	domains = append(domains, "*.tenant.example.com")
-	storage, err := json.Marshal(map[string]any{"module": "file_system", "root": b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	app := &App{AccountEmail: "ops@example.com", APIURI: "https://ca.example/dir", Domains: domains, StorageRaw: storage}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: b.Context()})
-	b.Cleanup(cancel)
-	if err := app.Provision(ctx); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = app.Cleanup() })
+	app := provisionByHand(b, &App{Domains: domains})
 
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -341,20 +341,27 @@ func TestMetricsStateCollector(t *testing.T) {
 }
 
 // handApp provisions an app by hand (no config load, so no events app) over
-// a file storage in a temporary directory.
+// a file storage in a temporary directory, allowing any domain.
 func handApp(t *testing.T) *App {
 	t.Helper()
-	storage, err := json.Marshal(map[string]any{"module": "file_system", "root": t.TempDir()})
+	return provisionByHand(t, &App{AllowAnyDomain: true})
+}
+
+// provisionByHand provisions a (for tests and benchmarks) over a file
+// storage in a temporary directory, with a placeholder email and CA.
+func provisionByHand(tb testing.TB, a *App) *App {
+	tb.Helper()
+	storage, err := json.Marshal(map[string]any{"module": "file_system", "root": tb.TempDir()})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	a := &App{AccountEmail: "ops@example.com", APIURI: "https://ca.example/dir", AllowAnyDomain: true, StorageRaw: storage}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
-	t.Cleanup(cancel)
+	a.AccountEmail, a.APIURI, a.StorageRaw = "ops@example.com", "https://ca.example/dir", storage
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: tb.Context()})
+	tb.Cleanup(cancel)
 	if err := a.Provision(ctx); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { _ = a.Cleanup() })
+	tb.Cleanup(func() { _ = a.Cleanup() })
 	return a
 }
 
