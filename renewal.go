@@ -13,6 +13,7 @@ import (
 	"path"
 	"runtime/debug"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -44,17 +45,67 @@ func (s renewStore) Names(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
-// Cert reads the renewal facts of name's stored certificate, with the
-// CA's ARI window (RFC 9773) unless disable_ari: the one stored with the
-// certificate's metadata, fetched again from the CA when missing or when
-// the CA's Retry-After has passed, and stored back for the next scan.
+// Cert reads the renewal facts of name's stored certificate (see Certs).
 func (s renewStore) Cert(ctx context.Context, name string) (renew.Cert, error) {
-	c, leaf, err := s.stored(ctx, name)
-	if err != nil || s.a.DisableARI {
-		return c, err
-	}
-	return withARI(c, s.ari(ctx, name, leaf)), nil
+	certs, errs := s.Certs(ctx, []string{name})
+	return certs[0], errs[0]
 }
+
+// Certs reads the renewal facts of names' stored certificates, in one
+// storage batch (ManyLoader), with the CA's ARI window (RFC 9773) unless
+// disable_ari: the one stored with the certificate's metadata, asked from
+// the CA again when missing or when the CA's Retry-After has passed (a few
+// at once), and stored back for the next scan.
+func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []error) {
+	issuerKey := s.a.issuer.IssuerKey()
+	keys := make([]string, 0, 2*len(names))
+	for _, name := range names {
+		keys = append(keys, certmagic.StorageKeys.SiteCert(issuerKey, name), certmagic.StorageKeys.SiteMeta(issuerKey, name))
+	}
+	values, loadErrs := loadMany(ctx, s.a.storage, keys)
+
+	certs, errs := make([]renew.Cert, len(names)), make([]error, len(names))
+	leaves := make([]*x509.Certificate, len(names))
+	for i, name := range names {
+		if errs[i] = loadErrs[2*i]; errs[i] == nil {
+			certs[i], leaves[i], errs[i] = parseStoredCert(name, values[2*i])
+		}
+	}
+	if s.a.DisableARI {
+		return certs, errs
+	}
+	logger := s.a.logger.Named("renew")
+	sem := make(chan struct{}, ariFetchParallelism)
+	var wg sync.WaitGroup
+	for i, name := range names {
+		if errs[i] != nil {
+			continue
+		}
+		var ari acme.RenewalInfo
+		var meta map[string]json.RawMessage
+		err := loadErrs[2*i+1]
+		if err == nil {
+			ari, meta, err = parseARI(values[2*i+1])
+		}
+		if err != nil {
+			logger.Debug("no usable stored ARI", zap.String("identifier", name), zap.Error(err))
+		}
+		if ari.HasWindow() && !ari.NeedsRefresh() {
+			certs[i] = withARI(certs[i], ari)
+			continue
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			certs[i] = withARI(certs[i], s.refreshARI(ctx, name, leaves[i], ari, meta))
+		})
+	}
+	wg.Wait()
+	return certs, errs
+}
+
+// ariFetchParallelism bounds the ARI requests to the CA in flight.
+const ariFetchParallelism = 8
 
 // stored reads name's certificate from storage.
 func (s renewStore) stored(ctx context.Context, name string) (renew.Cert, *x509.Certificate, error) {
@@ -62,33 +113,31 @@ func (s renewStore) stored(ctx context.Context, name string) (renew.Cert, *x509.
 	if err != nil {
 		return renew.Cert{}, nil, err
 	}
+	return parseStoredCert(name, data)
+}
+
+// parseStoredCert reads the leaf of a stored certificate chain.
+func parseStoredCert(name string, data []byte) (renew.Cert, *x509.Certificate, error) {
 	block, _ := pem.Decode(data)
 	if block == nil {
-		return renew.Cert{}, nil, errors.New("no PEM certificate in storage")
+		return renew.Cert{Name: name}, nil, errors.New("no PEM certificate in storage")
 	}
 	leaf, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
-		return renew.Cert{}, nil, fmt.Errorf("parsing stored certificate: %w", err)
+		return renew.Cert{Name: name}, nil, fmt.Errorf("parsing stored certificate: %w", err)
 	}
 	return renew.Cert{Name: name, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Serial: leaf.SerialNumber}, leaf, nil
 }
 
-// ari returns the ARI of name's certificate (leaf): the stored one while
-// fresh, else the CA's, which it stores. Any failure yields no window (the
-// threshold alone decides) and is logged.
-func (s renewStore) ari(ctx context.Context, name string, leaf *x509.Certificate) acme.RenewalInfo {
+// refreshARI asks the CA for the ARI of name's certificate (leaf) and
+// stores it into its metadata (meta, nil if unreadable). On failure it
+// returns stale, the CA's last word, and logs.
+func (s renewStore) refreshARI(ctx context.Context, name string, leaf *x509.Certificate, stale acme.RenewalInfo, meta map[string]json.RawMessage) acme.RenewalInfo {
 	logger := s.a.logger.Named("renew")
-	ari, meta, err := s.storedARI(ctx, name)
-	if err != nil {
-		logger.Debug("no usable stored ARI", zap.String("identifier", name), zap.Error(err))
-	}
-	if ari.HasWindow() && !ari.NeedsRefresh() {
-		return ari
-	}
 	fresh, err := s.a.issuer.GetRenewalInfo(ctx, certmagic.Certificate{Certificate: tls.Certificate{Leaf: leaf}})
 	if err != nil {
 		logger.Debug("getting ARI from the CA", zap.String("identifier", name), zap.Error(err))
-		return ari // a stale window is still the CA's last word
+		return stale
 	}
 	if meta != nil {
 		if err := s.storeARI(ctx, name, meta, fresh); err != nil {
@@ -98,16 +147,21 @@ func (s renewStore) ari(ctx context.Context, name string, leaf *x509.Certificate
 	return fresh
 }
 
-// storedARI reads the ARI that certmagic keeps in the certificate's
-// metadata (issuer_data.renewal_info), and the metadata itself (nil if
-// unreadable).
+// storedARI reads the ARI that certmagic keeps in name's certificate
+// metadata (see parseARI).
 func (s renewStore) storedARI(ctx context.Context, name string) (acme.RenewalInfo, map[string]json.RawMessage, error) {
-	var ari acme.RenewalInfo
-	var meta, issuerData map[string]json.RawMessage
 	data, err := s.a.storage.Load(ctx, certmagic.StorageKeys.SiteMeta(s.a.issuer.IssuerKey(), name))
 	if err != nil {
-		return ari, nil, err
+		return acme.RenewalInfo{}, nil, err
 	}
+	return parseARI(data)
+}
+
+// parseARI reads the ARI in certificate metadata as certmagic stores it
+// (issuer_data.renewal_info), and the metadata itself (nil if unreadable).
+func parseARI(data []byte) (acme.RenewalInfo, map[string]json.RawMessage, error) {
+	var ari acme.RenewalInfo
+	var meta, issuerData map[string]json.RawMessage
 	if err := json.Unmarshal(data, &meta); err != nil {
 		return ari, nil, err
 	}
@@ -261,6 +315,9 @@ func (a *App) startRenewal() {
 		a.runner.Run(a.ctx)
 	}()
 }
+
+// Interface guards
+var _ renew.BatchStore = renewStore{}
 
 func (a *App) renewThreshold() time.Duration {
 	days := 14.0

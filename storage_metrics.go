@@ -73,6 +73,7 @@ const (
 	opUnlock
 	opTryLock
 	opRenewLockLease
+	opLoadMany
 	numStorageOps
 )
 
@@ -87,6 +88,7 @@ var storageOpNames = [numStorageOps]string{
 	opUnlock:         "unlock",
 	opTryLock:        "trylock",
 	opRenewLockLease: "renew_lock_lease",
+	opLoadMany:       "load_many",
 }
 
 // storageObservers are one backend's series, resolved once.
@@ -134,6 +136,27 @@ func (s *instrumentedStorage) Load(ctx context.Context, key string) ([]byte, err
 	value, err := s.inner.Load(ctx, key)
 	s.done(opLoad, start, err)
 	return value, err
+}
+
+// LoadMany implements ManyLoader: in one batch when the inner storage
+// can (one load_many observation), else as parallel Loads (one load
+// observation each).
+func (s *instrumentedStorage) LoadMany(ctx context.Context, keys []string) ([][]byte, []error) {
+	ml, ok := s.inner.(ManyLoader)
+	if !ok {
+		return loadManyParallel(ctx, s, keys)
+	}
+	start := time.Now()
+	values, errs := ml.LoadMany(ctx, keys)
+	var err error
+	for _, e := range errs {
+		if e != nil && !errors.Is(e, fs.ErrNotExist) {
+			err = e
+			break
+		}
+	}
+	s.done(opLoadMany, start, err)
+	return values, errs
 }
 
 // Delete implements certmagic.Storage.
@@ -245,6 +268,7 @@ func (s instrumentedTryLeaseStorage) RenewLockLease(ctx context.Context, name st
 // Interface guards
 var (
 	_ certmagic.Storage          = (*instrumentedStorage)(nil)
+	_ ManyLoader                 = (*instrumentedStorage)(nil)
 	_ certmagic.TryLocker        = instrumentedTryStorage{}
 	_ certmagic.LockLeaseRenewer = instrumentedLeaseStorage{}
 	_ certmagic.TryLocker        = instrumentedTryLeaseStorage{}

@@ -77,6 +77,14 @@ type Store interface {
 	SaveStatus(ctx context.Context, s Status) error
 }
 
+// BatchStore is a Store that reads many certificates at once (a storage
+// round trip per batch instead of per certificate). certs[i] and errs[i]
+// are names[i]'s.
+type BatchStore interface {
+	Store
+	Certs(ctx context.Context, names []string) (certs []Cert, errs []error)
+}
+
 // Clock tells the time; tests give a fake one.
 type Clock interface {
 	Now() time.Time
@@ -121,6 +129,7 @@ type Scanner struct {
 	Clock       Clock
 	Node        string
 	Concurrency int // renewals at once; default 4
+	BatchSize   int // certificates read at once from a BatchStore; default 256
 }
 
 // Scan checks every certificate in storage and renews those due, at most
@@ -148,32 +157,41 @@ func (s *Scanner) Scan(ctx context.Context) (Status, error) {
 	if workers <= 0 {
 		workers = 4
 	}
+	batch := s.BatchSize
+	if batch <= 0 {
+		batch = 256
+	}
 	var mu sync.Mutex // protects st
 	sem := make(chan struct{}, workers)
 	var wg sync.WaitGroup
-	for _, name := range names {
-		if ctx.Err() != nil {
-			break
+	for len(names) > 0 && ctx.Err() == nil {
+		n := min(batch, len(names))
+		certs, errs := s.load(ctx, names[:n])
+		for i, name := range names[:n] {
+			if ctx.Err() != nil {
+				break
+			}
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				hs, due, renewed := s.check(ctx, certs[i], errs[i])
+				mu.Lock()
+				defer mu.Unlock()
+				st.Checked++
+				if due {
+					st.Due++
+				}
+				if renewed {
+					st.Renewed++
+				} else if hs.LastError != "" {
+					st.Failed++
+				}
+				st.Hosts[name] = hs
+			}()
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			hs, due, renewed := s.check(ctx, name)
-			mu.Lock()
-			defer mu.Unlock()
-			st.Checked++
-			if due {
-				st.Due++
-			}
-			if renewed {
-				st.Renewed++
-			} else if hs.LastError != "" {
-				st.Failed++
-			}
-			st.Hosts[name] = hs
-		}()
+		names = names[n:]
 	}
 	wg.Wait()
 	st.End = s.Clock.Now()
@@ -183,25 +201,64 @@ func (s *Scanner) Scan(ctx context.Context) (Status, error) {
 	return st, ctx.Err()
 }
 
-// check decides about one certificate and renews it if due; a panic is
-// turned into that certificate's error.
-func (s *Scanner) check(ctx context.Context, name string) (hs HostStatus, due, renewed bool) {
+// load reads the renewal facts of names: in one call to a BatchStore (a
+// panic there is every name's error), else one Cert call each.
+func (s *Scanner) load(ctx context.Context, names []string) (certs []Cert, errs []error) {
+	defer func() {
+		if r := recover(); r != nil {
+			certs, errs = make([]Cert, len(names)), make([]error, len(names))
+			for i := range errs {
+				errs[i] = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+			}
+		}
+	}()
+	if bs, ok := s.Store.(BatchStore); ok {
+		certs, errs = bs.Certs(ctx, names)
+		if len(certs) != len(names) || len(errs) != len(names) {
+			panic(fmt.Sprintf("Certs returned %d certificates and %d errors for %d names", len(certs), len(errs), len(names)))
+		}
+		for i := range certs {
+			certs[i].Name = names[i]
+		}
+		return certs, errs
+	}
+	certs, errs = make([]Cert, len(names)), make([]error, len(names))
+	for i, name := range names {
+		certs[i], errs[i] = s.loadOne(ctx, name)
+	}
+	return certs, errs
+}
+
+// loadOne reads one certificate's facts; a panic is turned into its error.
+func (s *Scanner) loadOne(ctx context.Context, name string) (c Cert, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			c, err = Cert{Name: name}, fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+		}
+	}()
+	c, err = s.Store.Cert(ctx, name)
+	c.Name = name
+	return c, err
+}
+
+// check decides about one certificate (read with error loadErr) and
+// renews it if due; a panic is turned into that certificate's error.
+func (s *Scanner) check(ctx context.Context, c Cert, loadErr error) (hs HostStatus, due, renewed bool) {
 	defer func() {
 		if r := recover(); r != nil {
 			hs.LastError = fmt.Sprintf("panic: %v\n%s", r, debug.Stack())
 			renewed = false
 		}
 	}()
-	c, err := s.Store.Cert(ctx, name)
-	if err != nil {
-		hs.LastError = fmt.Sprintf("loading certificate: %v", err)
+	if loadErr != nil {
+		hs.LastError = fmt.Sprintf("loading certificate: %v", loadErr)
 		return hs, false, false
 	}
 	hs.NotAfter, hs.RenewAt = c.NotAfter, s.Policy.RenewAt(c)
 	if due = s.Policy.Due(c, s.Clock.Now()); !due {
 		return hs, false, false
 	}
-	if err := s.Store.Renew(ctx, name); err != nil {
+	if err := s.Store.Renew(ctx, c.Name); err != nil {
 		hs.LastError = err.Error()
 		return hs, true, false
 	}

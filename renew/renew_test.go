@@ -3,6 +3,8 @@ package renew
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -164,5 +166,75 @@ func TestScanBusy(t *testing.T) {
 	}
 	if len(store.renewed) != 0 || store.status != nil {
 		t.Fatal("a busy scan did something")
+	}
+}
+
+// batchStore is a memStore read in batches; it records the batch sizes,
+// fails to read "unreadable.example" and panics on a batch holding
+// "batchpanic.example".
+type batchStore struct {
+	*memStore
+	batches []int
+}
+
+func (b *batchStore) Certs(_ context.Context, names []string) ([]Cert, []error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.batches = append(b.batches, len(names))
+	certs, errs := make([]Cert, len(names)), make([]error, len(names))
+	for i, name := range names {
+		if name == "batchpanic.example" {
+			panic("batch boom")
+		}
+		if name == "unreadable.example" {
+			errs[i] = errors.New("not a certificate")
+			continue
+		}
+		certs[i] = b.certs[name]
+	}
+	return certs, errs
+}
+
+func TestScanBatches(t *testing.T) {
+	now := t0.Add(80 * day)
+	certs := make(map[string]Cert)
+	for i := range 10 {
+		name := fmt.Sprintf("h%02d.example", i)
+		certs[name] = Cert{NotBefore: t0, NotAfter: t0.Add(160 * day)} // not due
+	}
+	certs["due.example"] = Cert{NotBefore: t0, NotAfter: t0.Add(90 * day)}
+	certs["unreadable.example"] = Cert{}
+	store := &batchStore{memStore: &memStore{certs: certs}}
+	s := &Scanner{Store: store, Policy: Policy{Threshold: 14 * day}, Clock: fakeClock{now}, BatchSize: 5}
+	st, err := s.Scan(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{5, 5, 2}; !slices.Equal(store.batches, want) {
+		t.Fatalf("batches %v, want %v", store.batches, want)
+	}
+	if st.Checked != 12 || st.Renewed != 1 || st.Failed != 1 {
+		t.Fatalf("status = %+v, want 12 checked, 1 renewed, 1 failed", st)
+	}
+	if h := st.Hosts["unreadable.example"]; !strings.Contains(h.LastError, "not a certificate") {
+		t.Fatalf("unreadable host status = %+v", h)
+	}
+	if h := st.Hosts["h03.example"]; h.LastError != "" || !h.RenewAt.Equal(t0.Add(146*day)) {
+		t.Fatalf("h03 status = %+v: the batch lost the certificate's name or facts", h)
+	}
+
+	// a panicking batch fails its own names only
+	certs["batchpanic.example"] = Cert{}
+	store.batches = nil
+	st, err = s.Scan(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// sorted: batchpanic, due, h00, h01, h02 | h03…h07 | h08, h09, unreadable
+	if st.Checked != 13 || st.Failed != 6 || st.Renewed != 0 {
+		t.Fatalf("status with a panicking batch = %+v, want the batch's 5 names and unreadable failed, the others checked", st)
+	}
+	if h := st.Hosts["batchpanic.example"]; !strings.Contains(h.LastError, "panic: batch boom") {
+		t.Fatalf("batchpanic host status = %+v", h)
 	}
 }

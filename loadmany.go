@@ -1,0 +1,45 @@
+package caddyacme
+
+import (
+	"context"
+	"sync"
+
+	"github.com/caddyserver/certmagic"
+)
+
+// ManyLoader is implemented by storages that load several keys in one
+// round trip (a Redis pipeline, one SQL query). values[i] and errs[i] are
+// keys[i]'s; a missing key's error wraps fs.ErrNotExist. The renewal scan
+// reads certificates through it in batches, so that a scan of N
+// certificates takes O(N/batch) round trips on such a storage.
+type ManyLoader interface {
+	LoadMany(ctx context.Context, keys []string) (values [][]byte, errs []error)
+}
+
+// loadManyParallel is LoadMany for a storage without it: one Load per key,
+// at most loadManyParallelism at once.
+func loadManyParallel(ctx context.Context, s certmagic.Storage, keys []string) ([][]byte, []error) {
+	values, errs := make([][]byte, len(keys)), make([]error, len(keys))
+	sem := make(chan struct{}, loadManyParallelism)
+	var wg sync.WaitGroup
+	for i, key := range keys {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			values[i], errs[i] = s.Load(ctx, key)
+		})
+	}
+	wg.Wait()
+	return values, errs
+}
+
+// loadManyParallelism bounds the Loads of loadManyParallel in flight.
+const loadManyParallelism = 16
+
+// loadMany loads keys from s in one batch when s can, else in parallel.
+func loadMany(ctx context.Context, s certmagic.Storage, keys []string) ([][]byte, []error) {
+	if ml, ok := s.(ManyLoader); ok {
+		return ml.LoadMany(ctx, keys)
+	}
+	return loadManyParallel(ctx, s, keys)
+}
