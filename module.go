@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/acmekit/caddy-acme/internal/allowlist"
+	"github.com/acmekit/caddy-acme/internal/directory"
 	"github.com/acmekit/caddy-acme/renew"
 )
 
@@ -432,19 +433,7 @@ func checkRSAKeySize(bits int) error {
 // origin. Kong appends /directory to every URL that lacks it, which breaks
 // CAs whose directory has another path (Pebble's /dir, ZeroSSL's /v2/DV90);
 // caddy-acme does it only when there is no path.
-func directoryURL(raw string) (string, error) {
-	if raw == "" {
-		return defaultAPIURI, nil
-	}
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return "", fmt.Errorf("api_uri: invalid URL %q: expected the CA's ACME directory, e.g. %s", raw, defaultAPIURI)
-	}
-	if u.Path == "" || u.Path == "/" {
-		u.Path = "/directory"
-	}
-	return u.String(), nil
-}
+func directoryURL(raw string) (string, error) { return directory.URL(raw) }
 
 // isLetsEncrypt reports whether the directory is Let's Encrypt's production
 // or staging endpoint, with or without /directory: its terms of service must
@@ -507,7 +496,7 @@ func (a *App) cacheCapacity() int {
 }
 
 const (
-	defaultAPIURI        = "https://acme-v02.api.letsencrypt.org/directory"
+	defaultAPIURI        = directory.Default
 	defaultCacheCapacity = 10000
 )
 

@@ -29,6 +29,12 @@
 // (or the kong_conf adapter option); Kong's KONG_PG_* environment
 // overrides apply as in Kong. The adapter never reads a kong.conf it was
 // not given.
+//
+// The package also registers the `caddy acme-migrate` command (see
+// Migrate), which copies the data Kong's plugin stored — the ACME account
+// key and every host's certificate and key, from Redis, Consul, Vault,
+// Kong's acme_storage table or, in database mode, Kong's certificates and
+// snis tables — into the acme app's storage in certmagic's layout.
 package kongcompat
 
 import (

@@ -13,6 +13,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 
 	"github.com/acmekit/caddy-acme/internal/allowlist"
+	"github.com/acmekit/caddy-acme/internal/directory"
 )
 
 // converter holds the state of one Adapt call.
@@ -29,6 +30,7 @@ type converter struct {
 	role        string
 	databaseSet bool
 	plugin      pluginRef
+	adapted     *appConfig // the acme app of the output, for the data migration
 }
 
 // warn records a warning about the Kong field at path (may be "").
@@ -129,6 +131,7 @@ func (c *converter) convert(body []byte, kongConfPath string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.adapted = app
 	for prefix := range c.res.used {
 		if _, ok := c.inv.vaults[prefix]; ok {
 			c.inv.use("vaults")
@@ -204,7 +207,7 @@ const (
 	hybridShm  = `"shm" storage can't be used in Hybrid mode`
 	leProd     = "https://acme-v02.api.letsencrypt.org"
 	leStaging  = "https://acme-staging-v02.api.letsencrypt.org"
-	defaultAPI = "https://acme-v02.api.letsencrypt.org/directory"
+	defaultAPI = directory.Default
 )
 
 // entityChecks runs the acme schema's entity checks.

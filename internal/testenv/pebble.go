@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -141,6 +142,9 @@ type PebbleOrder struct {
 	// Identifiers are the order's identifier values (DNS names, IP
 	// addresses) as Pebble normalised them (DNS names lower-cased).
 	Identifiers []string
+	// Account is the URL of the ACME account that placed the order: the
+	// "kid" of the newOrder request's JWS protected header.
+	Account string
 }
 
 // errPortInUse marks start failures caused by a port that was taken between
@@ -507,7 +511,7 @@ func (p *Pebble) startProxy(t testing.TB) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           rp,
+		Handler:           p.noteAccount(rp),
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{p.listenerTLS}},
 		ErrorLog:          errLog,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -519,6 +523,50 @@ func (p *Pebble) startProxy(t testing.TB) error {
 	})
 	p.DirectoryURL = "https://" + ln.Addr().String() + "/dir"
 	return nil
+}
+
+// orderAccountKey is the context key under which noteAccount passes the
+// account URL of a newOrder request to recordOrder.
+type orderAccountKey struct{}
+
+// noteAccount reads the account URL (the JWS "kid") of newOrder requests
+// and puts it in the request's context, which the proxied request (seen
+// again by recordOrder) keeps.
+func (p *Pebble) noteAccount(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == p.newOrderPath {
+			body, err := io.ReadAll(r.Body)
+			r.Body.Close()
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			if err == nil {
+				if kid := jwsKeyID(body); kid != "" {
+					r = r.WithContext(context.WithValue(r.Context(), orderAccountKey{}, kid))
+				}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// jwsKeyID returns the "kid" of a flattened JWS's protected header, or "".
+func jwsKeyID(body []byte) string {
+	var jws struct {
+		Protected string `json:"protected"`
+	}
+	if json.Unmarshal(body, &jws) != nil {
+		return ""
+	}
+	header, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(jws.Protected, "="))
+	if err != nil {
+		return ""
+	}
+	var h struct {
+		KID string `json:"kid"`
+	}
+	if json.Unmarshal(header, &h) != nil {
+		return ""
+	}
+	return h.KID
 }
 
 // recordOrder notes the order in a successful newOrder response.
@@ -541,6 +589,7 @@ func (p *Pebble) recordOrder(resp *http.Response) error {
 		} `json:"identifiers"`
 	}
 	o := PebbleOrder{}
+	o.Account, _ = req.Context().Value(orderAccountKey{}).(string)
 	if loc, err := url.Parse(resp.Header.Get("Location")); err == nil {
 		o.ID = path.Base(loc.Path)
 	}
@@ -601,7 +650,7 @@ func (p *Pebble) OrderList() []PebbleOrder {
 	defer p.mu.Unlock()
 	out := make([]PebbleOrder, len(p.proxyOrders))
 	for i, o := range p.proxyOrders {
-		out[i] = PebbleOrder{ID: o.ID, Identifiers: append([]string(nil), o.Identifiers...)}
+		out[i] = PebbleOrder{ID: o.ID, Identifiers: append([]string(nil), o.Identifiers...), Account: o.Account}
 	}
 	return out
 }
