@@ -38,6 +38,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/acmekit/caddy-acme/internal/allowlist"
 )
 
 func init() {
@@ -303,6 +305,12 @@ func (a *adminAPI) handleOrder(w http.ResponseWriter, r *http.Request, m Manager
 	}
 	if strings.Contains(host, "*") {
 		return apiErr(http.StatusBadRequest, errors.New("wildcard host is not allowed: certificates are obtained with the HTTP-01 challenge, one name each"))
+	}
+	if err := allowlist.Validate(host); err != nil {
+		// A single name, but not a host name or IPv4 address: never
+		// passed on (it would end up in storage keys and in the sanity
+		// check's URL).
+		return apiErr(http.StatusBadRequest, fmt.Errorf("invalid host: %v", err))
 	}
 	test, err := truthy(req.Test)
 	if err != nil {

@@ -41,7 +41,10 @@ func init() {
 // List asks Consul for one level with `?keys&separator=/` (the response
 // holds only the directory's children; Consul walks the directory's
 // descendants to build it), or for every key under the directory when
-// recursive, adding the intermediate directories.
+// recursive, adding the intermediate directories. Keys and lock names with
+// an empty, "." or ".." component, or that are not UTF-8, are refused
+// (fs.ErrInvalid): Consul's HTTP server cleans request paths, so "a/../b"
+// would be "b", and its JSON listings cannot carry other bytes.
 //
 // Consul limits a value to 512 KiB by default (kv_max_value_size), so a
 // larger value is split into 256 KiB chunks under <key_prefix>.chunks/,
@@ -267,6 +270,8 @@ func (s *Storage) setup() error {
 		prefix = defaultKeyPrefix
 	} else if prefix = backend.Clean(prefix); prefix == "" {
 		return fmt.Errorf("key_prefix: must name a KV path, got %q", s.KeyPrefix)
+	} else if err := checkKey(prefix); err != nil {
+		return fmt.Errorf("key_prefix: %q: %w", s.KeyPrefix, err)
 	}
 	s.prefix = prefix
 	if s.TLS.On() {

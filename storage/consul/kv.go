@@ -247,7 +247,10 @@ func (s *Storage) loadChunks(ctx context.Context, k string, pair *api.KVPair) ([
 // Delete removes key and everything under it. A missing key is not an
 // error.
 func (s *Storage) Delete(ctx context.Context, key string) error {
-	k := backend.Clean(key)
+	k, err := dirKey(key)
+	if err != nil {
+		return fmt.Errorf("deleting: %w", err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	var ops api.TxnOps
@@ -272,7 +275,10 @@ func (s *Storage) Delete(ctx context.Context, key string) error {
 // Exists reports whether key is a value or a directory (has keys under
 // it). It answers false when Consul cannot be asked.
 func (s *Storage) Exists(ctx context.Context, key string) bool {
-	k := backend.Clean(key)
+	k, err := dirKey(key)
+	if err != nil {
+		return false
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	q := (&api.QueryOptions{}).WithContext(ctx)
@@ -295,7 +301,10 @@ func (s *Storage) Exists(ctx context.Context, key string) bool {
 // Stat describes key: a value (IsTerminal, with size and modification
 // time) or a directory.
 func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
-	k := backend.Clean(key)
+	k, err := dirKey(key)
+	if err != nil {
+		return certmagic.KeyInfo{}, fmt.Errorf("stat: %w", err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	q := (&api.QueryOptions{}).WithContext(ctx)
@@ -321,6 +330,9 @@ func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, erro
 				info.Size = int64(len(plain))
 			default:
 				info.Size = int64(len(pair.Value))
+				if plain, err := s.rt.Sealer.Open(k, pair.Value); err == nil {
+					info.Size = int64(len(plain)) // without the escape of backend.Sealer
+				}
 			}
 			return info, nil
 		}
@@ -346,7 +358,10 @@ func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, erro
 // List returns the full keys under path: its direct children (values and
 // directories), or with recursive every value and directory below it.
 func (s *Storage) List(ctx context.Context, path string, recursive bool) ([]string, error) {
-	dir := backend.Clean(path)
+	dir, err := dirKey(path)
+	if err != nil {
+		return nil, fmt.Errorf("listing: %w", err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	base := s.dirKey(dir)
@@ -373,6 +388,13 @@ func (s *Storage) List(ctx context.Context, path string, recursive bool) ([]stri
 		}
 		return nil, notExist("listing", dir)
 	}
+	return listKeys(dir, rel, recursive), nil
+}
+
+// listKeys returns the full keys List reports for the keys rel found
+// below dir (relative to it, as children returns them): with recursive,
+// also the directories between dir and each key.
+func listKeys(dir string, rel []string, recursive bool) []string {
 	seen := make(map[string]bool, len(rel))
 	out := make([]string, 0, len(rel))
 	add := func(r string) {
@@ -394,7 +416,7 @@ func (s *Storage) List(ctx context.Context, path string, recursive bool) ([]stri
 		add(r)
 	}
 	slices.Sort(out)
-	return out, nil
+	return out
 }
 
 // probe reads the value at k (the key_prefix itself for the root), so that
@@ -414,8 +436,8 @@ func (s *Storage) probe(ctx context.Context, k string) (isValue bool, err error)
 }
 
 // children returns the keys below base relative to it, without trailing
-// slashes and empty names (Consul folder markers such as "<base>" or
-// "<base>x/").
+// slashes, leaving out empty names (Consul folder markers such as "<base>"
+// or "<base>x/") and keys this storage cannot have written (see checkKey).
 func children(keys []string, base string) []string {
 	out := make([]string, 0, len(keys))
 	for _, key := range keys {
@@ -424,7 +446,7 @@ func children(keys []string, base string) []string {
 			continue
 		}
 		r = strings.TrimSuffix(r, "/")
-		if r == "" || strings.HasPrefix(r, "/") || strings.Contains(r, "//") {
+		if r == "" || checkKey(r) != nil {
 			continue
 		}
 		out = append(out, r)
@@ -490,13 +512,36 @@ func notExist(op, k string) error {
 	return fmt.Errorf("%s %s: %w", op, k, fs.ErrNotExist)
 }
 
-// fileKey cleans key and refuses the root, which cannot hold a value.
+// fileKey cleans key and refuses the root, which cannot hold a value, and
+// keys checkKey refuses.
 func fileKey(key string) (string, error) {
 	k := backend.Clean(key)
 	if k == "" {
 		return "", errors.New("empty key")
 	}
+	if err := checkKey(k); err != nil {
+		return "", fmt.Errorf("key %q: %w", k, err)
+	}
 	return k, nil
+}
+
+// dirKey cleans key, which may be the root, and refuses keys checkKey
+// refuses.
+func dirKey(key string) (string, error) {
+	k := backend.Clean(key)
+	if err := checkKey(k); err != nil {
+		return "", fmt.Errorf("key %q: %w", k, err)
+	}
+	return k, nil
+}
+
+// checkKey refuses keys that would not reach Consul as they are: Consul's
+// HTTP server cleans request paths ("a/../b" is "b", "a//b" is "a/b"), and
+// its JSON listings turn bytes that are not UTF-8 into U+FFFD, so such a
+// key would overwrite, or be listed as, another key. Its errors wrap
+// fs.ErrInvalid.
+func checkKey(k string) error {
+	return backend.CheckKey(k)
 }
 
 // dataKey is the Consul key of the certmagic key k.
@@ -542,19 +587,42 @@ func (m manifest) String() string {
 	return fmt.Sprintf("%s %s %d %d %d", manifestMagic, m.gen, m.chunks, m.size, m.plain)
 }
 
+// parseManifest reads a manifest, as storeChunked writes them: a
+// generation newGen could have named, and a chunk count that fits both
+// maxChunks and the size (so that a damaged or foreign manifest cannot make
+// Load allocate, or list, more than a value can hold).
 func parseManifest(b []byte) (manifest, error) {
+	bad := errors.New("value is marked as chunked but has no valid manifest")
 	f := strings.Fields(string(b))
-	if len(f) != 5 || f[0] != manifestMagic {
-		return manifest{}, errors.New("value is marked as chunked but has no valid manifest")
+	if len(f) != 5 || f[0] != manifestMagic || !validGen(f[1]) {
+		return manifest{}, bad
 	}
 	m := manifest{gen: f[1]}
 	var err error
 	for i, p := range []*int{&m.chunks, &m.size, &m.plain} {
 		if *p, err = strconv.Atoi(f[2+i]); err != nil || *p < 0 {
-			return manifest{}, errors.New("value is marked as chunked but has no valid manifest")
+			return manifest{}, bad
 		}
 	}
+	if m.chunks < 1 || m.chunks > maxChunks || m.size > m.chunks*chunkSize || m.size <= (m.chunks-1)*chunkSize || m.plain > m.size {
+		return manifest{}, bad
+	}
 	return m, nil
+}
+
+// validGen reports whether g could be a generation newGen named: letters,
+// digits and dashes only (never a "/" or "." that would move the chunk
+// keys, nor white space).
+func validGen(g string) bool {
+	if g == "" {
+		return false
+	}
+	for _, c := range g {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // nowFlags returns the flags of a value written now: its modification time

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -14,6 +15,9 @@ import (
 // the lock key) until its holder releases it or loses it, or until ctx
 // ends. See the type's doc comment for the design.
 func (s *Storage) Lock(ctx context.Context, name string) error {
+	if err := checkLockName(name); err != nil {
+		return fmt.Errorf("locking: %w", err)
+	}
 	sid, err := s.newSession(ctx, name)
 	if err != nil {
 		return fmt.Errorf("locking %s: %w", name, err)
@@ -59,6 +63,9 @@ func (s *Storage) Lock(ctx context.Context, name string) error {
 
 // TryLock acquires the lock name if it is free, without waiting.
 func (s *Storage) TryLock(ctx context.Context, name string) (bool, error) {
+	if err := checkLockName(name); err != nil {
+		return false, fmt.Errorf("trying lock: %w", err)
+	}
 	sid, err := s.newSession(ctx, name)
 	if err != nil {
 		return false, fmt.Errorf("trying lock %s: %w", name, err)
@@ -215,6 +222,18 @@ func (s *Storage) lockErr(ctx context.Context, name string, err error) error {
 // lockKey is the Consul key of the lock name.
 func (s *Storage) lockKey(name string) string {
 	return s.prefix + locksSuffix + "/" + name
+}
+
+// checkLockName refuses lock names whose key would not reach Consul as it
+// is (see checkKey), which would make two names one lock.
+func checkLockName(name string) error {
+	if name == "" {
+		return fmt.Errorf("lock name: %w: empty", fs.ErrInvalid)
+	}
+	if err := checkKey(name); err != nil {
+		return fmt.Errorf("lock name %q: %w", name, err)
+	}
+	return nil
 }
 
 var (

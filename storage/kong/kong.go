@@ -493,44 +493,16 @@ func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]strin
 	if err != nil {
 		return nil, fmt.Errorf("listing %s: %w", d, err)
 	}
-	join := func(rel string) string {
-		if d == "" {
-			return rel
-		}
-		return d + "/" + rel
-	}
-	seen := make(map[string]struct{})
-	keys := []string{}
-	add := func(rel string) {
-		if _, ok := seen[rel]; !ok {
-			seen[rel] = struct{}{}
-			keys = append(keys, join(rel))
-		}
-	}
+	l := newLister(d, lo, recursive)
 	var rowKey string
 	_, err = pgx.ForEachRow(rows, []any{&rowKey}, func() error {
-		rel := strings.TrimPrefix(rowKey, lo)
-		if rel == "" || rel[0] == '/' || len(rel) == len(rowKey) {
-			return nil // a lock row (below the root), or not ours
-		}
-		if !recursive {
-			if i := strings.IndexByte(rel, '/'); i >= 0 {
-				rel = rel[:i]
-			}
-			add(rel)
-			return nil
-		}
-		for i := 0; i < len(rel); i++ {
-			if rel[i] == '/' {
-				add(rel[:i])
-			}
-		}
-		add(rel)
+		l.add(rowKey)
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listing %s: %w", d, err)
 	}
+	keys := l.keys
 	if len(keys) > 0 || d == "" {
 		return keys, nil
 	}
@@ -542,6 +514,57 @@ func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]strin
 		return nil, fmt.Errorf("listing %s: %w", d, fs.ErrNotExist)
 	}
 	return keys, nil
+}
+
+// lister turns the row keys a List query returns into the keys List
+// reports.
+type lister struct {
+	d, lo     string // the directory listed, and its row key prefix
+	recursive bool
+	seen      map[string]struct{}
+	keys      []string
+}
+
+func newLister(d, lo string, recursive bool) *lister {
+	return &lister{d: d, lo: lo, recursive: recursive, seen: make(map[string]struct{}), keys: []string{}}
+}
+
+// add takes in one row key: nothing for a row that is not one of our keys
+// below the directory (a lock row, below the root and starting with "/",
+// or Kong's own); else the child of the directory it lies under or, with
+// recursive, the key and every directory above it up to the directory
+// listed. Of a row key not in canonical form (Store never writes one), only
+// the directories before its first empty component count.
+func (l *lister) add(rowKey string) {
+	rel, ok := strings.CutPrefix(rowKey, l.lo)
+	if !ok {
+		return
+	}
+	for i := 0; i <= len(rel); i++ {
+		if i < len(rel) && rel[i] != '/' {
+			continue
+		}
+		if i == 0 || rel[i-1] == '/' {
+			return // an empty component
+		}
+		l.child(rel[:i])
+		if !l.recursive {
+			return
+		}
+	}
+}
+
+// child records the key rel below the directory, once.
+func (l *lister) child(rel string) {
+	if _, ok := l.seen[rel]; ok {
+		return
+	}
+	l.seen[rel] = struct{}{}
+	if l.d == "" {
+		l.keys = append(l.keys, rel)
+	} else {
+		l.keys = append(l.keys, l.d+"/"+rel)
+	}
 }
 
 // cleanKey returns key in canonical form: no leading, trailing or doubled

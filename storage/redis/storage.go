@@ -277,6 +277,9 @@ func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]strin
 func (s *Storage) listDir(ctx context.Context, dir string, index map[string]string) ([]string, error) {
 	searches := make([]*search, 0, len(index))
 	for field, stamp := range index {
+		if !validField(field) {
+			continue
+		}
 		sr := &search{}
 		sr.add(childNode(dir, field, stamp))
 		searches = append(searches, sr)
@@ -321,6 +324,9 @@ func (s *Storage) listTree(ctx context.Context, dir string, index map[string]str
 	var level []pending
 	expandIndex := func(parent *treeNode, dirKey string, idx map[string]string) {
 		for field, stamp := range idx {
+			if !validField(field) {
+				continue
+			}
 			n := &treeNode{node: *childNode(dirKey, field, stamp), up: parent}
 			all = append(all, n)
 			level = append(level, pending{n: n})
@@ -395,8 +401,11 @@ func (s *Storage) Delete(ctx context.Context, key string) error {
 		var next []string
 		for i, d := range dirs {
 			for field, stamp := range cmds[i].Val() {
-				n := childNode(d, field, stamp)
 				fields[d] = append(fields[d], field)
+				if !validField(field) {
+					continue // pruned, never followed
+				}
+				n := childNode(d, field, stamp)
 				if n.dir {
 					next = append(next, n.key)
 				} else {
@@ -442,7 +451,8 @@ type node struct {
 	found  bool   // a page of its index had fields
 }
 
-// childNode returns the node an index field of dir names.
+// childNode returns the node an index field of dir names; the field must
+// be valid (see validField).
 func childNode(dir, field, stamp string) *node {
 	n := &node{parent: dir, field: field, stamp: stamp}
 	name := field
@@ -456,6 +466,16 @@ func childNode(dir, field, stamp string) *node {
 		n.key = dir + "/" + name
 	}
 	return n
+}
+
+// validField reports whether an index field could have been written by
+// indexFields: a non-empty name without "/", with one "/" after it for a
+// directory. Other fields (a damaged index, or one another program wrote
+// under the prefix) name nothing and are skipped; followed, a field "/"
+// would name the directory itself and make List, Stat and Delete loop.
+func validField(field string) bool {
+	name := strings.TrimSuffix(field, "/")
+	return name != "" && strings.IndexByte(name, '/') < 0
 }
 
 // parentOf splits key into its directory and its last component.
@@ -494,8 +514,10 @@ func (sr *search) add(n *node) {
 func (sr *search) page(dir *node, scan *goredis.ScanCmd) (empty bool) {
 	kv, cursor := scan.Val()
 	for i := 0; i+1 < len(kv); i += 2 {
-		sr.add(childNode(dir.key, kv[i], kv[i+1]))
-		dir.found = true
+		if validField(kv[i]) {
+			sr.add(childNode(dir.key, kv[i], kv[i+1]))
+			dir.found = true
+		}
 	}
 	if cursor != 0 {
 		dir.cursor = cursor

@@ -410,17 +410,10 @@ func (s *Storage) settings() (clientConfig, error) {
 
 // checkKey rejects keys (and lock names) that Vault's client would not
 // send as they are: the path of a request is cleaned, so `a/../b` would
-// address `b`, outside the key's folder.
+// address `b`, outside the key's folder; and keys that are not UTF-8,
+// which Vault refuses and JSON cannot list.
 func checkKey(key string) error {
-	if key == "" {
-		return nil
-	}
-	for _, c := range strings.Split(key, "/") {
-		if c == "" || c == "." || c == ".." {
-			return fmt.Errorf("%w: empty, '.' or '..' path component", fs.ErrInvalid)
-		}
-	}
-	return nil
+	return backend.CheckKey(key)
 }
 
 // checkNonEmpty is checkKey that also rejects the root.
@@ -577,10 +570,13 @@ func (s *Storage) delete(ctx context.Context, key string) error {
 		return err
 	}
 	for _, e := range entries {
-		child := join(key, strings.TrimSuffix(e, "/"))
-		if strings.HasSuffix(e, "/") {
+		child, folder, ok := entryKey(key, e)
+		switch {
+		case !ok:
+			continue
+		case folder:
 			err = s.delete(ctx, child)
-		} else {
+		default:
 			err = s.deleteSecret(ctx, child)
 		}
 		if err != nil {
@@ -637,12 +633,15 @@ func (s *Storage) walk(ctx context.Context, dir string, recursive, top bool) ([]
 	keys := make([]string, 0, len(entries))
 	seen := make(map[string]bool, len(entries))
 	for _, e := range entries {
-		child := join(dir, strings.TrimSuffix(e, "/"))
+		child, folder, ok := entryKey(dir, e)
+		if !ok {
+			continue
+		}
 		if !seen[child] {
 			seen[child] = true
 			keys = append(keys, child)
 		}
-		if recursive && strings.HasSuffix(e, "/") {
+		if recursive && folder {
 			sub, err := s.walk(ctx, child, true, false)
 			if err != nil {
 				return nil, err
@@ -716,6 +715,18 @@ func (s *Storage) metaPath(folder, key string) string {
 		return s.mount + "/metadata/" + folder
 	}
 	return s.mount + "/metadata/" + folder + "/" + key
+}
+
+// entryKey returns the key that an entry of the listing of the folder dir
+// names, and whether it is a folder (Vault lists sub-folders with a
+// trailing /). An entry that is not one valid name (empty, `.`, `..`,
+// containing a /, not UTF-8: not from Vault) is not ok, and skipped.
+func entryKey(dir, entry string) (key string, folder, ok bool) {
+	name, folder := strings.CutSuffix(entry, "/")
+	if name == "" || strings.Contains(name, "/") || checkKey(name) != nil {
+		return "", false, false
+	}
+	return join(dir, name), folder, true
 }
 
 func join(dir, name string) string {

@@ -1,6 +1,11 @@
 package backend
 
-import "strings"
+import (
+	"fmt"
+	"io/fs"
+	"strings"
+	"unicode/utf8"
+)
 
 // Clean returns key without leading or trailing slashes, the canonical
 // form of a certmagic key ("" is the root).
@@ -43,4 +48,25 @@ func Parents(key string) []string {
 		}
 	}
 	return dirs
+}
+
+// CheckKey reports whether key, in the form Clean returns ("" is the
+// root), reaches a server that takes keys as URL paths and lists them in
+// JSON (Consul, Vault) as itself: valid UTF-8 (JSON would turn other bytes
+// into U+FFFD), and no empty, "." or ".." component (HTTP servers and
+// clients clean those away, so "a/../b" would address "b"). Its errors wrap
+// fs.ErrInvalid.
+func CheckKey(key string) error {
+	if key == "" {
+		return nil
+	}
+	if !utf8.ValidString(key) {
+		return fmt.Errorf("%w: not valid UTF-8", fs.ErrInvalid)
+	}
+	for c := range strings.SplitSeq(key, "/") {
+		if c == "" || c == "." || c == ".." {
+			return fmt.Errorf("%w: empty, '.' or '..' path component", fs.ErrInvalid)
+		}
+	}
+	return nil
 }

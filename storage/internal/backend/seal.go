@@ -13,7 +13,10 @@ import (
 )
 
 // Sealer encrypts values with AES-256-GCM, authenticating the storage key
-// with each value. A nil *Sealer stores values as given.
+// with each value. A nil *Sealer stores values as given, except a value
+// that starts with the magic of a sealed value or of an escaped one, which
+// it stores escaped (plainMagic before it) so that it reads back as it was
+// stored instead of as an encrypted value.
 type Sealer struct {
 	aead cipher.AEAD
 }
@@ -21,6 +24,10 @@ type Sealer struct {
 // sealMagic starts every sealed value, so that a plain value read with a key
 // configured is reported as such rather than as tampering.
 var sealMagic = []byte("caddy-acme:aes256gcm:v1:")
+
+// plainMagic starts a plain value that a nil Sealer escaped, because it
+// starts with sealMagic or plainMagic.
+var plainMagic = []byte("caddy-acme:plain:v1:")
 
 // ErrOpen is returned (wrapped) when a sealed value does not decrypt.
 var ErrOpen = errors.New("wrong encryption key or tampered value")
@@ -64,6 +71,9 @@ func NewSealer(key []byte) (*Sealer, error) {
 // Seal returns value encrypted for storage under key.
 func (s *Sealer) Seal(key string, value []byte) []byte {
 	if s == nil {
+		if bytes.HasPrefix(value, sealMagic) || bytes.HasPrefix(value, plainMagic) {
+			return append(append(make([]byte, 0, len(plainMagic)+len(value)), plainMagic...), value...)
+		}
 		return value
 	}
 	out := make([]byte, len(sealMagic)+s.aead.NonceSize(), len(sealMagic)+s.aead.NonceSize()+len(value)+s.aead.Overhead())
@@ -83,7 +93,7 @@ func (s *Sealer) Open(key string, data []byte) ([]byte, error) {
 		if bytes.HasPrefix(data, sealMagic) {
 			return nil, fmt.Errorf("reading %s: value is encrypted: set the storage's encryption_key", key)
 		}
-		return data, nil
+		return bytes.TrimPrefix(data, plainMagic), nil
 	}
 	if !bytes.HasPrefix(data, sealMagic) {
 		return nil, fmt.Errorf("decrypting %s: value is not encrypted (written before encryption_key was set, or by another program)", key)
