@@ -41,6 +41,8 @@ const live = `(ttl IS NULL OR ttl >= now())`
 // "<dir>/" and hi is "<dir>0" ('0' follows '/').
 const (
 	sqlLoad = `SELECT value FROM acme_storage WHERE key = $1 AND ` + live
+	// sqlLoadMany loads several keys in one round trip.
+	sqlLoadMany = `SELECT key, value FROM acme_storage WHERE key = ANY($1) AND ` + live
 
 	// sqlStore: one statement, read-after-write consistent. created_at is
 	// the modification time (KeyInfo.Modified). id is only set by the insert.

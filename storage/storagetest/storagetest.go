@@ -77,6 +77,9 @@ func Run(t *testing.T, open Opener, opts Options) {
 		testConcurrent(t, open(t, n), open(t, n))
 	})
 	t.Run("Locks", func(t *testing.T) { testLocks(t, open, opts) })
+	if s := open(t, ns(t)); isManyLoader(s) { // optional: only where the storage has it
+		t.Run("LoadMany", func(t *testing.T) { testLoadMany(t, s) })
+	}
 }
 
 // ns returns a namespace unique to this test.
@@ -683,5 +686,50 @@ func testLocks(t *testing.T, open Opener, opts Options) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// ManyLoader is the optional batch read the acme app's renewal scan uses
+// (caddyacme.ManyLoader): values[i] and errs[i] are keys[i]'s.
+type ManyLoader interface {
+	LoadMany(ctx context.Context, keys []string) (values [][]byte, errs []error)
+}
+
+func isManyLoader(s certmagic.Storage) bool {
+	_, ok := s.(ManyLoader)
+	return ok
+}
+
+// testLoadMany checks that a storage's LoadMany, if it has one, answers
+// exactly as Load does key by key: values, missing keys, directories,
+// repeated keys and an empty batch.
+func testLoadMany(t *testing.T, s certmagic.Storage) {
+	ml := s.(ManyLoader)
+	ctx := t.Context()
+	store(t, s, "many/a", []byte("value a"))
+	store(t, s, "many/dir/b", []byte{0, 1, 2, 255})
+	store(t, s, "many/empty", []byte{})
+	keys := []string{"many/a", "many/missing", "many/dir", "many/dir/b", "many/a", "many/empty", "other/missing"}
+	values, errs := ml.LoadMany(ctx, keys)
+	if len(values) != len(keys) || len(errs) != len(keys) {
+		t.Fatalf("LoadMany of %d keys returned %d values and %d errors", len(keys), len(values), len(errs))
+	}
+	for i, key := range keys {
+		want, wantErr := s.Load(ctx, key)
+		switch {
+		case wantErr != nil:
+			if errs[i] == nil {
+				t.Errorf("LoadMany %s: value %q, Load says %v", key, values[i], wantErr)
+			} else if errors.Is(wantErr, fs.ErrNotExist) != errors.Is(errs[i], fs.ErrNotExist) {
+				t.Errorf("LoadMany %s: %v; Load: %v", key, errs[i], wantErr)
+			}
+		case errs[i] != nil:
+			t.Errorf("LoadMany %s: %v; Load gives %q", key, errs[i], want)
+		case !bytes.Equal(values[i], want):
+			t.Errorf("LoadMany %s = %q, Load = %q", key, values[i], want)
+		}
+	}
+	if values, errs := ml.LoadMany(ctx, nil); len(values) != 0 || len(errs) != 0 {
+		t.Errorf("LoadMany of no keys = %d values, %d errors", len(values), len(errs))
 	}
 }
