@@ -10,7 +10,6 @@ import (
 	"math/big"
 	"testing"
 	"time"
-
 )
 
 // BenchmarkCertificateCached measures the handshake path of the manager for
