@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
@@ -38,9 +39,7 @@ func backends() []backend {
 		}},
 		{"acme_redis", func(t *testing.T) func(string) map[string]any {
 			r := testenv.StartRedis(t, testenv.RedisOptions{})
-			return func(ns string) map[string]any {
-				return map[string]any{"module": "acme_redis", "addresses": []string{r.Addr}, "key_prefix": ns + ":"}
-			}
+			return func(ns string) map[string]any { return redisStorage(r, ns) }
 		}},
 		{"acme_kong", func(t *testing.T) func(string) map[string]any {
 			pg := testenv.StartPostgres(t, testenv.PostgresOptions{})
@@ -61,6 +60,28 @@ func backends() []backend {
 			}
 		}},
 	}
+}
+
+// redisStorage is the acme_redis config over the server r, in namespace ns.
+func redisStorage(r *testenv.Redis, ns string) map[string]any {
+	return map[string]any{"module": "acme_redis", "addresses": []string{r.Addr}, "key_prefix": ns + ":"}
+}
+
+// withLockLease returns a copy of the storage config with the lock lease
+// set, for the acme_* modules (file_system has no such setting: its locks
+// go stale 10s after their holder stops refreshing them). acme_consul's
+// lease cannot be shorter than 20s (Consul's minimum session TTL, 10s, is
+// half of it): it gets at least that.
+func withLockLease(storage map[string]any, lease time.Duration) map[string]any {
+	out := maps.Clone(storage)
+	switch out["module"] {
+	case "file_system":
+		return out
+	case "acme_consul":
+		lease = max(lease, 20*time.Second)
+	}
+	out["lock_lease"] = lease.String()
+	return out
 }
 
 // TestBackends runs the acme app with each storage backend as its storage

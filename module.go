@@ -155,7 +155,8 @@ type App struct {
 	// How long a TLS handshake for a name without a certificate waits for
 	// the certificate to be issued; the order itself is given as long. A
 	// handshake that gives up fails, and the next one is served as soon as
-	// the certificate is there. Default: 90s.
+	// the certificate is there. The HTTP server's read_header_timeout
+	// (Caddy's default: 1m) also bounds a handshake. Default: 90s.
 	IssueTimeout caddy.Duration `json:"issue_timeout,omitempty"`
 
 	// The most certificates kept in memory. When full, random certificates

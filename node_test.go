@@ -3,6 +3,7 @@ package caddyacme
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -58,9 +59,37 @@ func runNode(file string) int {
 	return 0
 }
 
+// testNode is a Caddy node running in another process (startNode).
+type testNode struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+
+	waitOnce sync.Once
+	waitErr  error // cmd.Wait's result, once wait returned
+}
+
+// wait waits (once, for every caller) until the process has exited.
+func (n *testNode) wait() error {
+	n.waitOnce.Do(func() { n.waitErr = n.cmd.Wait() })
+	return n.waitErr
+}
+
+// pid is the node's process ID.
+func (n *testNode) pid() int { return n.cmd.Process.Pid }
+
+// kill kills the node with SIGKILL, as a crash would end it (no Caddy
+// shutdown, no lock released), and waits until it is gone.
+func (n *testNode) kill(t *testing.T) {
+	t.Helper()
+	if err := n.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		t.Fatalf("killing node (pid %d): %v", n.pid(), err)
+	}
+	_ = n.wait()
+}
+
 // startNode runs cfg in another process (this test binary re-executed) and
 // stops it when the test ends.
-func startNode(t *testing.T, cfg []byte) {
+func startNode(t *testing.T, cfg []byte) *testNode {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "node.json")
 	if err := os.WriteFile(file, cfg, 0o600); err != nil {
@@ -76,15 +105,18 @@ func startNode(t *testing.T, cfg []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
+	n := &testNode{cmd: cmd, stderr: new(syncBuffer)}
+	cmd.Stderr = n.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		stdin.Close()
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
+		done := make(chan struct{})
+		go func() {
+			_ = n.wait()
+			close(done)
+		}()
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
@@ -92,7 +124,7 @@ func startNode(t *testing.T, cfg []byte) {
 			<-done
 		}
 		if t.Failed() {
-			t.Logf("node output:\n%s", stderr.String())
+			t.Logf("node output:\n%s", n.stderr.String())
 		}
 	})
 
@@ -111,11 +143,12 @@ func startNode(t *testing.T, cfg []byte) {
 	select {
 	case ok := <-ready:
 		if !ok {
-			t.Fatalf("node exited before it was ready:\n%s", stderr.String())
+			t.Fatalf("node exited before it was ready:\n%s", n.stderr.String())
 		}
 	case <-time.After(60 * time.Second):
-		t.Fatalf("node not ready after 60s:\n%s", stderr.String())
+		t.Fatalf("node not ready after 60s:\n%s", n.stderr.String())
 	}
+	return n
 }
 
 // syncBuffer is a bytes.Buffer safe for a writer and a reader at once.

@@ -236,6 +236,24 @@ func (r *Redis) Restart(t testing.TB) {
 	}
 }
 
+// Start starts the server again after Stop, on the same port and with the
+// same data directory (data survives with RedisOptions.AppendOnly), and
+// waits until it accepts connections, so that a test can keep the server
+// down for a while (Restart does both at once). The server is stopped when
+// the test finishes, as after StartRedis. It fails the test if the server
+// is running or does not come up.
+func (r *Redis) Start(t testing.TB) {
+	t.Helper()
+	if r.proc != nil {
+		if exited, _ := r.proc.exited(); !exited {
+			t.Fatalf("testenv: starting redis %s: it is running; Stop it first", r.Addr)
+		}
+	}
+	if err := r.start(); err != nil {
+		t.Fatalf("testenv: starting redis %s again: %v", r.Addr, err)
+	}
+}
+
 // Log returns the server's output so far.
 func (r *Redis) Log() string {
 	if r.proc == nil {

@@ -61,6 +61,29 @@ func TestRedisRestartAppendOnly(t *testing.T) {
 	}
 }
 
+// TestRedisStopStart: a stopped server refuses connections, and Start
+// brings it back on the same address with its append-only data.
+func TestRedisStopStart(t *testing.T) {
+	ctx := context.Background()
+	r := StartRedis(t, RedisOptions{AppendOnly: true})
+	c := r.Client(t)
+	if err := c.Set(ctx, "kept", "yes", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	addr := r.Addr
+	r.Stop()
+	if err := c.Ping(ctx).Err(); err == nil {
+		t.Fatal("PING succeeded while the server is stopped")
+	}
+	r.Start(t)
+	if r.Addr != addr {
+		t.Fatalf("address after Start = %s, want %s", r.Addr, addr)
+	}
+	if got, err := c.Get(ctx, "kept").Result(); err != nil || got != "yes" {
+		t.Fatalf("GET after Start = %q, %v", got, err)
+	}
+}
+
 func TestRedisCluster(t *testing.T) {
 	ctx := context.Background()
 	c := StartRedisCluster(t)
