@@ -76,8 +76,8 @@ func (a *App) Order(ctx context.Context, host string) error {
 	}
 	rctx, cancel := context.WithTimeout(a.ctx, a.issueTimeout())
 	defer cancel()
-	if err := (renewStore{a}).Renew(rctx, host); err != nil {
-		if a.ctx.Err() == nil {
+	if refused, err := a.watchCA(host, func() error { return (renewStore{a}).Renew(rctx, host) }); err != nil {
+		if refused && a.ctx.Err() == nil {
 			a.setBackoff(host, err)
 		}
 		job.err = fmt.Errorf("renewing certificate for %s: %w", host, err)

@@ -630,3 +630,37 @@ func TestConcurrentHandshakesOneOrder(t *testing.T) {
 		t.Fatalf("%d concurrent handshakes placed %d orders, want 1", clients, n)
 	}
 }
+
+// TestBackoffOnlyWhenTheCARefuses: an order that fails before reaching the
+// CA (the issue lock, storage) sets no backoff; one the CA refuses
+// (certmagic's cert_failed) does. The CA's side is shown end to end by
+// TestBackoffAfterFailedValidation.
+func TestBackoffOnlyWhenTheCARefuses(t *testing.T) {
+	a := handApp(t)
+	refused, err := a.watchCA("lock.example.com", func() error {
+		return errors.New("unable to acquire lock 'issue_cert_lock.example.com': connection refused")
+	})
+	if err == nil || refused {
+		t.Fatalf("failure before the order: refused %v, err %v; want not refused", refused, err)
+	}
+	refused, err = a.watchCA("ca.example.com", func() error {
+		if err := a.onEvent(t.Context(), "cert_failed", map[string]any{"identifier": "ca.example.com", "renewal": false}); err != nil {
+			return err
+		}
+		return errors.New("urn:ietf:params:acme:error:rejectedIdentifier")
+	})
+	if err == nil || !refused {
+		t.Fatalf("the CA's refusal: refused %v, err %v; want refused", refused, err)
+	}
+	// another name's refusal, or one outside a watch, is not this order's
+	refused, _ = a.watchCA("other.example.com", func() error {
+		_ = a.onEvent(t.Context(), "cert_failed", map[string]any{"identifier": "ca.example.com"})
+		return errors.New("failed")
+	})
+	if refused {
+		t.Fatal("another name's refusal counted")
+	}
+	if len(a.refusals.watched) != 0 {
+		t.Fatalf("watches left behind: %v", a.refusals.watched)
+	}
+}

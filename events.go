@@ -62,6 +62,7 @@ func (a *App) onEvent(ctx context.Context, name string, data map[string]any) err
 		}
 	case "cert_failed":
 		a.issuing.stop(key, time.Now(), false)
+		a.noteRefusal(identifier)
 	case "cached_managed_cert":
 		sans, _ := data["sans"].([]string)
 		for _, name := range sans {

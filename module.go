@@ -179,6 +179,7 @@ type App struct {
 	status  *statusCache
 
 	cacheSync *cacheSync
+	refusals  *caRefusals
 }
 
 // CaddyModule returns the Caddy module information.
@@ -197,6 +198,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.jobs = &obtainJobs{running: make(map[string]*obtainJob)}
 	a.status = new(statusCache)
 	a.cacheSync = &cacheSync{cached: make(map[string]struct{})}
+	a.refusals = &caRefusals{watched: make(map[string]bool)}
 
 	s, err := a.settings()
 	if err != nil {

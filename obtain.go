@@ -127,8 +127,9 @@ func (a *App) loadOrObtain(name string) (certmagic.Certificate, error) {
 	if err := a.checkBackoff(ctx, name); err != nil {
 		return cert, err
 	}
-	if err := a.magic.ObtainCertSync(ctx, name); err != nil {
-		if a.ctx.Err() == nil { // not a config unload
+	refused, err := a.watchCA(name, func() error { return a.magic.ObtainCertSync(ctx, name) })
+	if err != nil {
+		if refused && a.ctx.Err() == nil { // not a config unload
 			a.setBackoff(name, err)
 		}
 		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
@@ -174,6 +175,39 @@ func (a *App) checkBackoff(ctx context.Context, name string) error {
 type backoffError string
 
 func (e backoffError) Error() string { return string(e) }
+
+// watchCA runs obtain, an order or renewal of name, and reports whether
+// the CA refused it (certmagic's cert_failed event), as opposed to a
+// failure before the order (the issue lock, storage) or after it (saving
+// the certificate): only a refusal sets the backoff, so that a storage
+// blip does not block a name for fail_backoff_minutes.
+func (a *App) watchCA(name string, obtain func() error) (refused bool, err error) {
+	a.refusals.mu.Lock()
+	a.refusals.watched[name] = false
+	a.refusals.mu.Unlock()
+	err = obtain()
+	a.refusals.mu.Lock()
+	refused = a.refusals.watched[name]
+	delete(a.refusals.watched, name)
+	a.refusals.mu.Unlock()
+	return refused, err
+}
+
+// caRefusals are the names of orders in progress (watchCA), set to true
+// when the CA refuses one.
+type caRefusals struct {
+	mu      sync.Mutex // protects watched
+	watched map[string]bool
+}
+
+// noteRefusal records the CA's refusal of an order for name being watched.
+func (a *App) noteRefusal(name string) {
+	a.refusals.mu.Lock()
+	if _, ok := a.refusals.watched[name]; ok {
+		a.refusals.watched[name] = true
+	}
+	a.refusals.mu.Unlock()
+}
 
 // setBackoff records a failed order of name, so that no node orders it
 // again before fail_backoff_minutes have passed.
