@@ -6,12 +6,14 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
 
 	"github.com/acmekit/caddy-acme/admin"
 	"github.com/acmekit/caddy-acme/internal/testenv"
@@ -252,5 +254,31 @@ func TestAdminAPIOrderFailure(t *testing.T) {
 	}
 	if n := r.pebble.Orders(); n != 1 {
 		t.Fatalf("orders = %d, want 1", n)
+	}
+}
+
+// TestHostsSnapshot: the first page of a listing lists storage; the next
+// pages reuse that listing, so a walk over 100k certificates lists storage
+// once instead of once per page.
+func TestHostsSnapshot(t *testing.T) {
+	a := handApp(t)
+	ctx := t.Context()
+	put := func(name string) {
+		t.Helper()
+		if err := a.storage.Store(ctx, certmagic.StorageKeys.SiteCert(a.issuer.IssuerKey(), name), []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("b.example.com")
+	put("a.example.com")
+	if got, err := a.Hosts(ctx, true); err != nil || !slices.Equal(got, []string{"a.example.com", "b.example.com"}) {
+		t.Fatalf("Hosts(fresh) = %v, %v", got, err)
+	}
+	put("c.example.com")
+	if got, _ := a.Hosts(ctx, false); len(got) != 2 {
+		t.Fatalf("Hosts(next page) = %v, want the snapshot of the first page", got)
+	}
+	if got, _ := a.Hosts(ctx, true); len(got) != 3 {
+		t.Fatalf("Hosts(fresh) = %v, want the new name", got)
 	}
 }

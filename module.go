@@ -180,6 +180,7 @@ type App struct {
 
 	cacheSync *cacheSync
 	refusals  *caRefusals
+	hosts     *hostsSnapshot
 }
 
 // CaddyModule returns the Caddy module information.
@@ -199,6 +200,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.status = new(statusCache)
 	a.cacheSync = &cacheSync{cached: make(map[string]struct{})}
 	a.refusals = &caRefusals{watched: make(map[string]bool)}
+	a.hosts = new(hostsSnapshot)
 
 	s, err := a.settings()
 	if err != nil {

@@ -32,6 +32,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -59,8 +60,11 @@ type Manager interface {
 	// answers; the error says why not. ErrNotAllowed when the host is not
 	// allowed.
 	SanityCheck(ctx context.Context, host string) error
-	// Hosts lists the names of the certificates in storage.
-	Hosts(ctx context.Context) ([]string, error)
+	// Hosts lists the names of the certificates in storage: from storage
+	// when fresh (the first page of a listing), else possibly a recent
+	// snapshot (the next pages). The slice may be shared between calls:
+	// callers must not modify it.
+	Hosts(ctx context.Context, fresh bool) ([]string, error)
 	// Certificate describes host's stored certificate; fs.ErrNotExist
 	// (wrapped) when there is none.
 	Certificate(ctx context.Context, host string) (CertInfo, error)
@@ -380,11 +384,13 @@ func (a *adminAPI) handleList(w http.ResponseWriter, r *http.Request, m Manager)
 	}
 	after := strings.ToLower(q.Get("after"))
 
-	hosts, err := m.Hosts(r.Context())
+	hosts, err := m.Hosts(r.Context(), after == "")
 	if err != nil {
 		return apiErr(http.StatusInternalServerError, fmt.Errorf("listing certificates: %v", err))
 	}
-	sort.Strings(hosts)
+	if !slices.IsSorted(hosts) {
+		hosts = slices.Sorted(slices.Values(hosts)) // a copy: the Manager's slice may be shared
+	}
 	start := sort.SearchStrings(hosts, after)
 	if start < len(hosts) && hosts[start] == after && after != "" {
 		start++

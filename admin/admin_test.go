@@ -45,7 +45,7 @@ func (f *fakeManager) Order(_ context.Context, host string) error {
 
 func (f *fakeManager) SanityCheck(context.Context, string) error { return f.sanityErr }
 
-func (f *fakeManager) Hosts(context.Context) ([]string, error) {
+func (f *fakeManager) Hosts(context.Context, bool) ([]string, error) {
 	var hosts []string
 	for h := range f.certs {
 		hosts = append(hosts, h)
