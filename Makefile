@@ -33,7 +33,7 @@ PERF_BENCH := ^Benchmark(HandshakeCached|HandshakeCold|Scale|Issuance)$$
 # $(call bench-run,<go test flags and packages>)
 bench-run = set -o pipefail; { set -x; $(GO) test -run '^$$' $(1); } 2>&1 | tee -a $(BENCH_REPORT)
 
-## bench: run every benchmark and write the report to bin/bench-report.txt (1-2 hours, mostly bench-scale)
+## bench: run every benchmark and write the report to bin/bench-report.txt (about an hour, mostly bench-scale)
 bench: bench-head bench-micro bench-perf bench-scale
 
 bench-head:
@@ -44,13 +44,13 @@ bench-head:
 bench-micro: bench-head
 	$(call bench-run,-bench . -skip '$(PERF_BENCH)' -benchmem ./...)
 
-## bench-perf: TLS handshakes, cached (vs Caddy's own) and cold (per backend), and 200 orders against Pebble (about 20 minutes)
+## bench-perf: TLS handshakes, cached (vs Caddy's own) and cold (per backend), and 200 orders against Pebble (about 12 minutes)
 bench-perf: bench-head
 	$(call bench-run,-bench '^BenchmarkHandshakeCached$$' -benchtime 2000x -count 3 -timeout 30m .)
 	$(call bench-run,-bench '^BenchmarkHandshakeCold$$' -benchtime 1000x -timeout 30m .)
 	$(call bench-run,-bench '^BenchmarkIssuance$$' -benchtime 1x -timeout 60m .)
 
-## bench-scale: 100 000 certificates per backend: cold start, memory, renewal scan, GET /acme/certificates (about an hour)
+## bench-scale: 100 000 certificates per backend: cold start, memory, renewal scan, GET /acme/certificates (about 35 minutes)
 bench-scale: bench-head
 	$(call bench-run,-bench '^BenchmarkScale$$' -benchtime 1x -timeout 4h .)
 
