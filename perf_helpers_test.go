@@ -134,7 +134,7 @@ func (ca *perfCA) bundle(name string) ([]byte, error) {
 	return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), ca.certPEM...), nil
 }
 
-// meta returns the metadata certmagic writes beside name's certificate
+// perfMeta returns the metadata certmagic writes beside name's certificate
 // (saveCertResource: the CertificateResource, indented with tabs), with the
 // ACME issuer's data: certificate URL, CA, account, and an ARI window as the
 // last renewal scan stored it, two thirds into the lifetime, not to be asked
