@@ -171,7 +171,7 @@ func FuzzList(f *testing.F) {
 					kv = append(kv, s.dataKey(k), s.chunkKey(k, "1-ab", 0), s.lockKey(k))
 				}
 			}
-			want := reference(d, stored, recursive)
+			want := backend.ListReference(d, stored, recursive)
 			base, sep := s.dirKey(d), "/"
 			if recursive {
 				sep = ""
@@ -203,29 +203,6 @@ func FuzzList(f *testing.F) {
 			}
 		}
 	})
-}
-
-// reference is what List(dir) returns over the stored keys, by the
-// certmagic contract.
-func reference(dir string, stored []string, recursive bool) []string {
-	out := []string{}
-	for _, k := range stored {
-		if !backend.Under(dir, k) {
-			continue
-		}
-		if !recursive {
-			c, _ := backend.Child(dir, k)
-			out = append(out, c)
-			continue
-		}
-		for _, p := range append(backend.Parents(k), k) {
-			if backend.Under(dir, p) {
-				out = append(out, p)
-			}
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
 }
 
 // FuzzManifest checks the manifest read from Consul in place of a chunked

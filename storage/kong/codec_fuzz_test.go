@@ -164,7 +164,7 @@ func FuzzList(f *testing.F) {
 					rows = append(rows, p+k, p+"/locks/"+k, kongNamespace+"cert_key:"+k)
 				}
 			}
-			want := reference(d, stored, recursive)
+			want := backend.ListReference(d, stored, recursive)
 			if got := list(p, d, rows, recursive); !slices.Equal(got, want) {
 				t.Fatalf("List(%q, %v) over %q = %q, want %q", d, recursive, stored, got, want)
 			}
@@ -217,29 +217,6 @@ func list(prefix, d string, rows []string, recursive bool) []string {
 	}
 	slices.Sort(l.keys)
 	return l.keys
-}
-
-// reference is what List(dir) returns over the stored keys, by the
-// certmagic contract.
-func reference(dir string, stored []string, recursive bool) []string {
-	out := []string{}
-	for _, k := range stored {
-		if !backend.Under(dir, k) {
-			continue
-		}
-		if !recursive {
-			c, _ := backend.Child(dir, k)
-			out = append(out, c)
-			continue
-		}
-		for _, p := range append(backend.Parents(k), k) {
-			if backend.Under(dir, p) {
-				out = append(out, p)
-			}
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
 }
 
 // FuzzValues checks the value column: every value encodes to text a TEXT

@@ -136,10 +136,10 @@ func FuzzIndex(f *testing.F) {
 		}
 		slices.Sort(children)
 		children = slices.Compact(children)
-		if want := reference(d, stored, false); !slices.Equal(children, want) {
+		if want := backend.ListReference(d, stored, false); !slices.Equal(children, want) {
 			t.Fatalf("index of %q over %q names %q, want %q", d, stored, children, want)
 		}
-		if got, want := walk(t, index, d), reference(d, stored, true); !slices.Equal(got, want) {
+		if got, want := walk(t, index, d), backend.ListReference(d, stored, true); !slices.Equal(got, want) {
 			t.Fatalf("walking the indexes from %q over %q reaches %q, want %q", d, stored, got, want)
 		}
 
@@ -151,7 +151,7 @@ func FuzzIndex(f *testing.F) {
 			index[p][garbage] = true
 		}
 		got := walk(t, index, d)
-		for _, k := range reference(d, stored, true) {
+		for _, k := range backend.ListReference(d, stored, true) {
 			if !slices.Contains(got, k) {
 				t.Fatalf("with field %q, walking from %q lost %q: %q", garbage, d, k, got)
 			}
@@ -191,27 +191,4 @@ func walk(t *testing.T, index map[string]map[string]bool, dir string) []string {
 	}
 	slices.Sort(keys)
 	return slices.Compact(keys)
-}
-
-// reference is what List(dir) returns over the stored keys, by the
-// certmagic contract.
-func reference(dir string, stored []string, recursive bool) []string {
-	out := []string{}
-	for _, k := range stored {
-		if !backend.Under(dir, k) {
-			continue
-		}
-		if !recursive {
-			c, _ := backend.Child(dir, k)
-			out = append(out, c)
-			continue
-		}
-		for _, p := range append(backend.Parents(k), k) {
-			if backend.Under(dir, p) {
-				out = append(out, p)
-			}
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
 }
