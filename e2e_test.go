@@ -1,6 +1,7 @@
 package caddyacme
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
@@ -18,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -632,29 +634,42 @@ func TestConcurrentHandshakesOneOrder(t *testing.T) {
 }
 
 // TestBackoffOnlyWhenTheCARefuses: an order that fails before reaching the
-// CA (the issue lock, storage) sets no backoff; one the CA refuses
-// (certmagic's cert_failed) does. The CA's side is shown end to end by
-// TestBackoffAfterFailedValidation.
+// CA (the issue lock, storage) or because its own deadline passed sets no
+// backoff; one the CA refuses (certmagic's cert_failed) does. The CA's side
+// is shown end to end by TestBackoffAfterFailedValidation, the deadline by
+// TestBurstQueuedBeyondIssueTimeout.
 func TestBackoffOnlyWhenTheCARefuses(t *testing.T) {
 	a := handApp(t)
-	refused, err := a.watchCA("lock.example.com", func() error {
+	refusal := func(name string) func(context.Context) error {
+		return func(ctx context.Context) error {
+			if err := a.onEvent(ctx, "cert_failed", map[string]any{"identifier": name, "renewal": false}); err != nil {
+				return err
+			}
+			return errors.New("urn:ietf:params:acme:error:rejectedIdentifier")
+		}
+	}
+	refused, err := a.watchCA(t.Context(), "lock.example.com", func(context.Context) error {
 		return errors.New("unable to acquire lock 'issue_cert_lock.example.com': connection refused")
 	})
 	if err == nil || refused {
 		t.Fatalf("failure before the order: refused %v, err %v; want not refused", refused, err)
 	}
-	refused, err = a.watchCA("ca.example.com", func() error {
-		if err := a.onEvent(t.Context(), "cert_failed", map[string]any{"identifier": "ca.example.com", "renewal": false}); err != nil {
-			return err
-		}
-		return errors.New("urn:ietf:params:acme:error:rejectedIdentifier")
-	})
+	refused, err = a.watchCA(t.Context(), "ca.example.com", refusal("ca.example.com"))
 	if err == nil || !refused {
 		t.Fatalf("the CA's refusal: refused %v, err %v; want refused", refused, err)
 	}
+	// certmagic reports cert_failed also when the order's context ends
+	// (e.g. in its rate limiter): that is not the CA's refusal
+	expired, cancel := context.WithTimeout(t.Context(), time.Nanosecond)
+	defer cancel()
+	<-expired.Done()
+	refused, err = a.watchCA(expired, "late.example.com", refusal("late.example.com"))
+	if err == nil || refused {
+		t.Fatalf("failure after the deadline: refused %v, err %v; want not refused", refused, err)
+	}
 	// another name's refusal, or one outside a watch, is not this order's
-	refused, _ = a.watchCA("other.example.com", func() error {
-		_ = a.onEvent(t.Context(), "cert_failed", map[string]any{"identifier": "ca.example.com"})
+	refused, _ = a.watchCA(t.Context(), "other.example.com", func(ctx context.Context) error {
+		_ = a.onEvent(ctx, "cert_failed", map[string]any{"identifier": "ca.example.com"})
 		return errors.New("failed")
 	})
 	if refused {
@@ -662,5 +677,75 @@ func TestBackoffOnlyWhenTheCARefuses(t *testing.T) {
 	}
 	if len(a.refusals.watched) != 0 {
 		t.Fatalf("watches left behind: %v", a.refusals.watched)
+	}
+}
+
+// TestBurstQueuedBeyondIssueTimeout: more new names at once than the
+// account may order within issue_timeout (certmagic's limiter, here 1
+// order per 6 s, issue_timeout 5 s). Every name is ordered exactly once and
+// served — a first handshake that gives up at issue_timeout is followed by
+// one that gets the certificate — and no order fails and no name goes into
+// backoff: the orders wait in the app's queue, and issue_timeout counts
+// from when they leave it (without the queue they would run out of time in
+// certmagic's limiter and be placed again by a later handshake).
+func TestBurstQueuedBeyondIssueTimeout(t *testing.T) {
+	defer func(n int, w time.Duration) {
+		certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow = n, w
+	}(certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow)
+	certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow = 1, 6*time.Second
+
+	names := []string{"q1.example.com", "q2.example.com", "q3.example.com"}
+	failedOrders := value(metrics.orders.WithLabelValues(outcomeFailure))
+	r := newRig(t, testenv.PebbleOptions{})
+	app := r.load(r.config(r.acme(map[string]any{
+		"domains":       names,
+		"issue_timeout": "5s",
+		// a new account, so a new certmagic limiter with the values above
+		"account_email": "burst-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "@example.com",
+	}), nil))
+
+	var mu sync.Mutex
+	failedFirst := 0
+	var wg sync.WaitGroup
+	for _, name := range names {
+		wg.Go(func() {
+			deadline := time.Now().Add(60 * time.Second)
+			for attempt := 0; ; attempt++ {
+				_, err := r.handshake(name)
+				if err == nil {
+					return
+				}
+				if attempt == 0 {
+					mu.Lock()
+					failedFirst++
+					mu.Unlock()
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("%s not served within 60 s: %v", name, err)
+					return
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.Logf("pebble log:\n%s", r.pebble.Log())
+		return
+	}
+	if n := r.pebble.Orders(); n != len(names) {
+		t.Errorf("%d names placed %d orders, want one each", len(names), n)
+	}
+	if n := value(metrics.orders.WithLabelValues(outcomeFailure)) - failedOrders; n != 0 {
+		t.Errorf("%v orders failed, want none", n)
+	}
+	if failedFirst == 0 {
+		t.Error("every first handshake was served: the burst did not outlast issue_timeout, so this test shows nothing")
+	}
+	for _, name := range names {
+		r.mustHandshake(name)
+		if _, err := app.storage.Load(t.Context(), backoffKey(name)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("backoff of %s after a queued order: %v, want none", name, err)
+		}
 	}
 }

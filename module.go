@@ -153,10 +153,13 @@ type App struct {
 	HTTPPort int `json:"http_port,omitempty"`
 
 	// How long a TLS handshake for a name without a certificate waits for
-	// the certificate to be issued; the order itself is given as long. A
-	// handshake that gives up fails, and the next one is served as soon as
-	// the certificate is there. The HTTP server's read_header_timeout
-	// (Caddy's default: 1m) also bounds a handshake. Default: 90s.
+	// the certificate to be issued; the order itself is given as long,
+	// counted from when it leaves the app's queue (new orders are placed at
+	// certmagic's pace, 10 per 10 s per account). A handshake that gives
+	// up fails, and the next one is served as soon as the certificate is
+	// there; an order that runs out of time sets no backoff. The HTTP
+	// server's read_header_timeout (Caddy's default: 1m) also bounds a
+	// handshake. Default: 90s.
 	IssueTimeout caddy.Duration `json:"issue_timeout,omitempty"`
 
 	// The most certificates kept in memory. When full, random certificates
@@ -178,9 +181,10 @@ type App struct {
 	runner  *renew.Runner
 	status  *statusCache
 
-	cacheSync *cacheSync
-	refusals  *caRefusals
-	hosts     *hostsSnapshot
+	cacheSync  *cacheSync
+	refusals   *caRefusals
+	hosts      *hostsSnapshot
+	orderQueue *orderQueue // nil: orders are not paced
 }
 
 // CaddyModule returns the Caddy module information.
@@ -276,6 +280,7 @@ func (a *App) Start() error {
 	if !a.AllowAnyDomain && a.matcher.Len() == 0 {
 		a.logger.Warn("no certificate will be obtained: domains is empty and allow_any_domain is false")
 	}
+	a.orderQueue = newOrderQueue()
 	a.startRenewal()
 	a.startCacheSync()
 	return nil
@@ -286,6 +291,7 @@ func (a *App) Stop() error { return nil }
 
 // Cleanup stops the certificate cache's maintenance.
 func (a *App) Cleanup() error {
+	a.orderQueue.stop()
 	if a.cache != nil {
 		a.cache.Stop()
 	}

@@ -12,6 +12,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -59,7 +60,7 @@ func (a *App) certificate(ctx context.Context, hello *tls.ClientHelloInfo) (*tls
 		}
 		return &job.cert.Certificate, nil
 	case <-timer.C:
-		return nil, fmt.Errorf("certificate for %s is not ready after %s (issue_timeout); it is still being obtained", name, a.issueTimeout())
+		return nil, a.orderQueue.notReady(name, a.issueTimeout())
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -112,11 +113,15 @@ func (a *App) startJob(name string) *obtainJob {
 // issue_cert_<name> for the whole order, so nodes sharing the storage never
 // order the same name at once, and a node that waited for another's order
 // finds the certificate in storage instead of ordering again.
+//
+// An order first waits for its turn in the app's queue (orderQueue), with
+// no deadline but the app's life; issue_timeout counts from when it leaves
+// the queue. So a burst of new names is ordered at certmagic's pace without
+// any of them running out of time (or into backoff) while queued.
 func (a *App) loadOrObtain(name string) (certmagic.Certificate, error) {
 	ctx, cancel := context.WithTimeout(a.ctx, a.issueTimeout())
-	defer cancel()
-
 	cert, err := a.magic.CacheManagedCertificate(ctx, name)
+	cancel()
 	if err == nil {
 		return cert, nil
 	}
@@ -124,17 +129,71 @@ func (a *App) loadOrObtain(name string) (certmagic.Certificate, error) {
 		return cert, fmt.Errorf("loading certificate for %s from storage: %w", name, err)
 	}
 
+	if err := a.orderQueue.wait(a.ctx); err != nil {
+		return cert, fmt.Errorf("obtaining certificate for %s: stopped while waiting for its turn: %w", name, err)
+	}
+	ctx, cancel = context.WithTimeout(a.ctx, a.issueTimeout())
+	defer cancel()
 	if err := a.checkBackoff(ctx, name); err != nil {
 		return cert, err
 	}
-	refused, err := a.watchCA(name, func() error { return a.magic.ObtainCertSync(ctx, name) })
+	refused, err := a.watchCA(ctx, name, func(ctx context.Context) error { return a.magic.ObtainCertSync(ctx, name) })
 	if err != nil {
-		if refused && a.ctx.Err() == nil { // not a config unload
+		if refused {
 			a.setBackoff(name, err)
 		}
 		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
 	}
 	return a.magic.CacheManagedCertificate(ctx, name)
+}
+
+// orderQueue paces the app's new orders at certmagic's own limit for one
+// account at one CA (RateLimitEvents per RateLimitEventsWindow: 10 per
+// 10 s unless a program embedding Caddy changed them). certmagic's limiter
+// waits inside the order, holding the issue lock and counting against the
+// order's deadline; waiting here first leaves nothing for it to wait for.
+type orderQueue struct {
+	limiter *certmagic.RingBufferRateLimiter
+	waiting atomic.Int64 // orders in wait
+}
+
+// newOrderQueue returns the app's order queue, or nil when certmagic's
+// limit is off or invalid.
+func newOrderQueue() *orderQueue {
+	n, window := certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow
+	if n <= 0 || window <= 0 {
+		return nil
+	}
+	return &orderQueue{limiter: certmagic.NewRateLimiter(n, window)}
+}
+
+// wait returns when it is an order's turn, or ctx's error.
+func (q *orderQueue) wait(ctx context.Context) error {
+	if q == nil {
+		return nil
+	}
+	q.waiting.Add(1)
+	defer q.waiting.Add(-1)
+	return q.limiter.Wait(ctx)
+}
+
+// stop ends the queue's goroutine.
+func (q *orderQueue) stop() {
+	if q != nil {
+		q.limiter.Stop()
+	}
+}
+
+// notReady is the error of a handshake that gave up waiting for name's
+// order after d, saying how many orders are queued.
+func (q *orderQueue) notReady(name string, d time.Duration) error {
+	if q != nil {
+		if n := q.waiting.Load(); n > 0 {
+			return fmt.Errorf("certificate for %s is not ready after %s (issue_timeout); it is still being obtained (new orders waiting for their turn: %d; at most %d per %s are placed)",
+				name, d, n, q.limiter.MaxEvents(), q.limiter.Window())
+		}
+	}
+	return fmt.Errorf("certificate for %s is not ready after %s (issue_timeout); it is still being obtained", name, d)
 }
 
 // backoff is what storage holds at backoffKey(name) after a failed order.
@@ -176,21 +235,23 @@ type backoffError string
 
 func (e backoffError) Error() string { return string(e) }
 
-// watchCA runs obtain, an order or renewal of name, and reports whether
-// the CA refused it (certmagic's cert_failed event), as opposed to a
-// failure before the order (the issue lock, storage) or after it (saving
-// the certificate): only a refusal sets the backoff, so that a storage
-// blip does not block a name for fail_backoff_minutes.
-func (a *App) watchCA(name string, obtain func() error) (refused bool, err error) {
+// watchCA runs obtain, an order or renewal of name, with ctx, and reports
+// whether the CA refused it (certmagic's cert_failed event), as opposed to
+// a failure before the order (the issue lock, storage), after it (saving
+// the certificate), or because ctx ended (issue_timeout ran out, including
+// in certmagic's own rate limiter, or the configuration was unloaded): only
+// a refusal sets the backoff, so that a storage blip or a slow queue does
+// not block a name for fail_backoff_minutes.
+func (a *App) watchCA(ctx context.Context, name string, obtain func(context.Context) error) (refused bool, err error) {
 	a.refusals.mu.Lock()
 	a.refusals.watched[name] = false
 	a.refusals.mu.Unlock()
-	err = obtain()
+	err = obtain(ctx)
 	a.refusals.mu.Lock()
 	refused = a.refusals.watched[name]
 	delete(a.refusals.watched, name)
 	a.refusals.mu.Unlock()
-	return refused, err
+	return refused && ctx.Err() == nil, err
 }
 
 // caRefusals are the names of orders in progress (watchCA), set to true
