@@ -77,8 +77,8 @@ func (a *App) Order(ctx context.Context, host string) error {
 	}
 	rctx, cancel := context.WithTimeout(a.ctx, a.issueTimeout())
 	defer cancel()
-	if refused, err := a.watchCA(host, func() error { return (renewStore{a}).Renew(rctx, host) }); err != nil {
-		if refused && a.ctx.Err() == nil {
+	if refused, err := a.watchCA(rctx, host, func(ctx context.Context) error { return renewStore{a}.Renew(ctx, host) }); err != nil {
+		if refused {
 			a.setBackoff(host, err)
 		}
 		job.err = fmt.Errorf("renewing certificate for %s: %w", host, err)
@@ -166,37 +166,69 @@ type hostsSnapshot struct {
 // Certificate describes host's stored certificate with Kong's fields, when
 // it is due for renewal, and the last renewal scan's error for it.
 func (a *App) Certificate(ctx context.Context, host string) (admin.CertInfo, error) {
-	host = normalizeHost(host)
-	data, err := a.storage.Load(ctx, certmagic.StorageKeys.SiteCert(a.issuer.IssuerKey(), host))
-	if err != nil {
-		return admin.CertInfo{}, err
+	infos, errs := a.Certificates(ctx, []string{host})
+	return infos[0], errs[0]
+}
+
+// Certificates is Certificate for several hosts, read from storage in one
+// batch (one round trip on a storage with LoadMany): a page of GET
+// /acme/certificates.
+func (a *App) Certificates(ctx context.Context, hosts []string) ([]admin.CertInfo, []error) {
+	issuerKey := a.issuer.IssuerKey()
+	perHost := 2 // certificate and metadata (its stored ARI window)
+	if a.DisableARI {
+		perHost = 1
 	}
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return admin.CertInfo{}, fmt.Errorf("no PEM certificate in storage for %s", host)
+	names := make([]string, len(hosts))
+	keys := make([]string, 0, perHost*len(hosts))
+	for i, host := range hosts {
+		names[i] = normalizeHost(host)
+		keys = append(keys, certmagic.StorageKeys.SiteCert(issuerKey, names[i]))
+		if !a.DisableARI {
+			keys = append(keys, certmagic.StorageKeys.SiteMeta(issuerKey, names[i]))
+		}
 	}
-	leaf, err := x509.ParseCertificate(block.Bytes)
+	values, loadErrs := loadMany(ctx, a.storage, keys)
+
+	infos, errs := make([]admin.CertInfo, len(hosts)), make([]error, len(hosts))
+	st, err := a.loadStatus(ctx)
 	if err != nil {
-		return admin.CertInfo{}, fmt.Errorf("parsing stored certificate of %s: %w", host, err)
+		st = nil // the status only adds the last error; GET /acme reports a bad one
 	}
 	now := time.Now()
-	info := admin.NewCertInfo(host, leaf, now)
 	policy := renew.Policy{Threshold: a.renewThreshold()}
-	rc := renew.Cert{Name: host, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Serial: leaf.SerialNumber}
-	if !a.DisableARI {
-		// the stored window only: listing certificates asks the CA nothing
-		if ari, _, err := (renewStore{a}).storedARI(ctx, host); err == nil {
-			rc = withARI(rc, ari)
+	for i, host := range names {
+		if errs[i] = loadErrs[perHost*i]; errs[i] != nil {
+			continue
 		}
-	}
-	info.RenewAt = policy.RenewAt(rc).UTC()
-	info.RenewalDue = policy.Due(rc, now)
-	if st, err := a.loadStatus(ctx); err == nil && st != nil {
-		if hs, ok := st.Hosts[host]; ok && hs.NotAfter.Equal(leaf.NotAfter) {
-			info.LastRenewalError = hs.LastError
+		block, _ := pem.Decode(values[perHost*i])
+		if block == nil {
+			errs[i] = fmt.Errorf("no PEM certificate in storage for %s", host)
+			continue
 		}
+		leaf, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			errs[i] = fmt.Errorf("parsing stored certificate of %s: %w", host, err)
+			continue
+		}
+		info := admin.NewCertInfo(host, leaf, now)
+		rc := renew.Cert{Name: host, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Serial: leaf.SerialNumber}
+		if !a.DisableARI && loadErrs[perHost*i+1] == nil {
+			// the stored window only: listing certificates asks the CA nothing
+			if ari, _, err := parseARI(values[perHost*i+1]); err == nil {
+				rc = withARI(rc, ari)
+			}
+		}
+		info.RenewAt = policy.RenewAt(rc).UTC()
+		info.RenewalDue = policy.Due(rc, now)
+		if st != nil {
+			if hs, ok := st.Hosts[host]; ok && hs.NotAfter.Equal(leaf.NotAfter) {
+				info.LastRenewalError = hs.LastError
+			}
+		}
+		infos[i] = info
 	}
-	return info, nil
+	return infos, errs
 }
 
 // Delete removes host's certificate, key and metadata from storage and

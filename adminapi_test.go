@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"io/fs"
 	"net/http"
 	"slices"
 	"strconv"
@@ -132,6 +133,24 @@ func TestAdminAPI(t *testing.T) {
 	out = mustCall(t, "GET", base+"/acme/certificates/"+host, "", "", 200)
 	if !strings.Contains(out, `"serial_number":"`+want.SerialNumber+`"`) {
 		t.Fatalf("GET one %s", out)
+	}
+	// a page is read in one batch; each host gets its own answer
+	corrupt := certmagic.StorageKeys.SiteCert(app.issuer.IssuerKey(), "corrupt.example.com")
+	if err := app.storage.Store(t.Context(), corrupt, []byte("not PEM")); err != nil {
+		t.Fatal(err)
+	}
+	infos, errs := app.Certificates(t.Context(), []string{host, "missing.example.com", "corrupt.example.com", "ALLOWED.example.com."})
+	if errs[0] != nil || infos[0].SerialNumber != want.SerialNumber || errs[3] != nil || infos[3].SerialNumber != want.SerialNumber {
+		t.Fatalf("Certificates of the stored host: %+v %v / %+v %v", infos[0], errs[0], infos[3], errs[3])
+	}
+	if !errors.Is(errs[1], fs.ErrNotExist) {
+		t.Fatalf("Certificates of a missing host: %v, want fs.ErrNotExist", errs[1])
+	}
+	if errs[2] == nil || !strings.Contains(errs[2].Error(), "no PEM certificate in storage for corrupt.example.com") {
+		t.Fatalf("Certificates of a corrupt host: %v", errs[2])
+	}
+	if err := app.storage.Delete(t.Context(), corrupt); err != nil {
+		t.Fatal(err)
 	}
 
 	// POST for a name that has a certificate renews it

@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,6 +33,8 @@ type fakeManager struct {
 	certs     map[string]CertInfo
 	deleted   map[string]bool // host -> revoke
 	status    json.RawMessage
+	batches   []int    // sizes of the Certificates calls
+	hosts     []string // Hosts' answer if set, else the names of certs
 }
 
 func (f *fakeManager) TriggerScan() { f.mu.Lock(); f.scans++; f.mu.Unlock() }
@@ -46,6 +49,9 @@ func (f *fakeManager) Order(_ context.Context, host string) error {
 func (f *fakeManager) SanityCheck(context.Context, string) error { return f.sanityErr }
 
 func (f *fakeManager) Hosts(context.Context, bool) ([]string, error) {
+	if f.hosts != nil {
+		return f.hosts, nil
+	}
 	var hosts []string
 	for h := range f.certs {
 		hosts = append(hosts, h)
@@ -59,6 +65,17 @@ func (f *fakeManager) Certificate(_ context.Context, host string) (CertInfo, err
 		return CertInfo{}, fmt.Errorf("loading %s: %w", host, fs.ErrNotExist)
 	}
 	return c, nil
+}
+
+func (f *fakeManager) Certificates(ctx context.Context, hosts []string) ([]CertInfo, []error) {
+	f.mu.Lock()
+	f.batches = append(f.batches, len(hosts))
+	f.mu.Unlock()
+	infos, errs := make([]CertInfo, len(hosts)), make([]error, len(hosts))
+	for i, host := range hosts {
+		infos[i], errs[i] = f.Certificate(ctx, host)
+	}
+	return infos, errs
 }
 
 func (f *fakeManager) Delete(_ context.Context, host string, revoke bool) error {
@@ -284,6 +301,52 @@ func TestList(t *testing.T) {
 	rec := serve(t, a, httptest.NewRequest("GET", "/acme/certificates", nil))
 	if !strings.Contains(rec.Body.String(), `"data":[]`) {
 		t.Fatalf("empty list: %s", rec.Body)
+	}
+}
+
+// TestListBatches: a page's certificates are read in one Certificates call
+// of the page's size (at least listBatch with invalid_only, which skips
+// most), a host deleted since the listing is skipped and the page still
+// filled, and `next` is set only when hosts are left.
+func TestListBatches(t *testing.T) {
+	f := newFake()
+	a := &adminAPI{find: func() (Manager, error) { return f, nil }}
+	f.certs = map[string]CertInfo{}
+	for i := range 250 {
+		f.certs[fmt.Sprintf("h%03d.example.com", i)] = CertInfo{Valid: i != 200}
+	}
+	list := func(target string) certList {
+		t.Helper()
+		f.batches = nil
+		rec := serve(t, a, httptest.NewRequest("GET", target, nil))
+		if rec.Code != 200 {
+			t.Fatalf("%s: %d %s", target, rec.Code, rec.Body)
+		}
+		var l certList
+		if err := json.Unmarshal(rec.Body.Bytes(), &l); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+
+	l := list("/acme/certificates?limit=10")
+	if len(l.Data) != 10 || l.Next != "h009.example.com" || !slices.Equal(f.batches, []int{10}) {
+		t.Fatalf("limit 10: %d certificates, next %q, batches %v; want 10, h009, [10]", len(l.Data), l.Next, f.batches)
+	}
+	l = list("/acme/certificates?limit=10&after=h239.example.com")
+	if len(l.Data) != 10 || l.Next != "" || !slices.Equal(f.batches, []int{10}) {
+		t.Fatalf("last page: %d certificates, next %q, batches %v; want 10, none, [10]", len(l.Data), l.Next, f.batches)
+	}
+	l = list("/acme/certificates?invalid_only=true&limit=1")
+	if len(l.Data) != 1 || l.Data[0].Host != "h200.example.com" || l.Next != "h200.example.com" || !slices.Equal(f.batches, []int{100, 100, 50}) {
+		t.Fatalf("invalid_only: %+v, batches %v; want h200 (next h200), batches [100 100 50]", l, f.batches)
+	}
+
+	// listed, then deleted: the page reads one more batch to fill up
+	f.hosts = []string{"h000.example.com", "gone.example.com", "h001.example.com", "h002.example.com"}
+	l = list("/acme/certificates?limit=2")
+	if len(l.Data) != 2 || l.Data[1].Host != "h001.example.com" || l.Next != "h001.example.com" || !slices.Equal(f.batches, []int{2, 1}) {
+		t.Fatalf("with a deleted host: %+v, batches %v; want h000 h001, next h001, batches [2 1]", l, f.batches)
 	}
 }
 
