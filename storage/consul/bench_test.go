@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -182,4 +184,83 @@ func changed(value []byte, i int) []byte {
 	v := bytes.Clone(value)
 	copy(v, fmt.Sprintf("%016d", i))
 	return v
+}
+
+// BenchmarkLoadMany compares, on one agent in one run, the ways the acme
+// app's renewal scan can read 256 certificates: LoadMany (4 transactions
+// of 64 keys), 256 sequential Loads, and 256 Loads with 16 in flight (the
+// app's fallback for storages without LoadMany). ns/op is per batch of 256:
+//
+//	go test ./storage/consul/ -run '^$' -bench BenchmarkLoadMany -benchtime 20x
+//
+// Interleaved runs the three back to back in each iteration (in turn
+// first), so all see the same machine load, and reports each one's median
+// per batch.
+func BenchmarkLoadMany(b *testing.B) {
+	c := testenv.StartConsul(b, testenv.ConsulOptions{})
+	s := opener(Storage{Address: c.Addr})(b, "loadmany-"+backend.Token()[:8]).(*Storage)
+	ctx := b.Context()
+	value := bytes.Repeat([]byte("0123456789abcdef"), 256) // 4 KiB: about a PEM chain
+	keys := make([]string, 256)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("certificates/acme-v02.example-directory/site%03d.example/site%03d.example.crt", i, i)
+		if err := s.Store(ctx, keys[i], changed(value, i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	check := func(values [][]byte, errs []error) {
+		for i := range keys {
+			if errs[i] != nil || len(values[i]) != len(value) {
+				b.Fatalf("%s: %d bytes, %v", keys[i], len(values[i]), errs[i])
+			}
+		}
+	}
+	loadParallel := func(n int) ([][]byte, []error) {
+		values, errs := make([][]byte, len(keys)), make([]error, len(keys))
+		sem := make(chan struct{}, n)
+		var wg sync.WaitGroup
+		for i, key := range keys {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				values[i], errs[i] = s.Load(ctx, key)
+			})
+		}
+		wg.Wait()
+		return values, errs
+	}
+	ways := []struct {
+		name string
+		load func() ([][]byte, []error)
+	}{
+		{"LoadMany", func() ([][]byte, []error) { return s.LoadMany(ctx, keys) }},
+		{"Sequential", func() ([][]byte, []error) { return loadParallel(1) }},
+		{"Parallel16", func() ([][]byte, []error) { return loadParallel(16) }},
+	}
+	for _, w := range ways {
+		b.Run(w.name, func(b *testing.B) {
+			for b.Loop() {
+				check(w.load())
+			}
+			b.ReportMetric(float64(b.N*len(keys))/b.Elapsed().Seconds(), "keys/s")
+		})
+	}
+	b.Run("Interleaved", func(b *testing.B) {
+		times := make([][]time.Duration, len(ways))
+		turn := 0
+		for b.Loop() {
+			for j := range ways {
+				w := (turn + j) % len(ways)
+				start := time.Now()
+				check(ways[w].load())
+				times[w] = append(times[w], time.Since(start))
+			}
+			turn++
+		}
+		for w, ts := range times {
+			slices.Sort(ts)
+			b.ReportMetric(float64(ts[len(ts)/2].Nanoseconds()), strings.ToLower(ways[w].name)+"-p50-ns")
+		}
+		b.ReportMetric(float64(times[2][len(times[2])/2])/float64(times[0][len(times[0])/2]), "parallel16/loadmany")
+	})
 }

@@ -189,20 +189,7 @@ func (s *Storage) Load(ctx context.Context, key string) ([]byte, error) {
 	if pair == nil {
 		return nil, notExist("loading", k)
 	}
-	data := pair.Value
-	if pair.Flags&flagChunked != 0 {
-		if data, err = s.loadChunks(ctx, k, pair); err != nil {
-			return nil, err
-		}
-	}
-	value, err := s.rt.Sealer.Open(k, data)
-	if err != nil {
-		return nil, err
-	}
-	if value == nil {
-		value = []byte{}
-	}
-	return value, nil
+	return s.openPair(ctx, k, pair)
 }
 
 // loadChunks reads the chunks a manifest names. If they are gone, the
