@@ -260,18 +260,7 @@ func TestHandlers(t *testing.T) {
 func TestList(t *testing.T) {
 	f := newFake()
 	a := &adminAPI{find: func() (Manager, error) { return f, nil }}
-	list := func(target string) certList {
-		t.Helper()
-		rec := serve(t, a, httptest.NewRequest("GET", target, nil))
-		if rec.Code != 200 {
-			t.Fatalf("%s: %d %s", target, rec.Code, rec.Body)
-		}
-		var l certList
-		if err := json.Unmarshal(rec.Body.Bytes(), &l); err != nil {
-			t.Fatal(err)
-		}
-		return l
-	}
+	list := func(target string) certList { return getList(t, a, target) }
 	hosts := func(l certList) string {
 		var h []string
 		for _, c := range l.Data {
@@ -318,15 +307,7 @@ func TestListBatches(t *testing.T) {
 	list := func(target string) certList {
 		t.Helper()
 		f.batches = nil
-		rec := serve(t, a, httptest.NewRequest("GET", target, nil))
-		if rec.Code != 200 {
-			t.Fatalf("%s: %d %s", target, rec.Code, rec.Body)
-		}
-		var l certList
-		if err := json.Unmarshal(rec.Body.Bytes(), &l); err != nil {
-			t.Fatal(err)
-		}
-		return l
+		return getList(t, a, target)
 	}
 
 	l := list("/acme/certificates?limit=10")
@@ -348,6 +329,20 @@ func TestListBatches(t *testing.T) {
 	if len(l.Data) != 2 || l.Data[1].Host != "h001.example.com" || l.Next != "h001.example.com" || !slices.Equal(f.batches, []int{2, 1}) {
 		t.Fatalf("with a deleted host: %+v, batches %v; want h000 h001, next h001, batches [2 1]", l, f.batches)
 	}
+}
+
+// getList is GET target, a list that must answer 200.
+func getList(t *testing.T, a *adminAPI, target string) certList {
+	t.Helper()
+	rec := serve(t, a, httptest.NewRequest("GET", target, nil))
+	if rec.Code != 200 {
+		t.Fatalf("%s: %d %s", target, rec.Code, rec.Body)
+	}
+	var l certList
+	if err := json.Unmarshal(rec.Body.Bytes(), &l); err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
 
 func TestNotConfigured(t *testing.T) {

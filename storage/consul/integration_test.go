@@ -102,19 +102,9 @@ func TestACL(t *testing.T) {
 
 	// A token limited to what the type's doc comment says is needed.
 	admin := rawClient(t, c, root)
-	policy, _, err := admin.ACL().PolicyCreate(&api.ACLPolicy{
-		Name:  "caddy-acme",
-		Rules: `key_prefix "acl-test" { policy = "write" } session_prefix "" { policy = "write" }`,
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	limited, _, err := admin.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := newStorage(t, Storage{Address: c.Addr, Token: limited.SecretID, KeyPrefix: "acl-test"})
-	b := newStorage(t, Storage{Address: c.Addr, Token: limited.SecretID, KeyPrefix: "acl-test"})
+	limited := policyToken(t, admin, "caddy-acme", `key_prefix "acl-test" { policy = "write" } session_prefix "" { policy = "write" }`)
+	a := newStorage(t, Storage{Address: c.Addr, Token: limited, KeyPrefix: "acl-test"})
+	b := newStorage(t, Storage{Address: c.Addr, Token: limited, KeyPrefix: "acl-test"})
 	if got, err := a.Load(ctx, "a/b"); err != nil || string(got) != "v" {
 		t.Fatalf("Load with the documented policy = %q, %v", got, err)
 	}
@@ -140,7 +130,7 @@ func TestACL(t *testing.T) {
 	}{
 		{"wrong token", "00000000-0000-0000-0000-000000000000", "acl-test"},
 		{"no token", "", "acl-test"},
-		{"token for another prefix", limited.SecretID, "elsewhere"},
+		{"token for another prefix", limited, "elsewhere"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newStorage(t, Storage{Address: c.Addr, Token: tt.token, KeyPrefix: tt.prefix})
@@ -587,4 +577,19 @@ func TestCaddyJSON(t *testing.T) {
 	if got := mod.(*Storage).ttl; got != 20*time.Second {
 		t.Fatalf("session TTL %s, want 20s (half of lock_lease)", got)
 	}
+}
+
+// policyToken creates an ACL policy with rules and returns the secret of
+// a token that has only it.
+func policyToken(t *testing.T, admin *api.Client, name, rules string) string {
+	t.Helper()
+	policy, _, err := admin.ACL().PolicyCreate(&api.ACLPolicy{Name: name, Rules: rules}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, _, err := admin.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return token.SecretID
 }

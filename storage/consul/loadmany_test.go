@@ -267,18 +267,8 @@ func TestLoadManyACL(t *testing.T) {
 		}
 	}
 	admin := rawClient(t, c, root)
-	policy, _, err := admin.ACL().PolicyCreate(&api.ACLPolicy{
-		Name:  "lm",
-		Rules: `key_prefix "lm" { policy = "write" } key_prefix "lm/hidden" { policy = "deny" }`,
-	}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	limited, _, err := admin.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{ID: policy.ID}}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := newStorage(t, Storage{Address: c.Addr, Token: limited.SecretID, KeyPrefix: "lm"})
+	limited := policyToken(t, admin, "lm", `key_prefix "lm" { policy = "write" } key_prefix "lm/hidden" { policy = "deny" }`)
+	s := newStorage(t, Storage{Address: c.Addr, Token: limited, KeyPrefix: "lm"})
 	keys := []string{"a", "hidden/x", "missing", "hidden/missing", "b"}
 	rc := countRequests(t, s)
 	values, errs := s.LoadMany(ctx, keys)
