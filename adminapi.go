@@ -183,9 +183,10 @@ func (a *App) Certificates(ctx context.Context, hosts []string) ([]admin.CertInf
 	keys := make([]string, 0, perHost*len(hosts))
 	for i, host := range hosts {
 		names[i] = normalizeHost(host)
-		keys = append(keys, certmagic.StorageKeys.SiteCert(issuerKey, names[i]))
+		cert, meta := siteKeys(issuerKey, names[i])
+		keys = append(keys, cert)
 		if !a.DisableARI {
-			keys = append(keys, certmagic.StorageKeys.SiteMeta(issuerKey, names[i]))
+			keys = append(keys, meta)
 		}
 	}
 	values, loadErrs := loadMany(ctx, a.storage, keys)
@@ -215,7 +216,7 @@ func (a *App) Certificates(ctx context.Context, hosts []string) ([]admin.CertInf
 		rc := renew.Cert{Name: host, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Serial: leaf.SerialNumber}
 		if !a.DisableARI && loadErrs[perHost*i+1] == nil {
 			// the stored window only: listing certificates asks the CA nothing
-			if ari, _, err := parseARI(values[perHost*i+1]); err == nil {
+			if ari, err := decodeARI(values[perHost*i+1]); err == nil {
 				rc = withARI(rc, ari)
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"path"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,7 +61,8 @@ func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []
 	issuerKey := s.a.issuer.IssuerKey()
 	keys := make([]string, 0, 2*len(names))
 	for _, name := range names {
-		keys = append(keys, certmagic.StorageKeys.SiteCert(issuerKey, name), certmagic.StorageKeys.SiteMeta(issuerKey, name))
+		cert, meta := siteKeys(issuerKey, name)
+		keys = append(keys, cert, meta)
 	}
 	values, loadErrs := loadMany(ctx, s.a.storage, keys)
 
@@ -82,10 +84,9 @@ func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []
 			continue
 		}
 		var ari acme.RenewalInfo
-		var meta map[string]json.RawMessage
 		err := loadErrs[2*i+1]
 		if err == nil {
-			ari, meta, err = parseARI(values[2*i+1])
+			ari, err = decodeARI(values[2*i+1])
 		}
 		if err != nil {
 			logger.Debug("no usable stored ARI", zap.String("identifier", name), zap.Error(err))
@@ -93,6 +94,10 @@ func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []
 		if ari.HasWindow() && !ari.NeedsRefresh() {
 			certs[i] = withARI(certs[i], ari)
 			continue
+		}
+		var meta map[string]json.RawMessage // to store the fresh ARI into
+		if loadErrs[2*i+1] == nil {
+			_, meta, _ = parseARI(values[2*i+1])
 		}
 		sem <- struct{}{}
 		wg.Go(func() {
@@ -155,6 +160,42 @@ func (s renewStore) storedARI(ctx context.Context, name string) (acme.RenewalInf
 		return acme.RenewalInfo{}, nil, err
 	}
 	return parseARI(data)
+}
+
+// siteKeys returns the storage keys of name's certificate and metadata,
+// as certmagic.StorageKeys.SiteCert and SiteMeta, building one from the
+// other (certmagic's keys cost a strings.Replacer and a regexp each).
+func siteKeys(issuerKey, name string) (cert, meta string) {
+	cert = certmagic.StorageKeys.SiteCert(issuerKey, name)
+	return cert, strings.TrimSuffix(cert, ".crt") + ".json"
+}
+
+// decodeARI reads the ARI in certificate metadata as parseARI does, in one
+// pass and without keeping the metadata: what the scan needs of every
+// certificate (parseARI is for the few whose ARI it stores back).
+func decodeARI(data []byte) (acme.RenewalInfo, error) {
+	var meta struct {
+		IssuerData json.RawMessage `json:"issuer_data"`
+	}
+	if err := json.Unmarshal(data, &meta); err != nil {
+		return acme.RenewalInfo{}, err
+	}
+	if len(meta.IssuerData) == 0 || string(meta.IssuerData) == "null" {
+		return acme.RenewalInfo{}, nil
+	}
+	var issuerData struct {
+		RenewalInfo json.RawMessage `json:"renewal_info"`
+	}
+	if err := json.Unmarshal(meta.IssuerData, &issuerData); err != nil {
+		return acme.RenewalInfo{}, fmt.Errorf("issuer_data: %w", err)
+	}
+	var ari acme.RenewalInfo
+	if len(issuerData.RenewalInfo) > 0 {
+		if err := json.Unmarshal(issuerData.RenewalInfo, &ari); err != nil {
+			return acme.RenewalInfo{}, fmt.Errorf("renewal_info: %w", err)
+		}
+	}
+	return ari, nil
 }
 
 // parseARI reads the ARI in certificate metadata as certmagic stores it
