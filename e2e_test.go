@@ -680,6 +680,62 @@ func TestBackoffOnlyWhenTheCARefuses(t *testing.T) {
 	}
 }
 
+// TestOrderingElsewhereSkipsTheQueue: a name whose issue lock another
+// node holds (it is ordering the name) takes no turn in this node's queue:
+// the job waits for the lock instead. Probing the lock gives it back.
+func TestOrderingElsewhereSkipsTheQueue(t *testing.T) {
+	defer func(n int, w time.Duration) {
+		certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow = n, w
+	}(certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow)
+	certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow = 1, time.Hour
+
+	red := testenv.StartRedis(t, testenv.RedisOptions{})
+	r := newRig(t, testenv.PebbleOptions{})
+	app := r.load(r.config(r.acme(map[string]any{
+		"domains":       []string{"*.elsewhere.example.com"},
+		"storage":       redisStorage(red, "elsewhere"),
+		"account_email": "elsewhere-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "@example.com",
+	}), nil))
+	ctx := t.Context()
+	const name = "x.elsewhere.example.com"
+	tl := app.storage.(certmagic.TryLocker)
+
+	if app.orderingElsewhere(name) {
+		t.Fatal("a free issue lock reported held")
+	}
+	if ok, err := tl.TryLock(ctx, issueLockKey(name)); !ok || err != nil {
+		t.Fatalf("the probe kept the issue lock: TryLock = %v, %v", ok, err)
+	}
+	// held now, as by another node ordering the name
+	if !app.orderingElsewhere(name) {
+		t.Fatal("a held issue lock reported free")
+	}
+
+	// the queue's only turn of the hour goes to another name
+	r.mustHandshake("first.elsewhere.example.com")
+	go func() { _, _ = app.certificate(ctx, &tls.ClientHelloInfo{ServerName: name}) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		app.jobs.mu.Lock()
+		_, running := app.jobs.running[name]
+		app.jobs.mu.Unlock()
+		if running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no job started for the name")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // the job probes the lock, then would queue
+	if n := app.orderQueue.waiting.Load(); n != 0 {
+		t.Fatalf("%d orders waiting in the queue, want 0: the name is being ordered elsewhere", n)
+	}
+	if err := app.storage.Unlock(ctx, issueLockKey(name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestBurstQueuedBeyondIssueTimeout: more new names at once than the
 // account may order within issue_timeout (certmagic's limiter, here 1
 // order per 6 s, issue_timeout 5 s). Every name is ordered exactly once and

@@ -129,8 +129,10 @@ func (a *App) loadOrObtain(name string) (certmagic.Certificate, error) {
 		return cert, fmt.Errorf("loading certificate for %s from storage: %w", name, err)
 	}
 
-	if err := a.orderQueue.wait(a.ctx); err != nil {
-		return cert, fmt.Errorf("obtaining certificate for %s: stopped while waiting for its turn: %w", name, err)
+	if !a.orderingElsewhere(name) {
+		if err := a.orderQueue.wait(a.ctx); err != nil {
+			return cert, fmt.Errorf("obtaining certificate for %s: stopped while waiting for its turn: %w", name, err)
+		}
 	}
 	ctx, cancel = context.WithTimeout(a.ctx, a.issueTimeout())
 	defer cancel()
@@ -146,6 +148,36 @@ func (a *App) loadOrObtain(name string) (certmagic.Certificate, error) {
 	}
 	return a.magic.CacheManagedCertificate(ctx, name)
 }
+
+// orderingElsewhere reports whether another node (or job) holds certmagic's
+// issue lock of name, i.e. is ordering it: then this node does not take a
+// turn in its queue, but waits for that lock and finds the certificate in
+// storage. So a cluster whose nodes all see the handshakes of a burst
+// still orders as many names at once as it has nodes. It takes the lock
+// and gives it back at once to find out (storages without TryLock: false).
+func (a *App) orderingElsewhere(name string) bool {
+	tl, ok := a.storage.(certmagic.TryLocker)
+	if !ok {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+	defer cancel()
+	key := issueLockKey(name)
+	got, err := tl.TryLock(ctx, key)
+	if err != nil {
+		return false // the order will meet the error
+	}
+	if got {
+		if err := a.storage.Unlock(ctx, key); err != nil {
+			a.logger.Warn("releasing the issue lock taken to test it", zap.String("identifier", name), zap.Error(err))
+		}
+	}
+	return !got
+}
+
+// issueLockKey is the name of the storage lock that certmagic holds while it
+// orders name's certificate (certmagic's Config.lockKey of "issue_cert").
+func issueLockKey(name string) string { return "issue_cert_" + name }
 
 // orderQueue paces the app's new orders at certmagic's own limit for one
 // account at one CA (RateLimitEvents per RateLimitEventsWindow: 10 per
