@@ -30,6 +30,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -811,6 +812,7 @@ func appOrders(b *testing.B, srv *perfServer, pebble *testenv.Pebble, backend st
 	var gaveUp atomic.Bool
 	done := make(chan struct{})
 	go watchdog(&served, len(names), stuck, func() { gaveUp.Store(true); cancel() }, done)
+	cpu := startCPUMeter(b, pebble)
 	start := time.Now()
 	var wg sync.WaitGroup
 	for i, name := range names {
@@ -840,6 +842,7 @@ func appOrders(b *testing.B, srv *perfServer, pebble *testenv.Pebble, backend st
 		return r, true
 	}
 	r.wall = time.Since(start)
+	r.selfCPU, r.pebbleCPU = cpu()
 	r.failedFirst, r.notServed = int(failedFirst.Load()), int(notServed.Load())
 
 	lc, ls := histogram(lock)
@@ -865,6 +868,8 @@ type issuanceRun struct {
 	notServed   int             // names never served
 	deadlocks   int             // attempts abandoned before this one
 	locks       *lockStats      // nil for the bare client
+	selfCPU     time.Duration   // CPU time of this process during the run
+	pebbleCPU   time.Duration   // CPU time of Pebble and its DNS server
 }
 
 // lockStats are the app's lock and order figures of one issuance run.
@@ -885,9 +890,16 @@ func reportIssuance(b *testing.B, r issuanceRun) {
 	b.ReportMetric(pct(r.lat, 50).Seconds(), "to-cert-p50-s")
 	b.ReportMetric(pct(r.lat, 100).Seconds(), "to-cert-max-s")
 	b.ReportMetric(float64(r.deadlocks), "pebble-deadlocks")
+	cores := float64(runtime.NumCPU())
+	b.ReportMetric(r.selfCPU.Seconds()/float64(r.n)*1000, "client-cpu-ms/name")
+	b.ReportMetric(r.pebbleCPU.Seconds()/float64(r.n)*1000, "pebble-cpu-ms/name")
+	b.ReportMetric((r.selfCPU+r.pebbleCPU).Seconds()/(cores*r.wall.Seconds()), "cpu-busy")
 	line := fmt.Sprintf("%s: %d names at once, done after %s = %.3f s/name (%.1f names/s); not served %d; time to certificate p50 %s, max %s",
 		r.who, r.n, r.wall.Round(time.Millisecond), r.wall.Seconds()/float64(r.n), float64(r.n)/r.wall.Seconds(), r.notServed,
 		pct(r.lat, 50).Round(time.Millisecond), pct(r.lat, 100).Round(time.Millisecond))
+	line += fmt.Sprintf("; CPU time: this process %s (%.1f ms a name), Pebble %s (%.1f ms a name): %.0f%% of %.0f cores over the run",
+		r.selfCPU.Round(time.Millisecond), r.selfCPU.Seconds()/float64(r.n)*1000, r.pebbleCPU.Round(time.Millisecond), r.pebbleCPU.Seconds()/float64(r.n)*1000,
+		100*(r.selfCPU+r.pebbleCPU).Seconds()/(cores*r.wall.Seconds()), cores)
 	if l := r.locks; l != nil {
 		b.ReportMetric(float64(r.failedFirst), "failed-first")
 		b.ReportMetric(l.wait.Seconds(), "lock-wait-s")
@@ -951,6 +963,7 @@ func bareOrders(b *testing.B, pebble *testenv.Pebble, port int, names []string, 
 	var gaveUp atomic.Bool
 	done := make(chan struct{})
 	go watchdog(&served, len(names), stuck, func() { gaveUp.Store(true); cancel() }, done)
+	cpu := startCPUMeter(b, pebble)
 	start := time.Now()
 	var wg sync.WaitGroup
 	for i, name := range names {
@@ -975,7 +988,30 @@ func bareOrders(b *testing.B, pebble *testenv.Pebble, port int, names []string, 
 		return r, true
 	}
 	r.wall, r.notServed = time.Since(start), int(failed.Load())
+	r.selfCPU, r.pebbleCPU = cpu()
 	return r, false
+}
+
+// startCPUMeter starts measuring the CPU time of this process (Caddy, the
+// clients, the order-counting proxy of testenv) and of Pebble with its DNS
+// server; the function it returns gives each one's use since.
+func startCPUMeter(b *testing.B, pebble *testenv.Pebble) func() (self, pebbleCPU time.Duration) {
+	self := func() time.Duration {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			b.Fatal(err)
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	peb := func() time.Duration {
+		d, err := pebble.CPUTime()
+		if err != nil {
+			b.Fatal(err)
+		}
+		return d
+	}
+	self0, peb0 := self(), peb()
+	return func() (time.Duration, time.Duration) { return self() - self0, peb() - peb0 }
 }
 
 // http01Solver answers HTTP-01 challenges from tokens (path → key

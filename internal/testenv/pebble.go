@@ -124,6 +124,7 @@ type Pebble struct {
 	client        *http.Client
 	pebbleLog     *logBuffer
 	challLog      *logBuffer
+	procs         []*process // pebble-challtestsrv and Pebble, once started
 	newOrderPath  string
 	pebbleDirURL  string // Pebble's own directory URL, behind the proxy
 	listenerTLS   tls.Certificate
@@ -358,7 +359,23 @@ func (p *Pebble) startProcesses(t testing.TB, dir, pebbleBin, challBin string, o
 	// Cleanups run last-in first-out: Pebble stops before its DNS server.
 	t.Cleanup(chall.stop)
 	t.Cleanup(peb.stop)
+	p.procs = []*process{chall, peb}
 	return nil
+}
+
+// CPUTime is the CPU time (user and system) that Pebble and its DNS
+// server have used so far, for benchmarks that compare it with the
+// client's. The ACME proxy that counts orders runs in the test process.
+func (p *Pebble) CPUTime() (time.Duration, error) {
+	var sum time.Duration
+	for _, proc := range p.procs {
+		d, err := proc.cpuTime()
+		if err != nil {
+			return 0, err
+		}
+		sum += d
+	}
+	return sum, nil
 }
 
 // processFailure describes a child process that failed to come up, with the

@@ -231,6 +231,34 @@ func startProcess(name, bin string, args, env []string, out *logBuffer) (*proces
 	return p, nil
 }
 
+// cpuTime is the user and system CPU time the running process has used,
+// from /proc/<pid>/stat (Linux; clock ticks of 1/100 s, as on every Linux
+// this runs on).
+func (p *process) cpuTime() (time.Duration, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, fmt.Errorf("%s CPU time: %w", p.name, err)
+	}
+	// the fields after the command name, which is in parentheses
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("%s CPU time: unexpected /proc stat %q", p.name, data)
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("%s CPU time: unexpected /proc stat %q", p.name, data)
+	}
+	var ticks int64
+	for _, f := range fields[11:13] { // utime, stime: fields 14 and 15 of stat
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s CPU time: %w", p.name, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * (time.Second / 100), nil
+}
+
 // exited reports whether the process has already terminated, with its exit
 // error.
 func (p *process) exited() (bool, error) {
