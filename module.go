@@ -271,6 +271,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("registering metrics: %w", err)
 		}
 	}
+	// here, not in Start: the http app may serve handshakes before this
+	// app starts (Caddy starts apps in no set order); Cleanup stops it
+	a.orderQueue = newOrderQueue()
 	return nil
 }
 
@@ -280,7 +283,6 @@ func (a *App) Start() error {
 	if !a.AllowAnyDomain && a.matcher.Len() == 0 {
 		a.logger.Warn("no certificate will be obtained: domains is empty and allow_any_domain is false")
 	}
-	a.orderQueue = newOrderQueue()
 	a.startRenewal()
 	a.startCacheSync()
 	return nil
