@@ -220,8 +220,8 @@ func list(prefix, d string, rows []string, recursive bool) []string {
 }
 
 // FuzzValues checks the value column: every value encodes to text a TEXT
-// column holds (UTF-8 without NUL), decodes back, and has the length Stat
-// computes from the text; text is kept as it is; and any text read from
+// column holds (UTF-8 without NUL), decodes back, and has the length and
+// the first bytes Stat computes from the text; text is kept as it is; and any text read from
 // the table (Kong's rows, damaged ones) decodes to bytes or an error,
 // never a panic.
 func FuzzValues(f *testing.F) {
@@ -244,6 +244,11 @@ func FuzzValues(f *testing.F) {
 		}
 		if n := decodedLen(int64(len(enc)), encoded); n != int64(len(value)) {
 			t.Fatalf("value of %d bytes: Stat computes %d from %q", len(value), n, enc)
+		}
+		// Stat reads the first 33 characters (of an encoded value: ASCII)
+		head := decodedHead(enc[:min(33, len(enc))])
+		if !bytes.HasPrefix(value, head) || len(head) < min(20, len(value)) {
+			t.Fatalf("value %q: Stat's head %q is not its first 20 bytes or more", value, head)
 		}
 
 		got, err := decodeValue(bytes.Clone(text))

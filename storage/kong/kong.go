@@ -4,6 +4,7 @@
 package kong
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -222,15 +223,14 @@ type Storage struct {
 	// Encryption at rest and lock timing, shared by caddy-acme's storages.
 	backend.Options
 
-	logger   *zap.Logger
-	rt       backend.Runtime
-	prefix   string // key_prefix, ending in "/"
-	overhead int64  // bytes the sealer adds to a value
-	poolKey  string // "" once released
-	client   *client
-	desc     string // redacted connection summary
-	held     backend.Held
-	poll     time.Duration // how often a waiting Lock retries; 0: min(lock_lease/4, 1s)
+	logger  *zap.Logger
+	rt      backend.Runtime
+	prefix  string // key_prefix, ending in "/"
+	poolKey string // "" once released
+	client  *client
+	desc    string // redacted connection summary
+	held    backend.Held
+	poll    time.Duration // how often a waiting Lock retries; 0: min(lock_lease/4, 1s)
 }
 
 // CaddyModule returns the Caddy module information.
@@ -251,9 +251,6 @@ func (s *Storage) Provision(ctx caddy.Context) error {
 		return err
 	}
 	s.rt = rt
-	if s.rt.Sealer != nil {
-		s.overhead = int64(len(s.rt.Sealer.Seal("", nil)))
-	}
 
 	prefix := s.KeyPrefix
 	if prefix != "" {
@@ -445,9 +442,9 @@ func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, erro
 	}
 	row := s.prefix + k
 	var size *int64
-	var encoded *bool
+	var head []byte
 	var modified *time.Time
-	switch err := pool.QueryRow(ctx, sqlStat, row, row+"/", row+"0").Scan(&size, &encoded, &modified); {
+	switch err := pool.QueryRow(ctx, sqlStat, row, row+"/", row+"0").Scan(&size, &head, &modified); {
 	case errors.Is(err, pgx.ErrNoRows):
 		return certmagic.KeyInfo{}, fmt.Errorf("stat %s: %w", k, fs.ErrNotExist)
 	case err != nil:
@@ -457,10 +454,7 @@ func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, erro
 		return certmagic.KeyInfo{Key: k, IsTerminal: false}, nil
 	}
 	info := certmagic.KeyInfo{Key: k, IsTerminal: true}
-	info.Size = decodedLen(*size, encoded != nil && *encoded)
-	if s.rt.Sealer != nil && encoded != nil && *encoded {
-		info.Size = max(info.Size-s.overhead, 0)
-	}
+	info.Size = s.rt.Sealer.OpenedLen(decodedLen(*size, bytes.HasPrefix(head, []byte(marker))), decodedHead(head))
 	if modified != nil {
 		info.Modified = *modified
 	}

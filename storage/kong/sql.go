@@ -49,9 +49,10 @@ const (
 	sqlStore = `INSERT INTO acme_storage (id, key, value, created_at) VALUES ($1, $2, $3, now())
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, created_at = excluded.created_at, ttl = NULL`
 
-	// sqlStat returns the file's size, whether its value is encoded, and
-	// its time, else one row of NULLs when it is a directory, else nothing.
-	sqlStat = `(SELECT octet_length(value), substr(value, 1, 5) = ` + markerSQL + `, created_at FROM acme_storage WHERE key = $1 AND ` + live + `)
+	// sqlStat returns the file's size, the start of its value (statHead
+	// characters: the marker and 28 base64 characters, 21 bytes) and its
+	// time, else one row of NULLs when it is a directory, else nothing.
+	sqlStat = `(SELECT octet_length(value), substr(value, 1, 33), created_at FROM acme_storage WHERE key = $1 AND ` + live + `)
 UNION ALL
 (SELECT NULL, NULL, NULL WHERE ` + sqlFirstBelow + ` IS NOT NULL)
 LIMIT 1`
@@ -166,6 +167,24 @@ func decodeValue(text []byte) ([]byte, error) {
 		return nil, errors.New("corrupt value: it has the base64 marker but is not base64")
 	}
 	return out[:n], nil
+}
+
+// decodedHead decodes the start of a column text, as much of it as
+// decodes (text from sqlStat: 21 bytes of an encoded value).
+func decodedHead(text []byte) []byte {
+	if !bytes.HasPrefix(text, []byte(marker)) {
+		return text
+	}
+	enc := text[len(marker):]
+	if out, err := base64.RawStdEncoding.AppendDecode(nil, enc); err == nil {
+		return out // all of a short value
+	}
+	// cut by sqlStat (28 characters): its whole groups of 4
+	out, err := base64.RawStdEncoding.AppendDecode(nil, enc[:len(enc)/4*4])
+	if err != nil {
+		return nil
+	}
+	return out
 }
 
 // decodedLen is the length of the value a column text of n bytes decodes

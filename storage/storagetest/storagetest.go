@@ -303,7 +303,10 @@ func testValues(t *testing.T, s certmagic.Storage) {
 		"invalid-utf8": []byte("\xff\xfe\xc3\x28 not utf-8 \x00"),
 		"pem":          []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"),
 		"json":         []byte(`{"value":"x","note":"y"}`),
-		"1MiB":         big,
+		// the markers of backend.Sealer, which escapes such values
+		"sealed-marker": []byte("caddy-acme:aes256gcm:v1:not sealed"),
+		"plain-marker":  []byte("caddy-acme:plain:v1:not escaped"),
+		"1MiB":          big,
 	} {
 		key := "values/" + name
 		store(t, s, key, v)

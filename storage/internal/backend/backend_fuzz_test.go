@@ -115,7 +115,8 @@ func jsonRoundTrips(s string) bool {
 
 // FuzzSealer checks the value envelope: every value round-trips through
 // Seal and Open, with and without an encryption key (also values that look
-// like sealed ones); a sealed value opens only under the key it was sealed
+// like sealed ones), and OpenedLen gives its length from the stored length
+// and first 20 bytes; a sealed value opens only under the key it was sealed
 // for and never contains the plain value; and any bytes read from a backend
 // (tampered, truncated, foreign) give a value or an error, never a panic,
 // and never open under the encryption key unless they were sealed with it.
@@ -131,13 +132,20 @@ func FuzzSealer(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, key, other string, value, garbage []byte, flip uint16) {
 		var none *Sealer
-		if got, err := none.Open(key, none.Seal(key, value)); err != nil || !bytes.Equal(got, value) {
+		stored := none.Seal(key, value)
+		if got, err := none.Open(key, stored); err != nil || !bytes.Equal(got, value) {
 			t.Fatalf("without a key, %q read back as %q, %v", value, got, err)
+		}
+		if n := none.OpenedLen(int64(len(stored)), stored[:min(20, len(stored))]); n != int64(len(value)) {
+			t.Fatalf("without a key, OpenedLen of %q (stored %q) = %d", value, stored, n)
 		}
 
 		sealed := s.Seal(key, value)
 		if got, err := s.Open(key, sealed); err != nil || !bytes.Equal(got, value) {
 			t.Fatalf("with a key, %q read back as %q, %v", value, got, err)
+		}
+		if n := s.OpenedLen(int64(len(sealed)), sealed[:20]); n != int64(len(value)) {
+			t.Fatalf("with a key, OpenedLen of %d bytes sealed = %d", len(value), n)
 		}
 		if len(value) >= 16 && bytes.Contains(sealed[len(sealMagic):], value) {
 			t.Fatalf("sealed value contains the plain value %q", value)

@@ -85,6 +85,19 @@ func (s *Sealer) Seal(key string, value []byte) []byte {
 	return s.aead.Seal(out, nonce, value, []byte(key))
 }
 
+// OpenedLen is the length of the value Open returns for a stored value of
+// n bytes that starts with head (at least its first 20 bytes, or all of it
+// if shorter): for a Stat that does not read the whole value.
+func (s *Sealer) OpenedLen(n int64, head []byte) int64 {
+	if s == nil {
+		if bytes.HasPrefix(head, plainMagic) {
+			return n - int64(len(plainMagic))
+		}
+		return n
+	}
+	return max(n-int64(len(sealMagic)+s.aead.NonceSize()+s.aead.Overhead()), 0)
+}
+
 // Open returns the plain value of data stored under key. Without a key
 // (a nil Sealer), a sealed value is an error rather than bytes returned as
 // if they were the value.
