@@ -49,9 +49,10 @@ const (
 	sqlStore = `INSERT INTO acme_storage (id, key, value, created_at) VALUES ($1, $2, $3, now())
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, created_at = excluded.created_at, ttl = NULL`
 
-	// sqlStat returns the file's size, the start of its value (statHead
-	// characters: the marker and 28 base64 characters, 21 bytes) and its
-	// time, else one row of NULLs when it is a directory, else nothing.
+	// sqlStat returns the file's size, the first 33 characters of its value
+	// (of an encoded one: the marker and 28 base64 characters, 21 bytes;
+	// decodedHead) and its time, else one row of NULLs when it is a
+	// directory, else nothing.
 	sqlStat = `(SELECT octet_length(value), substr(value, 1, 33), created_at FROM acme_storage WHERE key = $1 AND ` + live + `)
 UNION ALL
 (SELECT NULL, NULL, NULL WHERE ` + sqlFirstBelow + ` IS NOT NULL)
