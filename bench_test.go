@@ -10,6 +10,8 @@ import (
 	"math/big"
 	"testing"
 	"time"
+
+	"github.com/acmekit/caddy-acme/internal/appconfig"
 )
 
 // BenchmarkCertificateCached measures the handshake path of the manager for
@@ -67,7 +69,7 @@ func benchApp(b *testing.B, n int, name string) *App {
 		domains = append(domains, fmt.Sprintf("host%d.example.org", i))
 	}
 	domains = append(domains, "*.tenant.example.com")
-	app := provisionByHand(b, &App{Domains: domains})
+	app := provisionByHand(b, &App{Config: appconfig.Config{Domains: domains}})
 
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -1,14 +1,14 @@
 package caddyacme
 
 import (
+	"fmt"
+	"math"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-
-	"github.com/acmekit/caddy-acme/internal/allowlist"
 )
 
 func init() {
@@ -21,8 +21,18 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 		return nil, d.Err("the acme global option may appear only once")
 	}
 	app := new(App)
+	var line int
+	if d.Next() {
+		line = d.Line()
+		d.Prev()
+	}
 	if err := app.UnmarshalCaddyfile(d); err != nil {
 		return nil, err
+	}
+	// the checks Provision makes, so that `caddy adapt` reports a bad
+	// value too, with the same message as a JSON config
+	if err := app.CheckFields(); err != nil {
+		return nil, fmt.Errorf("%s:%d: acme: %w", d.File(), line, err)
 	}
 	return httpcaddyfile.App{
 		Name:  "acme",
@@ -31,7 +41,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 }
 
 // UnmarshalCaddyfile sets up the app from Caddyfile tokens. Keywords are the
-// JSON field names. Syntax:
+// JSON field names. It only parses: the values are checked when the config
+// is loaded (Provision), so that a Caddyfile, JSON and the kong adapter get
+// the same message for the same value. Syntax:
 //
 //	acme {
 //		account_email <email>
@@ -102,30 +114,21 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			err = oneString(d, &a.EABHMACKey)
 		case "cert_type":
-			if err = oneString(d, &a.CertType); err == nil {
-				err = checkCertType(a.CertType)
-			}
+			err = oneString(d, &a.CertType)
 		case "rsa_key_size":
-			if err = oneInt(d, &a.RSAKeySize); err == nil {
-				err = checkRSAKeySize(a.RSAKeySize)
-			}
+			err = oneInt(d, &a.RSAKeySize)
 		case "renew_threshold_days":
-			a.RenewThresholdDays, err = oneNonNegative(d)
+			a.RenewThresholdDays, err = oneNumber(d)
 		case "domains":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			for _, name := range args {
-				if err := allowlist.Validate(name); err != nil {
-					return d.WrapErr(err)
-				}
-			}
 			a.Domains = append(a.Domains, args...)
 		case "allow_any_domain":
 			err = flag(d, &a.AllowAnyDomain)
 		case "fail_backoff_minutes":
-			a.FailBackoffMinutes, err = oneNonNegative(d)
+			a.FailBackoffMinutes, err = oneNumber(d)
 		case "preferred_chain":
 			err = oneString(d, &a.PreferredChain)
 		case "enable_ipv4_common_name":
@@ -153,9 +156,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			a.TrustedRoots = append(a.TrustedRoots, args...)
 		case "http_port":
-			if err = oneInt(d, &a.HTTPPort); err == nil && (a.HTTPPort < 1 || a.HTTPPort > 65535) {
-				err = d.Errf("http_port: expected a port between 1 and 65535, got %d", a.HTTPPort)
-			}
+			err = oneInt(d, &a.HTTPPort)
 		case "issue_timeout":
 			err = oneDuration(d, &a.IssueTimeout)
 		case "renew_interval":
@@ -165,9 +166,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "disable_ari":
 			err = flag(d, &a.DisableARI)
 		case "cache_capacity":
-			if err = oneInt(d, &a.CacheCapacity); err == nil && a.CacheCapacity < 0 {
-				err = d.Errf("cache_capacity: must not be negative, got %d", a.CacheCapacity)
-			}
+			err = oneInt(d, &a.CacheCapacity)
 		default:
 			return d.Errf("unrecognized subdirective '%s'", key)
 		}
@@ -209,7 +208,7 @@ func oneInt(d *caddyfile.Dispenser, dst *int) error {
 	return nil
 }
 
-// oneDuration reads exactly one positive duration (90s, 2m, 1d).
+// oneDuration reads exactly one duration (90s, 2m, 1d).
 func oneDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	key := d.Val()
 	var s string
@@ -217,22 +216,22 @@ func oneDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 		return err
 	}
 	dur, err := caddy.ParseDuration(s)
-	if err != nil || dur <= 0 {
+	if err != nil {
 		return d.Errf("%s: expected a positive duration such as 90s or 2m, got %q", key, s)
 	}
 	*dst = caddy.Duration(dur)
 	return nil
 }
 
-// oneNonNegative reads exactly one number that is 0 or more.
-func oneNonNegative(d *caddyfile.Dispenser) (*float64, error) {
+// oneNumber reads exactly one finite number.
+func oneNumber(d *caddyfile.Dispenser) (*float64, error) {
 	key := d.Val()
 	var s string
 	if err := oneString(d, &s); err != nil {
 		return nil, err
 	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f < 0 || f != f || f > 1e9 {
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
 		return nil, d.Errf("%s: expected a number of 0 or more, got %q", key, s)
 	}
 	return &f, nil

@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/acmekit/caddy-acme/internal/appconfig"
 	"github.com/acmekit/caddy-acme/internal/testenv"
 	"github.com/acmekit/caddy-acme/renew"
 	"github.com/acmekit/caddy-acme/storage/redis"
@@ -344,7 +345,7 @@ func TestMetricsStateCollector(t *testing.T) {
 // a file storage in a temporary directory, allowing any domain.
 func handApp(t *testing.T) *App {
 	t.Helper()
-	return provisionByHand(t, &App{AllowAnyDomain: true})
+	return provisionByHand(t, &App{Config: appconfig.Config{AllowAnyDomain: true}})
 }
 
 // provisionByHand provisions a (for tests and benchmarks) over a file

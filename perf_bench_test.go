@@ -42,6 +42,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
+	"github.com/acmekit/caddy-acme/internal/appconfig"
 	"github.com/acmekit/caddy-acme/internal/testenv"
 	"github.com/acmekit/caddy-acme/renew"
 )
@@ -301,7 +302,7 @@ func BenchmarkScale(b *testing.B) {
 			}
 			srv := newPerfServer(b)
 			cfg := func(ns string) []byte {
-				return srv.config(b, perfApp(zone, be.storage(ns), map[string]any{"cache_capacity": max(cachedN, defaultCacheCapacity)}), nil, false)
+				return srv.config(b, perfApp(zone, be.storage(ns), map[string]any{"cache_capacity": max(cachedN, appconfig.DefaultCacheCapacity)}), nil, false)
 			}
 
 			b.Run("cold_start", func(b *testing.B) {

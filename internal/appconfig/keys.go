@@ -1,4 +1,4 @@
-package caddyacme
+package appconfig
 
 import (
 	"crypto"

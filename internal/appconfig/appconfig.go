@@ -1,0 +1,411 @@
+// Package appconfig is the acme app's configuration: the fields of the
+// `acme` app's JSON (Kong's plugin fields and caddy-acme's own), their
+// checks, placeholders and defaults, and the certmagic ACME issuer they
+// describe.
+//
+// The app (package caddyacme) embeds Config; the kong config adapter builds
+// it and the data migration reads it and makes its issuer with NewIssuer, so
+// that an adapted config, a migration and the app never disagree on a field,
+// a default, an error message or a storage key.
+package appconfig
+
+import (
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+
+	"github.com/acmekit/caddy-acme/internal/allowlist"
+	"github.com/acmekit/caddy-acme/internal/directory"
+	"github.com/acmekit/caddy-acme/internal/placeholder"
+)
+
+// Config is the `acme` app's JSON: Kong's ACME plugin configuration (same
+// field names, types, defaults and validation) and caddy-acme's own
+// fields.
+type Config struct {
+	// The email address of the ACME account; the CA uses it to contact you
+	// about your certificates. REQUIRED. Placeholders such as {env.ACME_EMAIL}
+	// are expanded.
+	AccountEmail string `json:"account_email"`
+
+	// The ACME directory URL of the CA. A bare origin (no path) gets
+	// `/directory` appended, as Kong does; any other URL is used as given.
+	// Default: `https://acme-v02.api.letsencrypt.org/directory`.
+	APIURI string `json:"api_uri,omitempty"`
+
+	// Whether you accept the CA's terms of service. It must be true for any
+	// Let's Encrypt directory (production or staging). Other CAs are
+	// registered with the terms agreed, as Kong always did.
+	// Default: false.
+	TOSAccepted bool `json:"tos_accepted,omitempty"`
+
+	// The key identifier of an External Account Binding, for CAs that
+	// require one (ZeroSSL, Google, private CAs). Set together with
+	// eab_hmac_key. Placeholders are expanded.
+	EABKID string `json:"eab_kid,omitempty"`
+
+	// The base64url-encoded HMAC key of the External Account Binding. A
+	// secret: use a placeholder such as {env.EAB_HMAC_KEY} or
+	// {file./run/secrets/eab}; it never appears in logs or errors.
+	EABHMACKey string `json:"eab_hmac_key,omitempty"`
+
+	// The type of certificate key: `rsa` or `ecc` (ECDSA P-256).
+	// Default: `rsa`.
+	CertType string `json:"cert_type,omitempty"`
+
+	// The size of RSA certificate keys in bits: 2048, 3072 or 4096. Only
+	// used when cert_type is `rsa`. Default: 4096.
+	RSAKeySize int `json:"rsa_key_size,omitempty"`
+
+	// Renew a certificate when fewer than this many days remain before it
+	// expires, or half its lifetime for a certificate that lives less than
+	// twice as long (so short-lived certificates are not renewed
+	// continuously). Default: 14.
+	RenewThresholdDays *float64 `json:"renew_threshold_days,omitempty"`
+
+	// Ignore the CA's ACME Renewal Information (ARI, RFC 9773). By default
+	// a certificate is also renewed when the CA's suggested renewal window
+	// opens before renew_threshold_days (as Let's Encrypt's does, about a
+	// third of the lifetime before expiry, or at once after a revocation);
+	// with disable_ari only the threshold decides, as in Kong. Default:
+	// false.
+	DisableARI bool `json:"disable_ari,omitempty"`
+
+	// How often every certificate in storage is checked for renewal (one
+	// node of a cluster at a time); each wait is jittered by ±10%. The
+	// first check runs a minute after start. Default: 24h.
+	RenewInterval caddy.Duration `json:"renew_interval,omitempty"`
+
+	// How often each node reads the log of certificates that other nodes
+	// sharing the storage renewed or deleted, to reload or drop its copies
+	// in memory (one storage read each time). Default: 10s.
+	CacheSyncInterval caddy.Duration `json:"cache_sync_interval,omitempty"`
+
+	// The names certificates may be obtained for: exact names,
+	// `*.example.com` (any name below example.com, at any depth, but not
+	// example.com itself) and `example.*` (example under any top-level
+	// domain). Matching is case-insensitive; internationalised names are
+	// matched in their punycode form. An empty list allows nothing unless
+	// allow_any_domain is true.
+	Domains []string `json:"domains,omitempty"`
+
+	// Obtain certificates for any name a client asks for, ignoring
+	// domains. Only the IPv4 rule (enable_ipv4_common_name) still applies.
+	// Default: false.
+	AllowAnyDomain bool `json:"allow_any_domain,omitempty"`
+
+	// After a failed order for a name, place no new order for it during
+	// this many minutes. The backoff is kept in storage, so every node that
+	// shares the storage honours it. A successful order sets none. 0
+	// disables the backoff. Default: 5.
+	FailBackoffMinutes *float64 `json:"fail_backoff_minutes,omitempty"`
+
+	// The common name of the root (the issuer of the last certificate in
+	// the chain) to prefer when the CA offers alternate chains. Default:
+	// the CA's default chain.
+	PreferredChain string `json:"preferred_chain,omitempty"`
+
+	// Whether IPv4 addresses may have certificates (as ACME `ip`
+	// identifiers). When false, a handshake or request for an IPv4 address
+	// is never served or ordered. Default: true.
+	EnableIPv4CommonName *bool `json:"enable_ipv4_common_name,omitempty"`
+
+	// Where the account, certificates, challenges, locks and backoffs are
+	// kept: any `caddy.storage.*` module, e.g. `acme_redis`. Nodes that share
+	// it share certificates and never order the same name at once.
+	// Default: Caddy's global storage (the file system unless configured).
+	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=caddy.storage inline_key=module"`
+
+	// The PEM-encoded private key of the ACME account, used when the account
+	// is first registered. A secret: use {file./path/account.key} or
+	// {env.X}. Default: a new key is generated and kept in storage.
+	AccountKey string `json:"account_key,omitempty"`
+
+	// PEM files with the root certificates of the CA's ACME server, for a
+	// private CA whose server certificate the system does not trust.
+	// Default: the system's roots.
+	TrustedRoots []string `json:"trusted_roots,omitempty"`
+
+	// The port the CA connects to for the HTTP-01 challenge, when Caddy's
+	// HTTP listener is not on 80 (e.g. behind a port mapping). Default: 80.
+	HTTPPort int `json:"http_port,omitempty"`
+
+	// How long a TLS handshake for a name without a certificate waits for
+	// the certificate to be issued; the order itself is given as long,
+	// counted from when it leaves the app's queue (new orders are placed at
+	// certmagic's pace, 10 per 10 s per account). A handshake that gives
+	// up fails, and the next one is served as soon as the certificate is
+	// there; an order that runs out of time sets no backoff. The HTTP
+	// server's read_header_timeout (Caddy's default: 1m) also bounds a
+	// handshake. Default: 90s.
+	IssueTimeout caddy.Duration `json:"issue_timeout,omitempty"`
+
+	// The most certificates kept in memory. When full, random certificates
+	// are evicted and loaded from storage again when needed. 0 means the
+	// default. Default: 10000.
+	CacheCapacity int `json:"cache_capacity,omitempty"`
+}
+
+// Settings is a Config checked, with its placeholders expanded, its files
+// read and its defaults applied: what the app runs with.
+type Settings struct {
+	Email      string
+	Directory  string
+	EAB        *acme.EAB // nil: no external account binding
+	AccountKey string    // PEM; "": a new key is generated
+	Roots      *x509.CertPool
+	Chains     certmagic.ChainPreference
+	Keys       certmagic.KeyGenerator
+	Matcher    *allowlist.Matcher
+	AllowAny   bool
+	IPv4       bool
+	DisableARI bool
+	HTTPPort   int // 0: 80
+
+	IssueTimeout      time.Duration
+	FailBackoff       time.Duration // 0: no backoff
+	RenewThreshold    time.Duration
+	RenewInterval     time.Duration // 0: the renewal scan's default (24h)
+	CacheSyncInterval time.Duration
+	CacheCapacity     int
+}
+
+// CheckFields checks every field that needs neither its placeholders
+// expanded nor a file read, so that `caddy adapt` and the kong adapter
+// can check a config where it is written. Errors name the field and say
+// how to fix it.
+func (c *Config) CheckFields() error {
+	if _, err := directory.URL(c.APIURI); err != nil {
+		return err
+	}
+	if c.CertType != "" && c.CertType != "rsa" && c.CertType != "ecc" {
+		return fmt.Errorf(`cert_type: expected "rsa" or "ecc", got %q`, c.CertType)
+	}
+	if n := c.RSAKeySize; n != 0 && n != 2048 && n != 3072 && n != 4096 {
+		return fmt.Errorf("rsa_key_size: expected 2048, 3072 or 4096, got %d", n)
+	}
+	if d := c.RenewThresholdDays; d != nil {
+		if err := checkNumber("renew_threshold_days", *d, ""); err != nil {
+			return err
+		}
+	}
+	if m := c.FailBackoffMinutes; m != nil {
+		if err := checkNumber("fail_backoff_minutes", *m, " (0 disables the backoff)"); err != nil {
+			return err
+		}
+	}
+	if c.HTTPPort < 0 || c.HTTPPort > 65535 {
+		return fmt.Errorf("http_port: expected a port between 1 and 65535, got %d", c.HTTPPort)
+	}
+	for _, d := range []struct {
+		name string
+		d    caddy.Duration
+	}{
+		{"issue_timeout", c.IssueTimeout},
+		{"cache_sync_interval", c.CacheSyncInterval},
+		{"renew_interval", c.RenewInterval},
+	} {
+		if d.d < 0 {
+			return fmt.Errorf("%s: must not be negative, got %s", d.name, time.Duration(d.d))
+		}
+	}
+	if c.CacheCapacity < 0 {
+		return fmt.Errorf("cache_capacity: must not be negative (0 means the default, %d), got %d", DefaultCacheCapacity, c.CacheCapacity)
+	}
+	if _, err := allowlist.New(c.Domains); err != nil {
+		return fmt.Errorf("domains: %w", err)
+	}
+	return nil
+}
+
+// checkNumber checks a count of days or minutes: 0 or more, and at most
+// 1e9.
+func checkNumber(field string, v float64, zero string) error {
+	switch {
+	case math.IsNaN(v) || math.IsInf(v, 0):
+		return fmt.Errorf("%s: expected a number of 0 or more, got %v", field, v)
+	case v < 0:
+		return fmt.Errorf("%s: must not be negative%s, got %v", field, zero, v)
+	case v > 1e9:
+		return fmt.Errorf("%s: must be at most 1e9, got %v", field, v)
+	}
+	return nil
+}
+
+// Settings checks every field, expands placeholders, reads the trusted
+// roots and applies the defaults. Errors name the field and say how to fix
+// it; secrets never appear in them.
+func (c *Config) Settings() (Settings, error) {
+	var s Settings
+	if err := c.CheckFields(); err != nil {
+		return s, err
+	}
+
+	email, err := placeholder.Expand("account_email", c.AccountEmail)
+	if err != nil {
+		return s, err
+	}
+	switch {
+	case email == "":
+		return s, errors.New(`account_email: required: set the email address of the ACME account, e.g. "account_email": "ops@example.com"`)
+	case !strings.Contains(email, "@") || strings.ContainsAny(email, " \t\r\n<>"):
+		return s, fmt.Errorf("account_email: invalid value: %s: expected an email address such as ops@example.com", email)
+	}
+	s.Email = email
+
+	s.Directory, _ = directory.URL(c.APIURI) // checked by CheckFields
+	if IsLetsEncrypt(s.Directory) && !c.TOSAccepted {
+		return s, fmt.Errorf("tos_accepted: terms of service must be accepted, see https://letsencrypt.org/repository/ (set tos_accepted to true to use %s)", s.Directory)
+	}
+
+	kid, err := placeholder.Expand("eab_kid", c.EABKID)
+	if err != nil {
+		return s, err
+	}
+	hmacKey, err := placeholder.ExpandSecret("eab_hmac_key", c.EABHMACKey)
+	if err != nil {
+		return s, err
+	}
+	switch {
+	case kid == "" && hmacKey == "":
+	case kid == "":
+		return s, errors.New("eab_kid: required when eab_hmac_key is set: give both values of the CA's external account binding")
+	case hmacKey == "":
+		return s, errors.New("eab_hmac_key: required when eab_kid is set: give both values of the CA's external account binding")
+	default:
+		if _, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(hmacKey, "=")); err != nil {
+			return s, errors.New("eab_hmac_key: not base64url: give the HMAC key exactly as the CA shows it (value redacted)")
+		}
+		s.EAB = &acme.EAB{KeyID: kid, MACKey: strings.TrimRight(hmacKey, "=")}
+	}
+
+	rsaBits := c.RSAKeySize
+	if rsaBits == 0 {
+		rsaBits = 4096
+	}
+	s.Keys = keyGenerator{ecc: c.CertType == "ecc", rsaBits: rsaBits}
+	s.Matcher, _ = allowlist.New(c.Domains) // checked by CheckFields
+	if c.PreferredChain != "" {
+		s.Chains = certmagic.ChainPreference{RootCommonName: []string{c.PreferredChain}}
+	}
+
+	if c.AccountKey != "" {
+		if s.AccountKey, err = placeholder.ExpandSecret("account_key", c.AccountKey); err != nil {
+			return s, err
+		}
+		if _, err := certmagic.PEMDecodePrivateKey([]byte(s.AccountKey)); err != nil {
+			return s, errors.New("account_key: not a PEM-encoded private key: give the key's PEM text, e.g. {file./etc/caddy/account.key} (value redacted)")
+		}
+	}
+
+	if len(c.TrustedRoots) > 0 {
+		s.Roots = x509.NewCertPool()
+		for _, file := range c.TrustedRoots {
+			pemBytes, err := os.ReadFile(file)
+			if err != nil {
+				return s, fmt.Errorf("trusted_roots: reading %s: %w", file, err)
+			}
+			if !s.Roots.AppendCertsFromPEM(pemBytes) {
+				return s, fmt.Errorf("trusted_roots: %s holds no PEM certificate", file)
+			}
+		}
+	}
+
+	s.AllowAny = c.AllowAnyDomain
+	s.IPv4 = c.EnableIPv4CommonName == nil || *c.EnableIPv4CommonName
+	s.DisableARI = c.DisableARI
+	s.HTTPPort = c.HTTPPort
+	s.IssueTimeout = durationOr(c.IssueTimeout, 90*time.Second)
+	s.FailBackoff = 5 * time.Minute
+	if c.FailBackoffMinutes != nil {
+		s.FailBackoff = time.Duration(*c.FailBackoffMinutes * float64(time.Minute))
+	}
+	days := 14.0
+	if c.RenewThresholdDays != nil {
+		days = *c.RenewThresholdDays
+	}
+	s.RenewThreshold = time.Duration(days * float64(24*time.Hour))
+	s.RenewInterval = time.Duration(c.RenewInterval)
+	s.CacheSyncInterval = durationOr(c.CacheSyncInterval, 10*time.Second)
+	s.CacheCapacity = c.CacheCapacity
+	if s.CacheCapacity == 0 {
+		s.CacheCapacity = DefaultCacheCapacity
+	}
+	return s, nil
+}
+
+func durationOr(d caddy.Duration, def time.Duration) time.Duration {
+	if d > 0 {
+		return time.Duration(d)
+	}
+	return def
+}
+
+// Allow reports whether a certificate may be served or obtained for name
+// (already normalised): the IPv4 rule, then allow_any_domain, then the
+// allowlist. Its cost does not depend on the number of domains.
+func (s Settings) Allow(name string) error {
+	if name == "" {
+		return errors.New("no server name")
+	}
+	if ip := net.ParseIP(name); ip != nil && ip.To4() != nil && !s.IPv4 {
+		return fmt.Errorf("%s: IPv4 addresses are not served (enable_ipv4_common_name is false)", name)
+	}
+	if s.AllowAny || s.Matcher.Match(name) {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", name, ErrNotAllowed)
+}
+
+// NewIssuer returns the app's ACME issuer for s over magic (whose storage
+// it uses): the CA and account of s, HTTP-01 only, never another CA. The
+// app and the data migration both make their issuer here, so that the
+// issuer key, and with it every storage key of a certificate, is the same.
+func NewIssuer(magic *certmagic.Config, s Settings, logger *zap.Logger) *certmagic.ACMEIssuer {
+	return certmagic.NewACMEIssuer(magic, certmagic.ACMEIssuer{
+		CA:                      s.Directory,
+		TestCA:                  s.Directory, // never fall back to another CA
+		Email:                   s.Email,
+		Agreed:                  true, // see TOSAccepted
+		ExternalAccount:         s.EAB,
+		AccountKeyPEM:           s.AccountKey,
+		TrustedRoots:            s.Roots,
+		AltHTTPPort:             s.HTTPPort,
+		DisableTLSALPNChallenge: true, // HTTP-01 only, as Kong
+		PreferredChains:         s.Chains,
+		CertObtainTimeout:       s.IssueTimeout,
+		Logger:                  logger,
+	})
+}
+
+// IsLetsEncrypt reports whether the directory is Let's Encrypt's
+// production or staging endpoint, with or without /directory: its terms of
+// service must be accepted explicitly. (Kong's check compares the bare
+// origins only.)
+func IsLetsEncrypt(directory string) bool {
+	u, err := url.Parse(directory)
+	if err != nil {
+		return false
+	}
+	host := strings.ToLower(u.Hostname())
+	return host == "acme-v02.api.letsencrypt.org" || host == "acme-staging-v02.api.letsencrypt.org"
+}
+
+// DefaultCacheCapacity is cache_capacity's default.
+const DefaultCacheCapacity = 10000
+
+// ErrNotAllowed is returned (wrapped) for a name the app does not serve.
+var ErrNotAllowed = errors.New("not allowed by domains (add it to domains or set allow_any_domain)")
