@@ -50,7 +50,7 @@ func (m *Manager) Provision(ctx caddy.Context) error {
 // GetCertificate returns the certificate for the ClientHello, obtaining it
 // if needed, or an error if the name is not allowed or none can be had.
 func (m Manager) GetCertificate(ctx context.Context, hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return m.app.certificate(ctx, hello)
+	return m.app.rt.Certificate(ctx, hello)
 }
 
 // UnmarshalCaddyfile sets up the manager from Caddyfile tokens. Syntax:

@@ -9,17 +9,15 @@ package caddyacme
 
 import (
 	"fmt"
-	"time"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
-	"github.com/acmekit/caddy-acme/internal/allowlist"
 	"github.com/acmekit/caddy-acme/internal/appconfig"
-	"github.com/acmekit/caddy-acme/internal/directory"
-	"github.com/acmekit/caddy-acme/renew"
+	"github.com/acmekit/caddy-acme/issuance"
 )
 
 func init() {
@@ -27,8 +25,9 @@ func init() {
 }
 
 // App is the `acme` app: Kong's ACME plugin configuration (same field names,
-// types, defaults and validation) turned into one certmagic configuration
-// with its own certificate cache, ACME issuer, key source and storage.
+// types, defaults and validation, see appconfig.Config) turned into one
+// certmagic configuration with its own certificate cache, ACME issuer, key
+// source and storage, run by an issuance.Runtime.
 //
 // Certificates are obtained on the first TLS handshake for a name the app
 // allows (see Domains and AllowAnyDomain), one certificate per name,
@@ -42,22 +41,12 @@ type App struct {
 	set     appconfig.Settings
 	ctx     caddy.Context
 	logger  *zap.Logger
-	storage certmagic.Storage
-	matcher *allowlist.Matcher
+	storage certmagic.Storage // instrumented
 	magic   *certmagic.Config
 	issuer  *certmagic.ACMEIssuer
 	cache   *certmagic.Cache
 	events  *caddyevents.App // nil when not provisioned by a config load
-	issuing *issuanceClock
-	jobs    *obtainJobs
-	scanner *renew.Scanner
-	runner  *renew.Runner
-	status  *statusCache
-
-	cacheSync  *cacheSync
-	refusals   *caRefusals
-	hosts      *hostsSnapshot
-	orderQueue *orderQueue // nil: orders are not paced
+	rt      *issuance.Runtime
 }
 
 // CaddyModule returns the Caddy module information.
@@ -68,23 +57,17 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision checks the configuration and builds the certmagic configuration:
-// cache, key source, ACME issuer and storage. It does no network I/O.
+// Provision checks the configuration and builds the certmagic configuration
+// (cache, key source, ACME issuer, storage) and the runtime around it. It
+// does no network I/O.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
-	a.jobs = &obtainJobs{running: make(map[string]*obtainJob)}
-	a.status = new(statusCache)
-	a.cacheSync = &cacheSync{cached: make(map[string]struct{})}
-	a.refusals = &caRefusals{watched: make(map[string]bool)}
-	a.hosts = new(hostsSnapshot)
-
 	s, err := a.Settings()
 	if err != nil {
 		return err
 	}
 	a.set = s
-	a.matcher = s.Matcher
 
 	var storageModule caddy.Module
 	if a.StorageRaw != nil {
@@ -100,7 +83,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	} else {
 		a.storage = ctx.Storage()
 	}
-	a.storage = instrumentStorage(a.storage, storageBackend(storageModule, a.storage))
+	a.storage = issuance.InstrumentStorage(a.storage, storageBackend(storageModule, a.storage))
 	if err := a.provisionEvents(ctx); err != nil {
 		return err
 	}
@@ -109,7 +92,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) {
 			return a.magic, nil
 		},
-		Capacity: a.cacheCapacity(),
+		Capacity: s.CacheCapacity,
 		Logger:   a.logger.Named("cache"),
 	})
 	a.magic = certmagic.New(a.cache, certmagic.Config{
@@ -123,53 +106,78 @@ func (a *App) Provision(ctx caddy.Context) error {
 		// resort, in the last 1% of their life: the renewal scan, on
 		// renew_threshold_days, comes first
 		RenewalWindowRatio: 0.01,
-		DisableARI:         a.DisableARI,
+		DisableARI:         s.DisableARI,
 	})
 	a.issuer = appconfig.NewIssuer(a.magic, s, a.logger.Named("issuer"))
 	a.magic.Issuers = []certmagic.Issuer{a.issuer}
+	// made here, not in Start: the http app may serve handshakes before
+	// this app starts (Caddy starts apps in no set order)
+	a.rt = issuance.New(ctx, issuance.Options{
+		Magic:             a.magic,
+		Cache:             a.cache,
+		Issuer:            a.issuer,
+		Storage:           a.storage,
+		Logger:            a.logger,
+		Allow:             s.Allow,
+		IssueTimeout:      s.IssueTimeout,
+		FailBackoff:       s.FailBackoff,
+		RenewThreshold:    s.RenewThreshold,
+		RenewInterval:     s.RenewInterval,
+		FirstScanDelay:    s.RenewFirstDelay,
+		CacheSyncInterval: s.CacheSyncInterval,
+		DisableARI:        s.DisableARI,
+		HTTPPort:          s.HTTPPort,
+		OnBackoffDenied:   a.backoffDenied,
+	})
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		if err := registerMetrics(reg, a); err != nil {
+		if err := issuance.RegisterMetrics(reg, a.rt); err != nil {
 			return fmt.Errorf("registering metrics: %w", err)
 		}
 	}
-	// here, not in Start: the http app may serve handshakes before this
-	// app starts (Caddy starts apps in no set order); Cleanup stops it
-	a.orderQueue = newOrderQueue()
 	return nil
 }
 
-// Start starts the renewal scans, and warns about a configuration that
-// serves nothing.
+// Start starts the renewal scans and the cache sync, and warns about a
+// configuration that serves nothing.
 func (a *App) Start() error {
-	if !a.AllowAnyDomain && a.matcher.Len() == 0 {
+	if !a.AllowAnyDomain && a.set.Matcher.Len() == 0 {
 		a.logger.Warn("no certificate will be obtained: domains is empty and allow_any_domain is false")
 	}
-	a.startRenewal()
-	a.startCacheSync()
+	a.rt.Start()
 	return nil
 }
 
 // Stop does nothing: orders in progress end with the config's context.
 func (a *App) Stop() error { return nil }
 
-// Cleanup stops the certificate cache's maintenance.
+// Cleanup stops the order queue and the certificate cache's maintenance.
 func (a *App) Cleanup() error {
-	a.orderQueue.stop()
+	if a.rt != nil {
+		a.rt.Stop()
+	}
 	if a.cache != nil {
 		a.cache.Stop()
 	}
 	return nil
 }
 
-func (a *App) allow(name string) error { return a.set.Allow(name) }
-
-func (a *App) failBackoff() time.Duration { return a.set.FailBackoff }
-
-func (a *App) issueTimeout() time.Duration { return a.set.IssueTimeout }
-
-func (a *App) cacheCapacity() int { return a.set.CacheCapacity }
-
-const defaultAPIURI = directory.Default
+// storageBackend names a storage for the backend label: the module name
+// of a storage configured in the app (e.g. acme_redis), else the module
+// name of Caddy's global storage when it is a module itself, file_system
+// for certmagic's file storage (Caddy's default), or the Go type.
+func storageBackend(module caddy.Module, s certmagic.Storage) string {
+	if module != nil {
+		return module.CaddyModule().ID.Name()
+	}
+	switch s := s.(type) {
+	case caddy.Module:
+		return s.CaddyModule().ID.Name()
+	case *certmagic.FileStorage:
+		return "file_system"
+	default:
+		return strings.TrimPrefix(fmt.Sprintf("%T", s), "*")
+	}
+}
 
 // Interface guards
 var (

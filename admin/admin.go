@@ -3,7 +3,7 @@
 //
 // Caddy creates admin modules with New() on every config load, before the
 // apps, so the module has no configuration: it finds the `acme` app at
-// request time with ctx.AppIfConfigured and uses it through the Manager
+// request time with ctx.AppIfConfigured and uses it through the App
 // interface (the app implements it; this package does not import the app's).
 // When no `acme` app is configured every route answers 404.
 //
@@ -41,14 +41,16 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/acmekit/caddy-acme/internal/allowlist"
+	"github.com/acmekit/caddy-acme/issuance"
 )
 
 func init() {
 	caddy.RegisterModule(adminAPI{})
 }
 
-// Manager is what the admin API needs from the acme app.
-type Manager interface {
+// App is the acme app as the admin API sees it: the operations the routes
+// call. (The app's are its issuance.Runtime's.)
+type App interface {
 	// TriggerScan starts a renewal scan in the background, coalesced with
 	// one that is running.
 	TriggerScan()
@@ -78,11 +80,11 @@ type Manager interface {
 	Status(ctx context.Context) (json.RawMessage, error)
 }
 
-// Errors a Manager wraps to choose the status code.
+// Errors an App wraps to choose the status code.
 var (
-	ErrBadHost    = errors.New("bad host")          // 400
-	ErrNotAllowed = errors.New("host not allowed")  // 400
-	ErrConflict   = errors.New("conflicting order") // 409
+	ErrBadHost    = errors.New("bad host") // 400
+	ErrNotAllowed = issuance.ErrNotAllowed // 400
+	ErrConflict   = issuance.ErrConflict   // 409
 )
 
 // CertInfo is one certificate as GET /acme/certificates shows it: Kong's
@@ -158,7 +160,7 @@ func pubkeyType(leaf *x509.Certificate) string {
 // adminAPI is the admin.api.acme module.
 type adminAPI struct {
 	// find returns the app; set by Provision (tests set it directly).
-	find func() (Manager, error)
+	find func() (App, error)
 }
 
 // CaddyModule returns the Caddy module information.
@@ -172,12 +174,12 @@ func (adminAPI) CaddyModule() caddy.ModuleInfo {
 // Provision keeps ctx to find the acme app at request time: admin modules
 // are provisioned before the apps.
 func (a *adminAPI) Provision(ctx caddy.Context) error {
-	a.find = func() (Manager, error) {
+	a.find = func() (App, error) {
 		app, err := ctx.AppIfConfigured("acme")
 		if err != nil {
 			return nil, err
 		}
-		m, ok := app.(Manager)
+		m, ok := app.(App)
 		if !ok {
 			return nil, fmt.Errorf("the acme app (%T) does not serve the admin API", app)
 		}
@@ -268,7 +270,7 @@ type orderRequest struct {
 	Test any `json:"test_http_challenge_flow"`
 }
 
-func (a *adminAPI) handleOrder(w http.ResponseWriter, r *http.Request, m Manager) error {
+func (a *adminAPI) handleOrder(w http.ResponseWriter, r *http.Request, m App) error {
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
@@ -370,7 +372,7 @@ type certList struct {
 // handleList lists certificates in host order, limit at a time after the
 // host `after`; `next` is the `after` of the next page. Certificates are
 // loaded one page at a time, in one batch.
-func (a *adminAPI) handleList(w http.ResponseWriter, r *http.Request, m Manager) error {
+func (a *adminAPI) handleList(w http.ResponseWriter, r *http.Request, m App) error {
 	q := r.URL.Query()
 	invalidOnly := false
 	if v := q.Get("invalid_only"); v != "" {
@@ -392,7 +394,7 @@ func (a *adminAPI) handleList(w http.ResponseWriter, r *http.Request, m Manager)
 		return apiErr(http.StatusInternalServerError, fmt.Errorf("listing certificates: %v", err))
 	}
 	if !slices.IsSorted(hosts) {
-		hosts = slices.Sorted(slices.Values(hosts)) // a copy: the Manager's slice may be shared
+		hosts = slices.Sorted(slices.Values(hosts)) // a copy: the App's slice may be shared
 	}
 	start := sort.SearchStrings(hosts, after)
 	if start < len(hosts) && hosts[start] == after && after != "" {

@@ -16,16 +16,16 @@ import (
 	"github.com/acmekit/caddy-acme/internal/allowlist"
 )
 
-// recordingManager is fakeManager that also records the hosts given to
+// recordingApp is fakeApp that also records the hosts given to
 // SanityCheck.
-type recordingManager struct {
-	*fakeManager
+type recordingApp struct {
+	*fakeApp
 	sanity []string
 }
 
-func (r *recordingManager) SanityCheck(ctx context.Context, host string) error {
+func (r *recordingApp) SanityCheck(ctx context.Context, host string) error {
 	r.sanity = append(r.sanity, host)
-	return r.fakeManager.SanityCheck(ctx, host)
+	return r.fakeApp.SanityCheck(ctx, host)
 }
 
 // statuses are the status codes the admin API documents.
@@ -104,10 +104,10 @@ func FuzzHandler(f *testing.F) {
 			fake.sanityErr = errors.New("timeout")
 		}
 		fake.status = []json.RawMessage{nil, json.RawMessage(`{"checked":4}`), json.RawMessage(`{`)}[mode/16%3]
-		m := &recordingManager{fakeManager: fake}
-		a := &adminAPI{find: func() (Manager, error) { return m, nil }}
+		m := &recordingApp{fakeApp: fake}
+		a := &adminAPI{find: func() (App, error) { return m, nil }}
 		if mode >= 240 {
-			a.find = func() (Manager, error) { return nil, errors.New("no acme app") }
+			a.find = func() (App, error) { return nil, errors.New("no acme app") }
 		}
 
 		mux := http.NewServeMux()

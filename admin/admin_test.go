@@ -23,8 +23,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
-// fakeManager is an in-memory Manager.
-type fakeManager struct {
+// fakeApp is an in-memory App.
+type fakeApp struct {
 	mu        sync.Mutex
 	scans     int
 	orders    []string
@@ -37,18 +37,18 @@ type fakeManager struct {
 	hosts     []string // Hosts' answer if set, else the names of certs
 }
 
-func (f *fakeManager) TriggerScan() { f.mu.Lock(); f.scans++; f.mu.Unlock() }
+func (f *fakeApp) TriggerScan() { f.mu.Lock(); f.scans++; f.mu.Unlock() }
 
-func (f *fakeManager) Order(_ context.Context, host string) error {
+func (f *fakeApp) Order(_ context.Context, host string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.orders = append(f.orders, host)
 	return f.orderErr
 }
 
-func (f *fakeManager) SanityCheck(context.Context, string) error { return f.sanityErr }
+func (f *fakeApp) SanityCheck(context.Context, string) error { return f.sanityErr }
 
-func (f *fakeManager) Hosts(context.Context, bool) ([]string, error) {
+func (f *fakeApp) Hosts(context.Context, bool) ([]string, error) {
 	if f.hosts != nil {
 		return f.hosts, nil
 	}
@@ -59,7 +59,7 @@ func (f *fakeManager) Hosts(context.Context, bool) ([]string, error) {
 	return hosts, nil
 }
 
-func (f *fakeManager) Certificate(_ context.Context, host string) (CertInfo, error) {
+func (f *fakeApp) Certificate(_ context.Context, host string) (CertInfo, error) {
 	c, ok := f.certs[host]
 	if !ok {
 		return CertInfo{}, fmt.Errorf("loading %s: %w", host, fs.ErrNotExist)
@@ -67,7 +67,7 @@ func (f *fakeManager) Certificate(_ context.Context, host string) (CertInfo, err
 	return c, nil
 }
 
-func (f *fakeManager) Certificates(ctx context.Context, hosts []string) ([]CertInfo, []error) {
+func (f *fakeApp) Certificates(ctx context.Context, hosts []string) ([]CertInfo, []error) {
 	f.mu.Lock()
 	f.batches = append(f.batches, len(hosts))
 	f.mu.Unlock()
@@ -78,7 +78,7 @@ func (f *fakeManager) Certificates(ctx context.Context, hosts []string) ([]CertI
 	return infos, errs
 }
 
-func (f *fakeManager) Delete(_ context.Context, host string, revoke bool) error {
+func (f *fakeApp) Delete(_ context.Context, host string, revoke bool) error {
 	if _, ok := f.certs[host]; !ok {
 		return fs.ErrNotExist
 	}
@@ -87,9 +87,9 @@ func (f *fakeManager) Delete(_ context.Context, host string, revoke bool) error 
 	return nil
 }
 
-func (f *fakeManager) Status(context.Context) (json.RawMessage, error) { return f.status, nil }
+func (f *fakeApp) Status(context.Context) (json.RawMessage, error) { return f.status, nil }
 
-func newFake() *fakeManager {
+func newFake() *fakeApp {
 	now := time.Now()
 	certs := map[string]CertInfo{}
 	for i, h := range []string{"a.example.com", "b.example.com", "c.example.com", "expired.example.com"} {
@@ -99,7 +99,7 @@ func newFake() *fakeManager {
 		}
 		certs[h] = c
 	}
-	return &fakeManager{certs: certs, deleted: map[string]bool{}}
+	return &fakeApp{certs: certs, deleted: map[string]bool{}}
 }
 
 // serve runs one request through the module's handler and writes errors as
@@ -141,14 +141,14 @@ func TestHandlers(t *testing.T) {
 		target      string
 		contentType string
 		body        string
-		setup       func(*fakeManager)
+		setup       func(*fakeApp)
 		status      int
 		want        string // substring of the body
-		check       func(*testing.T, *fakeManager)
+		check       func(*testing.T, *fakeApp)
 	}{
 		{name: "patch starts a scan", method: "PATCH", target: "/acme", status: 202,
 			want: `{"message":"Renewal process started successfully"}`,
-			check: func(t *testing.T, f *fakeManager) {
+			check: func(t *testing.T, f *fakeApp) {
 				if f.scans != 1 {
 					t.Fatalf("scans = %d", f.scans)
 				}
@@ -159,7 +159,7 @@ func TestHandlers(t *testing.T) {
 		{name: "unknown path", method: "GET", target: "/acme/nope", status: 404},
 		{name: "order json", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"new.example.com"}`,
 			status: 201, want: `{"message":"certificate for host new.example.com is created"}`,
-			check: func(t *testing.T, f *fakeManager) {
+			check: func(t *testing.T, f *fakeApp) {
 				if len(f.orders) != 1 || f.orders[0] != "new.example.com" {
 					t.Fatalf("orders = %v", f.orders)
 				}
@@ -176,21 +176,21 @@ func TestHandlers(t *testing.T) {
 		{name: "wildcard", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"*.example.com"}`,
 			status: 400, want: `wildcard`},
 		{name: "not allowed", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"evil.example"}`,
-			setup:  func(f *fakeManager) { f.orderErr = fmt.Errorf("evil.example: %w", ErrNotAllowed) },
+			setup:  func(f *fakeApp) { f.orderErr = fmt.Errorf("evil.example: %w", ErrNotAllowed) },
 			status: 400, want: `host not allowed`},
 		{name: "malformed json", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":`,
 			status: 400, want: `malformed JSON`},
 		{name: "too large", method: "POST", target: "/acme", contentType: "application/json", body: big, status: 413},
 		{name: "backoff", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"a.example.com"}`,
-			setup:  func(f *fakeManager) { f.orderErr = fmt.Errorf("please try again in 10 seconds: %w", ErrConflict) },
+			setup:  func(f *fakeApp) { f.orderErr = fmt.Errorf("please try again in 10 seconds: %w", ErrConflict) },
 			status: 409, want: `please try again in 10 seconds`},
 		{name: "ca error", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"a.example.com"}`,
-			setup:  func(f *fakeManager) { f.orderErr = errors.New("urn:ietf:params:acme:error:rejectedIdentifier") },
+			setup:  func(f *fakeApp) { f.orderErr = errors.New("urn:ietf:params:acme:error:rejectedIdentifier") },
 			status: 500, want: `"error":"failed to update certificate: urn:ietf:params:acme:error:rejectedIdentifier"`},
 		{name: "sanity passed", method: "POST", target: "/acme", contentType: "application/json",
 			body:   `{"host":"a.example.com","test_http_challenge_flow":true}`,
 			status: 200, want: `{"message":"sanity test for host a.example.com passed"}`,
-			check: func(t *testing.T, f *fakeManager) {
+			check: func(t *testing.T, f *fakeApp) {
 				if len(f.orders) != 0 {
 					t.Fatalf("sanity check ordered %v", f.orders)
 				}
@@ -199,21 +199,21 @@ func TestHandlers(t *testing.T) {
 			body: `host=a.example.com&test_http_challenge_flow=true`, status: 200, want: `passed`},
 		{name: "sanity failed", method: "POST", target: "/acme", contentType: "application/json",
 			body:   `{"host":"a.example.com","test_http_challenge_flow":"true"}`,
-			setup:  func(f *fakeManager) { f.sanityErr = errors.New("timeout") },
+			setup:  func(f *fakeApp) { f.sanityErr = errors.New("timeout") },
 			status: 400, want: `"error":"problem found running sanity check for a.example.com: timeout"`},
 		{name: "sanity port", method: "POST", target: "/acme", contentType: "application/json",
 			body: `{"host":"a.example.com:80","test_http_challenge_flow":true}`, status: 400, want: `port is not allowed`},
 		{name: "bad boolean", method: "POST", target: "/acme", contentType: "application/json",
 			body: `{"host":"a.example.com","test_http_challenge_flow":"maybe"}`, status: 400},
 		{name: "list", method: "GET", target: "/acme/certificates", status: 200,
-			check: func(t *testing.T, f *fakeManager) {}},
+			check: func(t *testing.T, f *fakeApp) {}},
 		{name: "list bad limit", method: "GET", target: "/acme/certificates?limit=0", status: 400},
 		{name: "one", method: "GET", target: "/acme/certificates/a.example.com", status: 200, want: `"data":{"host":"a.example.com"`},
 		{name: "one absent", method: "GET", target: "/acme/certificates/zzz.example.com", status: 404,
 			want: `"error":"Certificate for host zzz.example.com not found in storage"`},
 		{name: "delete", method: "DELETE", target: "/acme/certificates/b.example.com?revoke=true", status: 200,
 			want: `certificate for host b.example.com is deleted`,
-			check: func(t *testing.T, f *fakeManager) {
+			check: func(t *testing.T, f *fakeApp) {
 				if revoke, ok := f.deleted["b.example.com"]; !ok || !revoke {
 					t.Fatalf("deleted = %v", f.deleted)
 				}
@@ -221,7 +221,7 @@ func TestHandlers(t *testing.T) {
 		{name: "delete absent", method: "DELETE", target: "/acme/certificates/zzz.example.com", status: 404},
 		{name: "status none", method: "GET", target: "/acme", status: 200, want: `{"data":null}`},
 		{name: "status", method: "GET", target: "/acme/", status: 200,
-			setup: func(f *fakeManager) { f.status = json.RawMessage(`{"checked":4}`) },
+			setup: func(f *fakeApp) { f.status = json.RawMessage(`{"checked":4}`) },
 			want:  `{"data":{"checked":4}}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -229,7 +229,7 @@ func TestHandlers(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(f)
 			}
-			a := &adminAPI{find: func() (Manager, error) { return f, nil }}
+			a := &adminAPI{find: func() (App, error) { return f, nil }}
 			req := httptest.NewRequest(tc.method, tc.target, strings.NewReader(tc.body))
 			if tc.contentType != "" {
 				req.Header.Set("Content-Type", tc.contentType)
@@ -259,7 +259,7 @@ func TestHandlers(t *testing.T) {
 
 func TestList(t *testing.T) {
 	f := newFake()
-	a := &adminAPI{find: func() (Manager, error) { return f, nil }}
+	a := &adminAPI{find: func() (App, error) { return f, nil }}
 	list := func(target string) certList { return getList(t, a, target) }
 	hosts := func(l certList) string {
 		var h []string
@@ -299,7 +299,7 @@ func TestList(t *testing.T) {
 // filled, and `next` is set only when hosts are left.
 func TestListBatches(t *testing.T) {
 	f := newFake()
-	a := &adminAPI{find: func() (Manager, error) { return f, nil }}
+	a := &adminAPI{find: func() (App, error) { return f, nil }}
 	f.certs = map[string]CertInfo{}
 	for i := range 250 {
 		f.certs[fmt.Sprintf("h%03d.example.com", i)] = CertInfo{Valid: i != 200}

@@ -86,8 +86,13 @@ type Config struct {
 
 	// How often every certificate in storage is checked for renewal (one
 	// node of a cluster at a time); each wait is jittered by ±10%. The
-	// first check runs a minute after start. Default: 24h.
+	// first check runs renew_first_delay after start. Default: 24h.
 	RenewInterval caddy.Duration `json:"renew_interval,omitempty"`
+
+	// How long after start the first renewal check runs (later ones
+	// follow renew_interval). Kong waited a whole day; a node that is
+	// restarted often may wait longer. Default: 1m.
+	RenewFirstDelay caddy.Duration `json:"renew_first_delay,omitempty"`
 
 	// How often each node reads the log of certificates that other nodes
 	// sharing the storage renewed or deleted, to reload or drop its copies
@@ -179,6 +184,7 @@ type Settings struct {
 	FailBackoff       time.Duration // 0: no backoff
 	RenewThreshold    time.Duration
 	RenewInterval     time.Duration // 0: the renewal scan's default (24h)
+	RenewFirstDelay   time.Duration
 	CacheSyncInterval time.Duration
 	CacheCapacity     int
 }
@@ -217,6 +223,7 @@ func (c *Config) CheckFields() error {
 		{"issue_timeout", c.IssueTimeout},
 		{"cache_sync_interval", c.CacheSyncInterval},
 		{"renew_interval", c.RenewInterval},
+		{"renew_first_delay", c.RenewFirstDelay},
 	} {
 		if d.d < 0 {
 			return fmt.Errorf("%s: must not be negative, got %s", d.name, time.Duration(d.d))
@@ -339,6 +346,7 @@ func (c *Config) Settings() (Settings, error) {
 	}
 	s.RenewThreshold = time.Duration(days * float64(24*time.Hour))
 	s.RenewInterval = time.Duration(c.RenewInterval)
+	s.RenewFirstDelay = durationOr(c.RenewFirstDelay, time.Minute)
 	s.CacheSyncInterval = durationOr(c.CacheSyncInterval, 10*time.Second)
 	s.CacheCapacity = c.CacheCapacity
 	if s.CacheCapacity == 0 {

@@ -1,23 +1,30 @@
-package caddyacme
+package issuance
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io/fs"
 	"math"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/acmekit/caddy-acme/renew"
 )
 
 // Caddy makes a new Prometheus registry for every config load (the one its
 // admin endpoint /metrics serves). The counters and histograms below are
-// made once per process and registered into each config's registry in
-// Provision, so their values survive config reloads; the state of the
-// certificates is read at scrape time by a stateCollector bound to the
-// app of that config. No metric has a host label: the number of series
-// does not grow with the number of certificates.
+// made once per process and registered into each config's registry
+// (RegisterMetrics, from the app's Provision), so their values survive
+// config reloads; the state of the certificates is read at scrape time by
+// a stateCollector bound to the Runtime of that config. No metric has a
+// host label: the number of series does not grow with the number of
+// certificates.
 
 // metrics are the process-wide counters and histograms.
 var metrics = struct {
@@ -71,10 +78,10 @@ func init() {
 	}
 }
 
-// registerMetrics registers the process-wide metrics and the state of app
-// a into reg, the registry of a's config. A collector that is already in
+// RegisterMetrics registers the process-wide metrics and the state of r
+// into reg, the registry of r's config. A collector that is already in
 // reg is fine (an app provisioned twice in one context).
-func registerMetrics(reg prometheus.Registerer, a *App) error {
+func RegisterMetrics(reg prometheus.Registerer, r *Runtime) error {
 	for _, c := range []prometheus.Collector{
 		metrics.orders,
 		metrics.renewals,
@@ -82,7 +89,7 @@ func registerMetrics(reg prometheus.Registerer, a *App) error {
 		metrics.backoffDenials,
 		metrics.storageDuration,
 		metrics.storageErrors,
-		stateCollector{a},
+		stateCollector{r},
 	} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
@@ -94,12 +101,12 @@ func registerMetrics(reg prometheus.Registerer, a *App) error {
 	return nil
 }
 
-// stateCollector exports the state of one app's certificates at scrape
+// stateCollector exports the state of one runtime's certificates at scrape
 // time: how many it holds in memory, and from the last renewal scan's
 // status (read from storage at most once a second, never by listing
 // storage) how many are stored and when they expire.
 type stateCollector struct {
-	a *App
+	r *Runtime
 }
 
 var (
@@ -134,15 +141,15 @@ func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 // left out until a first scan has run, or when the status cannot be read
 // (the storage error counter counts that).
 func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
-	a := c.a
-	ch <- prometheus.MustNewConstMetric(descCached, prometheus.GaugeValue, float64(len(a.cachedNames())))
+	r := c.r
+	ch <- prometheus.MustNewConstMetric(descCached, prometheus.GaugeValue, float64(len(r.changes.cachedNames())))
 
-	ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(r.ctx, 10*time.Second)
 	defer cancel()
-	st, err := a.loadStatus(ctx)
+	st, err := r.loadStatus(ctx)
 	if err != nil {
-		if a.ctx.Err() == nil {
-			a.logger.Warn("reading the renewal scan status for metrics", zap.Error(err))
+		if r.ctx.Err() == nil {
+			r.logger.Warn("reading the renewal scan status for metrics", zap.Error(err))
 		}
 		return
 	}
@@ -158,7 +165,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		notAfter := hs.NotAfter
 		// a certificate renewed since the scan (by the scan itself, the
 		// admin API or another node) is in memory with a later expiry
-		if held, ok := a.heldNotAfter(name); ok && held.After(notAfter) {
+		if held, ok := r.heldNotAfter(name); ok && held.After(notAfter) {
 			notAfter = held
 		} else if hs.Renewed {
 			continue // renewed, but the new expiry is not known here
@@ -176,9 +183,9 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 
 // heldNotAfter returns the latest expiry of the certificates for name in
 // this node's memory.
-func (a *App) heldNotAfter(name string) (time.Time, bool) {
+func (r *Runtime) heldNotAfter(name string) (time.Time, bool) {
 	var latest time.Time
-	for _, c := range a.cache.AllMatchingCertificates(name) {
+	for _, c := range r.cache.AllMatchingCertificates(name) {
 		if c.Leaf != nil && slices.Contains(c.Names, name) && c.Leaf.NotAfter.After(latest) {
 			latest = c.Leaf.NotAfter
 		}
@@ -218,6 +225,119 @@ const (
 	outcomeSuccess   = "success"
 	outcomeFailure   = "failure"
 )
+
+// issuanceKey identifies one order or renewal in progress.
+type issuanceKey struct {
+	identifier string
+	renewal    bool
+}
+
+// issuanceClock times orders and renewals from cert_obtaining to
+// cert_obtained or cert_failed. certmagic's issue lock lets one order or
+// renewal per name run at a time, so the name and the kind identify it.
+type issuanceClock struct {
+	mu      sync.Mutex // protects started
+	started map[issuanceKey]time.Time
+}
+
+// start records that key began at now. An attempt that ended without
+// cert_obtained or cert_failed (it failed before reaching the CA, e.g.
+// storing the result) leaves an entry behind; the next start for the same
+// key replaces it, and the map is swept of entries older than any attempt
+// can take when it grows large.
+func (c *issuanceClock) start(key issuanceKey, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.started) >= maxPendingIssuances {
+		for k, t := range c.started {
+			if now.Sub(t) > staleIssuance {
+				delete(c.started, k)
+			}
+		}
+	}
+	c.started[key] = now
+}
+
+// stop counts the end of key's attempt, and observes its duration if its
+// start was seen.
+func (c *issuanceClock) stop(key issuanceKey, now time.Time, success bool) {
+	outcome := outcomeFailure
+	if success {
+		outcome = outcomeSuccess
+	}
+	kind, counter := "order", metrics.orders
+	if key.renewal {
+		kind, counter = "renewal", metrics.renewals
+	}
+	counter.WithLabelValues(outcome).Inc()
+
+	c.mu.Lock()
+	began, ok := c.started[key]
+	delete(c.started, key)
+	c.mu.Unlock()
+	if ok {
+		metrics.issuanceDuration.WithLabelValues(kind, outcome).Observe(now.Sub(began).Seconds())
+	}
+}
+
+// forget drops key's start: the attempt was aborted.
+func (c *issuanceClock) forget(key issuanceKey) {
+	c.mu.Lock()
+	delete(c.started, key)
+	c.mu.Unlock()
+}
+
+const (
+	// maxPendingIssuances is the size at which issuanceClock sweeps.
+	maxPendingIssuances = 10000
+	// staleIssuance is longer than any order or renewal attempt.
+	staleIssuance = time.Hour
+)
+
+func newIssuanceClock() *issuanceClock {
+	return &issuanceClock{started: make(map[issuanceKey]time.Time)}
+}
+
+// loadStatus returns the last scan's status, read from storage at most once
+// a second, so that a page of certificates or a scrape does not read it
+// once each.
+func (r *Runtime) loadStatus(ctx context.Context) (*renew.Status, error) {
+	c := &r.status
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.read) < time.Second {
+		return c.last, nil
+	}
+	st, err := r.storedStatus(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.last, c.read = st, time.Now()
+	return st, nil
+}
+
+// storedStatus returns the last scan's status as stored (nil if none).
+func (r *Runtime) storedStatus(ctx context.Context) (*renew.Status, error) {
+	data, err := r.storage.Load(ctx, StatusKey)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	st := new(renew.Status)
+	if err := json.Unmarshal(data, st); err != nil {
+		return nil, fmt.Errorf("%s: %v", StatusKey, err)
+	}
+	return st, nil
+}
+
+// statusCache is the last scan status read from storage.
+type statusCache struct {
+	mu   sync.Mutex // protects last and read
+	last *renew.Status
+	read time.Time
+}
 
 // Interface guards
 var _ prometheus.Collector = stateCollector{}

@@ -1,4 +1,4 @@
-package caddyacme
+package issuance
 
 import (
 	"context"

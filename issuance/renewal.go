@@ -1,4 +1,4 @@
-package caddyacme
+package issuance
 
 import (
 	"context"
@@ -9,13 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path"
 	"runtime/debug"
-	"slices"
-	"strings"
 	"sync"
-	"time"
 
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
@@ -24,15 +20,37 @@ import (
 	"github.com/acmekit/caddy-acme/renew"
 )
 
-// renewStore gives the renewal scanner the app's certificates in storage.
-type renewStore struct {
-	a *App
+// parseLeaf reads the leaf of name's stored certificate chain.
+func parseLeaf(name string, data []byte) (*x509.Certificate, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, fmt.Errorf("no PEM certificate in storage for %s", name)
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("parsing stored certificate of %s: %w", name, err)
+	}
+	return leaf, nil
 }
 
-// Names lists every certificate of the app's issuer in storage, also those
-// no handshake asked for since this process started.
-func (s renewStore) Names(ctx context.Context) ([]string, error) {
-	keys, err := s.a.storage.List(ctx, certmagic.StorageKeys.CertsPrefix(s.a.issuer.IssuerKey()), false)
+// loadStored reads the leaf of name's stored certificate.
+func (r *Runtime) loadStored(ctx context.Context, name string) (*x509.Certificate, error) {
+	data, err := r.storage.Load(ctx, Site(r.issuer.IssuerKey(), name).Cert)
+	if err != nil {
+		return nil, err
+	}
+	return parseLeaf(name, data)
+}
+
+// renewCert is what a renewal decision needs of name's certificate leaf.
+func renewCert(name string, leaf *x509.Certificate) renew.Cert {
+	return renew.Cert{Name: name, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Serial: leaf.SerialNumber}
+}
+
+// names lists every certificate of the issuer in storage, also those no
+// handshake asked for since this process started.
+func (r *Runtime) names(ctx context.Context) ([]string, error) {
+	keys, err := r.storage.List(ctx, CertsPrefix(r.issuer.IssuerKey()), false)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -46,6 +64,14 @@ func (s renewStore) Names(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
+// renewStore gives the renewal scanner the certificates in storage.
+type renewStore struct {
+	r *Runtime
+}
+
+// Names implements renew.Store.
+func (s renewStore) Names(ctx context.Context) ([]string, error) { return s.r.names(ctx) }
+
 // Cert reads the renewal facts of name's stored certificate (see Certs).
 func (s renewStore) Cert(ctx context.Context, name string) (renew.Cert, error) {
 	certs, errs := s.Certs(ctx, []string{name})
@@ -54,29 +80,33 @@ func (s renewStore) Cert(ctx context.Context, name string) (renew.Cert, error) {
 
 // Certs reads the renewal facts of names' stored certificates, in one
 // storage batch (ManyLoader), with the CA's ARI window (RFC 9773) unless
-// disable_ari: the one stored with the certificate's metadata, asked from
+// DisableARI: the one stored with the certificate's metadata, asked from
 // the CA again when missing or when the CA's Retry-After has passed (a few
 // at once), and stored back for the next scan.
 func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []error) {
-	issuerKey := s.a.issuer.IssuerKey()
+	r := s.r
+	issuerKey := r.issuer.IssuerKey()
 	keys := make([]string, 0, 2*len(names))
 	for _, name := range names {
-		cert, meta := siteKeys(issuerKey, name)
-		keys = append(keys, cert, meta)
+		k := Site(issuerKey, name)
+		keys = append(keys, k.Cert, k.Meta)
 	}
-	values, loadErrs := loadMany(ctx, s.a.storage, keys)
+	values, loadErrs := loadMany(ctx, r.storage, keys)
 
 	certs, errs := make([]renew.Cert, len(names)), make([]error, len(names))
 	leaves := make([]*x509.Certificate, len(names))
 	for i, name := range names {
-		if errs[i] = loadErrs[2*i]; errs[i] == nil {
-			certs[i], leaves[i], errs[i] = parseStoredCert(name, values[2*i])
+		certs[i] = renew.Cert{Name: name}
+		if errs[i] = loadErrs[2*i]; errs[i] != nil {
+			continue
+		}
+		if leaves[i], errs[i] = parseLeaf(name, values[2*i]); errs[i] == nil {
+			certs[i] = renewCert(name, leaves[i])
 		}
 	}
-	if s.a.DisableARI {
+	if r.opts.DisableARI {
 		return certs, errs
 	}
-	logger := s.a.logger.Named("renew")
 	sem := make(chan struct{}, ariFetchParallelism)
 	var wg sync.WaitGroup
 	for i, name := range names {
@@ -89,7 +119,7 @@ func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []
 			ari, err = decodeARI(values[2*i+1])
 		}
 		if err != nil {
-			logger.Debug("no usable stored ARI", zap.String("identifier", name), zap.Error(err))
+			r.renewLog.Debug("no usable stored ARI", zap.String("identifier", name), zap.Error(err))
 		}
 		if ari.HasWindow() && !ari.NeedsRefresh() {
 			certs[i] = withARI(certs[i], ari)
@@ -102,7 +132,7 @@ func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			certs[i] = withARI(certs[i], s.refreshARI(ctx, name, leaves[i], ari, meta))
+			certs[i] = withARI(certs[i], r.refreshARI(ctx, name, leaves[i], ari, meta))
 		})
 	}
 	wg.Wait()
@@ -112,62 +142,21 @@ func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []
 // ariFetchParallelism bounds the ARI requests to the CA in flight.
 const ariFetchParallelism = 8
 
-// stored reads name's certificate from storage.
-func (s renewStore) stored(ctx context.Context, name string) (renew.Cert, *x509.Certificate, error) {
-	data, err := s.a.storage.Load(ctx, certmagic.StorageKeys.SiteCert(s.a.issuer.IssuerKey(), name))
-	if err != nil {
-		return renew.Cert{}, nil, err
-	}
-	return parseStoredCert(name, data)
-}
-
-// parseStoredCert reads the leaf of a stored certificate chain.
-func parseStoredCert(name string, data []byte) (renew.Cert, *x509.Certificate, error) {
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return renew.Cert{Name: name}, nil, errors.New("no PEM certificate in storage")
-	}
-	leaf, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		return renew.Cert{Name: name}, nil, fmt.Errorf("parsing stored certificate: %w", err)
-	}
-	return renew.Cert{Name: name, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Serial: leaf.SerialNumber}, leaf, nil
-}
-
 // refreshARI asks the CA for the ARI of name's certificate (leaf) and
 // stores it into its metadata (meta, nil if unreadable). On failure it
 // returns stale, the CA's last word, and logs.
-func (s renewStore) refreshARI(ctx context.Context, name string, leaf *x509.Certificate, stale acme.RenewalInfo, meta map[string]json.RawMessage) acme.RenewalInfo {
-	logger := s.a.logger.Named("renew")
-	fresh, err := s.a.issuer.GetRenewalInfo(ctx, certmagic.Certificate{Certificate: tls.Certificate{Leaf: leaf}})
+func (r *Runtime) refreshARI(ctx context.Context, name string, leaf *x509.Certificate, stale acme.RenewalInfo, meta map[string]json.RawMessage) acme.RenewalInfo {
+	fresh, err := r.issuer.GetRenewalInfo(ctx, certmagic.Certificate{Certificate: tls.Certificate{Leaf: leaf}})
 	if err != nil {
-		logger.Debug("getting ARI from the CA", zap.String("identifier", name), zap.Error(err))
+		r.renewLog.Debug("getting ARI from the CA", zap.String("identifier", name), zap.Error(err))
 		return stale
 	}
 	if meta != nil {
-		if err := s.storeARI(ctx, name, meta, fresh); err != nil {
-			logger.Warn("storing ARI", zap.String("identifier", name), zap.Error(err))
+		if err := r.storeARI(ctx, name, meta, fresh); err != nil {
+			r.renewLog.Warn("storing ARI", zap.String("identifier", name), zap.Error(err))
 		}
 	}
 	return fresh
-}
-
-// storedARI reads the ARI that certmagic keeps in name's certificate
-// metadata (see parseARI).
-func (s renewStore) storedARI(ctx context.Context, name string) (acme.RenewalInfo, map[string]json.RawMessage, error) {
-	data, err := s.a.storage.Load(ctx, certmagic.StorageKeys.SiteMeta(s.a.issuer.IssuerKey(), name))
-	if err != nil {
-		return acme.RenewalInfo{}, nil, err
-	}
-	return parseARI(data)
-}
-
-// siteKeys returns the storage keys of name's certificate and metadata,
-// as certmagic.StorageKeys.SiteCert and SiteMeta, building one from the
-// other (certmagic's keys cost a strings.Replacer and a regexp each).
-func siteKeys(issuerKey, name string) (cert, meta string) {
-	cert = certmagic.StorageKeys.SiteCert(issuerKey, name)
-	return cert, strings.TrimSuffix(cert, ".crt") + ".json"
 }
 
 // decodeARI reads the ARI in certificate metadata as parseARI does, in one
@@ -220,7 +209,7 @@ func parseARI(data []byte) (acme.RenewalInfo, map[string]json.RawMessage, error)
 }
 
 // storeARI writes ari into the certificate's metadata, keeping the rest.
-func (s renewStore) storeARI(ctx context.Context, name string, meta map[string]json.RawMessage, ari acme.RenewalInfo) error {
+func (r *Runtime) storeARI(ctx context.Context, name string, meta map[string]json.RawMessage, ari acme.RenewalInfo) error {
 	issuerData := make(map[string]json.RawMessage)
 	if len(meta["issuer_data"]) > 0 {
 		if err := json.Unmarshal(meta["issuer_data"], &issuerData); err != nil {
@@ -238,7 +227,7 @@ func (s renewStore) storeARI(ctx context.Context, name string, meta map[string]j
 	if err != nil {
 		return err
 	}
-	return s.a.storage.Store(ctx, certmagic.StorageKeys.SiteMeta(s.a.issuer.IssuerKey(), name), data)
+	return r.storage.Store(ctx, Site(r.issuer.IssuerKey(), name).Meta, data)
 }
 
 // withARI sets c's ARI window: the random time in it that acmez selected
@@ -255,36 +244,33 @@ func withARI(c renew.Cert, ari acme.RenewalInfo) renew.Cert {
 }
 
 // Renew renews name's certificate at the CA and replaces it in this node's
-// cache.
+// cache (the scan's renewal; the CA's refusal sets no backoff, the next
+// scan retries).
 func (s renewStore) Renew(ctx context.Context, name string) error {
-	if err := s.a.magic.RenewCertSync(ctx, name, true); err != nil {
-		return err
-	}
-	return s.replaceCached(ctx, name) // the other nodes learn it from onEvent's publishChange
+	_, err := s.r.renew(ctx, name)
+	return err
 }
 
-// replaceCached loads name's stored certificate into this node's cache in
-// place of the certificates it holds for name.
-func (s renewStore) replaceCached(ctx context.Context, name string) error {
-	var old []string
-	for _, c := range s.a.cachedFor(name) {
-		old = append(old, c.Hash())
+// renew renews name's certificate at the CA, replaces it in this node's
+// cache and tells the other nodes, and returns the CA's verdict.
+func (r *Runtime) renew(ctx context.Context, name string) (watched, error) {
+	v, err := watch(ctx, name, func(ctx context.Context) error { return r.magic.RenewCertSync(ctx, name, true) })
+	if v.renewed {
+		// published here, once certmagic has released the issue lock
+		defer r.changes.publish(ctx, name, false)
 	}
-	fresh, err := s.a.magic.CacheManagedCertificate(ctx, name)
 	if err != nil {
-		return fmt.Errorf("loading the renewed certificate: %w", err)
+		return v, err
 	}
-	old = slices.DeleteFunc(old, func(h string) bool { return h == fresh.Hash() })
-	s.a.cache.Remove(old)
-	return nil
+	return v, r.replaceCached(ctx, name)
 }
 
 // TryLock takes the cluster-wide scan lock without waiting.
 func (s renewStore) TryLock(ctx context.Context, name string) (bool, error) {
-	if tl, ok := s.a.storage.(certmagic.TryLocker); ok {
+	if tl, ok := s.r.storage.(certmagic.TryLocker); ok {
 		return tl.TryLock(ctx, name)
 	}
-	if err := s.a.storage.Lock(ctx, name); err != nil {
+	if err := s.r.storage.Lock(ctx, name); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -292,7 +278,7 @@ func (s renewStore) TryLock(ctx context.Context, name string) (bool, error) {
 
 // Unlock releases the scan lock.
 func (s renewStore) Unlock(ctx context.Context, name string) error {
-	return s.a.storage.Unlock(ctx, name)
+	return s.r.storage.Unlock(ctx, name)
 }
 
 // SaveStatus records the last scan in storage, where every node reads it.
@@ -301,33 +287,19 @@ func (s renewStore) SaveStatus(ctx context.Context, st renew.Status) error {
 	if err != nil {
 		return err
 	}
-	return s.a.storage.Store(ctx, renewStatusKey, data)
+	return s.r.storage.Store(ctx, StatusKey, data)
 }
 
-// firstScanDelay is how long after start the first scan runs. A variable
-// for tests.
-var firstScanDelay = time.Minute
-
-// renewStatusKey is the storage key of the last renewal scan's status.
-const renewStatusKey = "caddy-acme/renew_status.json"
-
 // startRenewal starts the periodic renewal scans; they end with the
-// config's context.
-func (a *App) startRenewal() {
-	node, _ := os.Hostname()
-	a.scanner = &renew.Scanner{
-		Store:  renewStore{a},
-		Policy: renew.Policy{Threshold: a.renewThreshold()},
-		Clock:  renew.SystemClock{},
-		Node:   node,
-	}
-	a.runner = renew.NewRunner(a.scanner)
-	a.runner.Interval = time.Duration(a.RenewInterval)
-	a.runner.FirstDelay = firstScanDelay
-	logger := a.logger.Named("renew")
-	a.runner.OnScan = func(st renew.Status, err error) {
+// runtime's context.
+func (r *Runtime) startRenewal() {
+	r.runner = renew.NewRunner(r.scanner)
+	r.runner.Interval = r.opts.RenewInterval
+	r.runner.FirstDelay = r.opts.FirstScanDelay
+	logger := r.renewLog
+	r.runner.OnScan = func(st renew.Status, err error) {
 		// the safety net under the change log of cachesync.go
-		if n, err := a.refreshCached(a.ctx); err != nil && a.ctx.Err() == nil {
+		if n, err := r.refreshCached(r.ctx); err != nil && r.ctx.Err() == nil {
 			logger.Error("refreshing certificates from storage", zap.Error(err))
 		} else if n > 0 {
 			logger.Info("reloaded certificates changed by another node", zap.Int("count", n))
@@ -347,23 +319,21 @@ func (a *App) startRenewal() {
 	}
 	go func() {
 		defer func() {
-			if r := recover(); r != nil {
+			if p := recover(); p != nil {
 				logger.Error("panic in renewal scans; they stop until the next config load",
-					zap.Any("panic", r),
+					zap.Any("panic", p),
 					zap.ByteString("stack", debug.Stack()))
 			}
 		}()
-		a.runner.Run(a.ctx)
+		r.runner.Run(r.ctx)
 	}()
+}
+
+// Scan runs one renewal scan now, as the periodic ones do, and returns its
+// status (renew.ErrBusy when another node is scanning).
+func (r *Runtime) Scan(ctx context.Context) (renew.Status, error) {
+	return r.scanner.Scan(ctx)
 }
 
 // Interface guards
 var _ renew.BatchStore = renewStore{}
-
-func (a *App) renewThreshold() time.Duration {
-	days := 14.0
-	if a.RenewThresholdDays != nil {
-		days = *a.RenewThresholdDays
-	}
-	return time.Duration(days * float64(24*time.Hour))
-}

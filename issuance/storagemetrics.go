@@ -1,19 +1,17 @@
-package caddyacme
+package issuance
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
-	"strings"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// instrumentStorage returns inner wrapped so that every operation records
+// InstrumentStorage returns inner wrapped so that every operation records
 // its duration in caddy_acme_storage_operation_duration_seconds and its
 // errors (fs.ErrNotExist is an answer, not an error) in
 // caddy_acme_storage_errors_total, labelled with backend.
@@ -24,7 +22,7 @@ import (
 // one wrapper type per combination. Its cost is two clock reads and one
 // histogram observation per operation; the observers are resolved here,
 // once, not per call.
-func instrumentStorage(inner certmagic.Storage, backend string) certmagic.Storage {
+func InstrumentStorage(inner certmagic.Storage, backend string) certmagic.Storage {
 	s := &instrumentedStorage{inner: inner, m: newStorageObservers(backend)}
 	_, try := inner.(certmagic.TryLocker)
 	_, lease := inner.(certmagic.LockLeaseRenewer)
@@ -37,24 +35,6 @@ func instrumentStorage(inner certmagic.Storage, backend string) certmagic.Storag
 		return instrumentedLeaseStorage{s}
 	default:
 		return s
-	}
-}
-
-// storageBackend names a storage for the backend label: the module name
-// of a storage configured in the app (e.g. acme_redis), else the module
-// name of Caddy's global storage when it is a module itself, file_system
-// for certmagic's file storage (Caddy's default), or the Go type.
-func storageBackend(module caddy.Module, s certmagic.Storage) string {
-	if module != nil {
-		return module.CaddyModule().ID.Name()
-	}
-	switch s := s.(type) {
-	case caddy.Module:
-		return s.CaddyModule().ID.Name()
-	case *certmagic.FileStorage:
-		return "file_system"
-	default:
-		return strings.TrimPrefix(fmt.Sprintf("%T", s), "*")
 	}
 }
 

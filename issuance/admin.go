@@ -1,0 +1,268 @@
+package issuance
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// The operations of the admin API (package admin, served by the app).
+
+// Errors the admin operations wrap to say why they refused.
+var (
+	// ErrNotAllowed: the host is not allowed (Options.Allow).
+	ErrNotAllowed = errors.New("host not allowed")
+	// ErrConflict: the host is in backoff, or being ordered.
+	ErrConflict = errors.New("conflicting order")
+)
+
+// TriggerScan starts a renewal scan now, in the background; a scan asked
+// for while one runs is coalesced into one more after it. Before Start it
+// does nothing.
+func (r *Runtime) TriggerScan() {
+	if r.runner != nil {
+		r.runner.Trigger()
+	}
+}
+
+// Order obtains host's certificate now, as POST /acme: a name with no
+// certificate in storage is ordered, one with a certificate is renewed
+// (Kong documents POST as a forced renewal). Unlike Kong the allowlist
+// applies, a name in backoff or being ordered is refused (ErrConflict)
+// instead of answering "created" for nothing, and the CA's refusal sets
+// the backoff like a failed handshake-time order.
+func (r *Runtime) Order(ctx context.Context, host string) error {
+	host = NormalizeHost(host)
+	if err := r.opts.Allow(host); err != nil {
+		return fmt.Errorf("%w: %v", ErrNotAllowed, err)
+	}
+	if err := r.checkBackoff(ctx, host); err != nil {
+		var inBackoff BackoffError
+		if !errors.As(err, &inBackoff) {
+			return err // a storage error
+		}
+		return fmt.Errorf("%w: %v", ErrConflict, err)
+	}
+
+	// handshakes for host wait for this job, as for one they started
+	j, isNew := r.jobs.claim(host)
+	if !isNew {
+		return fmt.Errorf("%w: a certificate for host %s is already being obtained", ErrConflict, host)
+	}
+	defer r.jobs.finish(host, j)
+
+	if !r.storage.Exists(ctx, Site(r.issuer.IssuerKey(), host).Cert) {
+		j.cert, j.err = r.loadOrObtain(host)
+		return j.err
+	}
+	rctx, cancel := context.WithTimeout(r.ctx, r.opts.IssueTimeout)
+	defer cancel()
+	if v, err := r.renew(rctx, host); err != nil {
+		if v.refused {
+			r.setBackoff(host, err)
+		}
+		j.err = fmt.Errorf("renewing certificate for %s: %w", host, err)
+		return j.err
+	}
+	if c, ok := r.cached(host); ok {
+		j.cert = c
+	} else {
+		j.err = fmt.Errorf("certificate for %s renewed but not in memory", host)
+	}
+	return nil
+}
+
+// SanityCheck is POST /acme's test_http_challenge_flow: it fetches
+// http://<host>:<HTTPPort>/.well-known/acme-challenge/<random token> from
+// this node, as the CA would (without following redirects). It passes when
+// the name resolves and an HTTP server answers there with a status below
+// 500: the acme_challenge handler passes unknown tokens on, so any such
+// answer (a 404, the next handler's reply, a redirect) means that the CA's
+// request would reach a server where the handler can answer. It cannot tell
+// this Caddy from another server on that address.
+func (r *Runtime) SanityCheck(ctx context.Context, host string) error {
+	host = NormalizeHost(host)
+	if err := r.opts.Allow(host); err != nil {
+		return fmt.Errorf("%w: %v", ErrNotAllowed, err)
+	}
+	token := make([]byte, 16)
+	_, _ = rand.Read(token)
+	u := "http://" + net.JoinHostPort(host, strconv.Itoa(r.opts.HTTPPort)) + "/.well-known/acme-challenge/" + hex.EncodeToString(token)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err
+	}
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	if resp.StatusCode >= 500 {
+		return fmt.Errorf("unexpected response: %q, unexpected status code: %d", body, resp.StatusCode)
+	}
+	return nil
+}
+
+// Hosts lists the names of the certificates in storage, sorted. Unless
+// fresh, it may answer with the listing of the last hostsSnapshotAge, so
+// that walking the pages of GET /acme/certificates (the first page fresh,
+// the next ones not) lists storage about once, not once per page: at 100k
+// certificates a List takes about a second. A name deleted meanwhile is
+// skipped by the caller; one added appears in the next walk. Callers must
+// not modify the slice.
+func (r *Runtime) Hosts(ctx context.Context, fresh bool) ([]string, error) {
+	h := &r.hosts
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !fresh && h.names != nil && time.Since(h.listed) < hostsSnapshotAge {
+		return h.names, nil
+	}
+	names, err := r.names(ctx)
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(names)
+	h.names, h.listed = slices.Clip(names), time.Now()
+	return h.names, nil
+}
+
+// hostsSnapshotAge is how long Hosts reuses a listing.
+const hostsSnapshotAge = time.Minute
+
+// hostsSnapshot is the listing Hosts reuses.
+type hostsSnapshot struct {
+	mu     sync.Mutex // protects names and listed
+	names  []string   // sorted; callers must not modify it
+	listed time.Time
+}
+
+// Stored is a certificate in storage as the admin API shows it: its leaf,
+// when it is due for renewal, and the last renewal scan's error for it.
+type Stored struct {
+	Host             string
+	Leaf             *x509.Certificate
+	RenewAt          time.Time // UTC
+	RenewalDue       bool
+	LastRenewalError string
+}
+
+// Certificates describes hosts' stored certificates, read from storage in
+// one batch (one round trip on a storage with LoadMany): a page of GET
+// /acme/certificates. certs[i] and errs[i] are hosts[i]'s; a host without
+// a certificate has an error wrapping fs.ErrNotExist.
+func (r *Runtime) Certificates(ctx context.Context, hosts []string) (certs []Stored, errs []error) {
+	issuerKey := r.issuer.IssuerKey()
+	perHost := 2 // certificate and metadata (its stored ARI window)
+	if r.opts.DisableARI {
+		perHost = 1
+	}
+	names := make([]string, len(hosts))
+	keys := make([]string, 0, perHost*len(hosts))
+	for i, host := range hosts {
+		names[i] = NormalizeHost(host)
+		k := Site(issuerKey, names[i])
+		keys = append(keys, k.Cert)
+		if !r.opts.DisableARI {
+			keys = append(keys, k.Meta)
+		}
+	}
+	values, loadErrs := loadMany(ctx, r.storage, keys)
+
+	certs, errs = make([]Stored, len(hosts)), make([]error, len(hosts))
+	st, err := r.loadStatus(ctx)
+	if err != nil {
+		st = nil // the status only adds the last error; GET /acme reports a bad one
+	}
+	now := time.Now()
+	policy := r.policy()
+	for i, host := range names {
+		if errs[i] = loadErrs[perHost*i]; errs[i] != nil {
+			continue
+		}
+		leaf, err := parseLeaf(host, values[perHost*i])
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		rc := renewCert(host, leaf)
+		if !r.opts.DisableARI && loadErrs[perHost*i+1] == nil {
+			// the stored window only: listing certificates asks the CA nothing
+			if ari, err := decodeARI(values[perHost*i+1]); err == nil {
+				rc = withARI(rc, ari)
+			}
+		}
+		c := Stored{Host: host, Leaf: leaf, RenewAt: policy.RenewAt(rc).UTC(), RenewalDue: policy.Due(rc, now)}
+		if st != nil {
+			if hs, ok := st.Hosts[host]; ok && hs.NotAfter.Equal(leaf.NotAfter) {
+				c.LastRenewalError = hs.LastError
+			}
+		}
+		certs[i] = c
+	}
+	return certs, errs
+}
+
+// Delete removes host's certificate, key and metadata from storage, from
+// this node's memory and, through the change log, from the other nodes',
+// revoking it at the CA first if revoke. fs.ErrNotExist (wrapped) when
+// there is none.
+func (r *Runtime) Delete(ctx context.Context, host string, revoke bool) error {
+	host = NormalizeHost(host)
+	k := Site(r.issuer.IssuerKey(), host)
+	if !r.storage.Exists(ctx, k.Cert) {
+		return fmt.Errorf("certificate for %s: %w", host, fs.ErrNotExist)
+	}
+	if revoke {
+		if err := r.magic.RevokeCert(ctx, host, 0, false); err != nil {
+			return fmt.Errorf("revoking: %w", err)
+		}
+	}
+	for _, key := range []string{k.Cert, k.Key, k.Meta, k.Dir} {
+		if err := r.storage.Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("deleting %s: %w", key, err)
+		}
+	}
+	r.evict(host)
+	r.changes.publish(ctx, host, true)
+	return nil
+}
+
+// Status returns the last renewal scan's status as stored (whichever node
+// ran it), with next_scan: when this node's next periodic scan starts (it
+// does not scan if another node holds the scan lock then). It is an error
+// for storage to hold something else than a JSON object there.
+func (r *Runtime) Status(ctx context.Context) (json.RawMessage, error) {
+	st := make(map[string]json.RawMessage)
+	data, err := r.storage.Load(ctx, StatusKey)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, err
+	default:
+		if err := json.Unmarshal(data, &st); err != nil {
+			return nil, fmt.Errorf("%s holds no JSON object: %v", StatusKey, err)
+		}
+	}
+	if r.runner != nil {
+		if next := r.runner.Next(); !next.IsZero() {
+			st["next_scan"], _ = json.Marshal(next.UTC().Truncate(time.Second))
+		}
+	}
+	return json.Marshal(st)
+}

@@ -1,0 +1,277 @@
+// Package issuance is caddy-acme's issuance runtime: what happens at run
+// time between a TLS handshake, the storage and the CA, without Caddy.
+//
+//   - a handshake for a name without a certificate starts one job per name
+//     (jobs.go) that loads it from storage or orders it, waiting its turn in
+//     the node's order queue (queue.go) and honouring the cluster-wide
+//     backoff after the CA refused the name (backoff.go);
+//   - the CA's verdict on an order travels with the order's context
+//     (verdict.go), from certmagic's events back to the job;
+//   - certificates renewed or deleted on one node reach the memory of the
+//     others through a change log in storage (cachesync.go);
+//   - the renewal scan of package renew reads the stored certificates in
+//     batches (renewal.go, loadmany.go) and the admin operations (admin.go)
+//     list, order, renew and delete them;
+//   - metrics of orders, renewals, storage operations and the state of the
+//     certificates (metrics.go, storagemetrics.go).
+//
+// The app (package caddyacme) builds the certmagic configuration and hands
+// it in with the rest of the Runtime's dependencies (Options); its tests
+// build a Runtime the same way, without a Caddy config.
+package issuance
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"os"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+
+	"github.com/acmekit/caddy-acme/renew"
+)
+
+// Issuer is what the runtime needs of the app's ACME issuer
+// (*certmagic.ACMEIssuer): the key its certificates are stored under, and
+// the CA's renewal information (ARI) for a certificate.
+type Issuer interface {
+	IssuerKey() string
+	GetRenewalInfo(ctx context.Context, cert certmagic.Certificate) (acme.RenewalInfo, error)
+}
+
+// Options are a Runtime's dependencies and settings. Magic, Cache, Issuer
+// and Storage are required; a zero setting takes its default.
+type Options struct {
+	// The certmagic configuration that loads, orders, renews and revokes
+	// certificates. Its OnEvent must pass every event to the Runtime's
+	// HandleEvent.
+	Magic *certmagic.Config
+	// Magic's certificate cache.
+	Cache *certmagic.Cache
+	// Magic's ACME issuer.
+	Issuer Issuer
+	// Magic's storage.
+	Storage certmagic.Storage
+	// Where the runtime logs. Default: no logs.
+	Logger *zap.Logger
+
+	// Allow decides whether a certificate may be served or obtained for a
+	// name (lowercased, without a trailing dot); its error says why not.
+	// Default: every name.
+	Allow func(name string) error
+
+	// How long a handshake waits for a certificate, and an order may take
+	// once out of the queue. Default: 90s.
+	IssueTimeout time.Duration
+	// How long no order is placed for a name after the CA refused it; 0:
+	// no backoff.
+	FailBackoff time.Duration
+	// Renew when less than this remains (capped at half the lifetime, see
+	// renew.Policy). Default: 14 days.
+	RenewThreshold time.Duration
+	// How often the renewal scan runs. Default: renew.Runner's, 24h.
+	RenewInterval time.Duration
+	// How long after Start the first renewal scan runs. Default: 1m.
+	FirstScanDelay time.Duration
+	// How often the change log is read. Default: 10s.
+	CacheSyncInterval time.Duration
+	// How many changes the change log keeps; a node that missed more
+	// refreshes everything it holds. Default: 1000.
+	MaxCacheChanges int
+	// Ignore the CA's ARI windows (renewal scan, listings).
+	DisableARI bool
+	// The port of the HTTP-01 sanity check. Default: 80.
+	HTTPPort int
+	// This node's name in the scan status. Default: the host name.
+	Node string
+
+	// Called for a handshake refused because its name is in backoff (the
+	// app emits an event); may be nil.
+	OnBackoffDenied func(name string, err error)
+}
+
+// Runtime runs the issuance of one app configuration: make it with New,
+// start its background work with Start, and stop it with Stop (its
+// background work also ends with the context given to New).
+type Runtime struct {
+	ctx     context.Context // the app's life
+	opts    Options
+	logger  *zap.Logger
+	magic   *certmagic.Config
+	cache   *certmagic.Cache
+	issuer  Issuer
+	storage certmagic.Storage
+
+	jobs     jobs
+	queue    *orderQueue // nil: orders are not paced
+	clock    *issuanceClock
+	changes  *changeLog
+	hosts    hostsSnapshot
+	status   statusCache
+	scanner  *renew.Scanner
+	runner   *renew.Runner
+	renewLog *zap.Logger
+}
+
+// New returns the runtime for opts, living as long as ctx. It starts
+// nothing but the order queue's pacing (handshakes may come before
+// Start).
+func New(ctx context.Context, opts Options) *Runtime {
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.Allow == nil {
+		opts.Allow = func(string) error { return nil }
+	}
+	if opts.IssueTimeout <= 0 {
+		opts.IssueTimeout = 90 * time.Second
+	}
+	if opts.RenewThreshold == 0 {
+		opts.RenewThreshold = 14 * 24 * time.Hour
+	}
+	if opts.FirstScanDelay <= 0 {
+		opts.FirstScanDelay = time.Minute
+	}
+	if opts.CacheSyncInterval <= 0 {
+		opts.CacheSyncInterval = 10 * time.Second
+	}
+	if opts.MaxCacheChanges <= 0 {
+		opts.MaxCacheChanges = 1000
+	}
+	if opts.HTTPPort == 0 {
+		opts.HTTPPort = 80
+	}
+	if opts.Node == "" {
+		opts.Node, _ = os.Hostname()
+	}
+	r := &Runtime{
+		ctx:      ctx,
+		opts:     opts,
+		logger:   opts.Logger,
+		magic:    opts.Magic,
+		cache:    opts.Cache,
+		issuer:   opts.Issuer,
+		storage:  opts.Storage,
+		jobs:     jobs{running: make(map[string]*job)},
+		queue:    newOrderQueue(),
+		clock:    newIssuanceClock(),
+		renewLog: opts.Logger.Named("renew"),
+	}
+	r.changes = newChangeLog(r)
+	r.scanner = &renew.Scanner{
+		Store:  renewStore{r},
+		Policy: r.policy(),
+		Clock:  renew.SystemClock{},
+		Node:   opts.Node,
+	}
+	return r
+}
+
+// Start starts the background work: the periodic renewal scans, the
+// cache sync and the publishing of certmagic's own renewals to the other
+// nodes. It all ends with the context given to New.
+func (r *Runtime) Start() {
+	r.startRenewal()
+	r.changes.start()
+}
+
+// Stop ends the order queue's pacing. The rest ends with New's context.
+func (r *Runtime) Stop() {
+	r.queue.stop()
+}
+
+// Certificate returns the certificate for the ClientHello's name, from
+// memory, else from storage, else by ordering it from the CA. A name Allow
+// refuses gets that error. The handshake waits up to IssueTimeout.
+func (r *Runtime) Certificate(ctx context.Context, hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	name := ServerName(hello)
+	if err := r.opts.Allow(name); err != nil {
+		return nil, err
+	}
+	if cert, ok := r.cached(name); ok {
+		return &cert.Certificate, nil
+	}
+
+	j := r.startJob(name)
+	timer := time.NewTimer(r.opts.IssueTimeout)
+	defer timer.Stop()
+	select {
+	case <-j.done:
+		if j.err != nil {
+			var inBackoff BackoffError
+			if errors.As(j.err, &inBackoff) {
+				r.backoffDenied(name, j.err)
+			}
+			return nil, j.err
+		}
+		return &j.cert.Certificate, nil
+	case <-timer.C:
+		return nil, r.queue.notReady(name, r.opts.IssueTimeout)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Running reports whether a load or order of name's certificate is in
+// progress on this node (handshakes and POST /acme for it wait for it).
+func (r *Runtime) Running(name string) bool {
+	r.jobs.mu.Lock()
+	defer r.jobs.mu.Unlock()
+	_, ok := r.jobs.running[name]
+	return ok
+}
+
+// HandleEvent takes an event of the certmagic configuration (its OnEvent,
+// before the app emits it to its subscribers): it times orders and
+// renewals, records the CA's verdict on an order the runtime runs, notes
+// the certificates put in memory, and makes the other nodes reload a
+// certificate certmagic renewed on its own. It touches no storage, so it
+// never waits inside certmagic (which holds the issue lock meanwhile).
+func (r *Runtime) HandleEvent(ctx context.Context, name string, data map[string]any) {
+	identifier, _ := data["identifier"].(string)
+	renewal, _ := data["renewal"].(bool)
+	key := issuanceKey{identifier: identifier, renewal: renewal}
+	switch name {
+	case "cert_obtaining":
+		r.clock.start(key, time.Now())
+	case "cert_obtained":
+		r.clock.stop(key, time.Now(), true)
+		if renewal && identifier != "" && !noteVerdict(ctx, identifier, outcomeRenewed) {
+			// certmagic's own maintenance renewed it: published by the
+			// change log's goroutine, not here
+			r.changes.publishLater(identifier)
+		}
+	case "cert_failed":
+		r.clock.stop(key, time.Now(), false)
+		noteVerdict(ctx, identifier, outcomeRefused)
+	case "cached_managed_cert":
+		sans, _ := data["sans"].([]string)
+		for _, name := range sans {
+			r.changes.noteCached(name)
+		}
+	}
+}
+
+// IssuanceAborted tells the runtime that a subscriber aborted the order or
+// renewal whose cert_obtaining event carried data: it is not timed.
+func (r *Runtime) IssuanceAborted(data map[string]any) {
+	identifier, _ := data["identifier"].(string)
+	renewal, _ := data["renewal"].(bool)
+	r.clock.forget(issuanceKey{identifier: identifier, renewal: renewal})
+}
+
+// backoffDenied counts a handshake for name refused by the backoff.
+func (r *Runtime) backoffDenied(name string, err error) {
+	metrics.backoffDenials.Inc()
+	if r.opts.OnBackoffDenied != nil {
+		r.opts.OnBackoffDenied(name, err)
+	}
+}
+
+// policy is when certificates are renewed.
+func (r *Runtime) policy() renew.Policy {
+	return renew.Policy{Threshold: r.opts.RenewThreshold}
+}
