@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/acmekit/caddy-acme/admin"
 	"github.com/acmekit/caddy-acme/internal/testenv"
+	"github.com/acmekit/caddy-acme/issuance"
 )
 
 // withAdmin turns on Caddy's admin listener on a free port in a config
@@ -202,27 +202,32 @@ func TestAdminAPI(t *testing.T) {
 	}
 
 	// 409: a name in backoff, and one being obtained
-	app.setBackoff("localhost", errors.New("test failure"))
+	storeBackoff(t, app, "localhost", time.Minute)
 	out = mustCall(t, "POST", base+"/acme", "application/json", `{"host":"localhost"}`, 409)
 	if !strings.Contains(out, "please try again in") {
 		t.Fatalf("POST in backoff: %s", out)
 	}
-	app.jobs.mu.Lock()
-	app.jobs.running[host] = &obtainJob{done: make(chan struct{})}
-	app.jobs.mu.Unlock()
+	// the issue lock held, as by another node ordering host: a handshake's
+	// job waits for it until the app stops
+	if err := app.storage.Lock(t.Context(), issuance.IssueLockKey(host)); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = r.handshake(host) }()
+	for deadline := time.Now().Add(10 * time.Second); !app.rt.Running(host); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no job started for the handshake")
+		}
+	}
 	out = mustCall(t, "POST", base+"/acme", "application/json", `{"host":"`+host+`"}`, 409)
 	if !strings.Contains(out, "already being obtained") {
 		t.Fatalf("POST in progress: %s", out)
 	}
-	app.jobs.mu.Lock()
-	delete(app.jobs.running, host)
-	app.jobs.mu.Unlock()
 	if n := r.pebble.Orders(); n != 2 {
 		t.Fatalf("409s ordered: %v", r.orderNames())
 	}
 
 	// a status in storage that is not ours: 500 with the reason
-	if err := app.storage.Store(t.Context(), renewStatusKey, []byte("not json")); err != nil {
+	if err := app.storage.Store(t.Context(), issuance.StatusKey, []byte("not json")); err != nil {
 		t.Fatal(err)
 	}
 	out = mustCall(t, "GET", base+"/acme", "", "", 500)
@@ -233,6 +238,19 @@ func TestAdminAPI(t *testing.T) {
 	mustCall(t, "PUT", base+"/acme", "", "", 405)
 	mustCall(t, "POST", base+"/acme", "application/json", `{"host":`, 400)
 	mustCall(t, "POST", base+"/acme", "application/json", `{"host":"`+strings.Repeat("a", 70000)+`"}`, 413)
+}
+
+// storeBackoff records a backoff of name for d, as a node whose order the
+// CA refused does.
+func storeBackoff(t *testing.T, app *App, name string, d time.Duration) {
+	t.Helper()
+	data, err := json.Marshal(map[string]any{"host": name, "until": time.Now().Add(d).UTC(), "error": "test failure"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := app.storage.Store(t.Context(), issuance.BackoffKey(name), data); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestAdminAPINotConfigured: without the acme app the routes answer 404.
@@ -273,31 +291,5 @@ func TestAdminAPIOrderFailure(t *testing.T) {
 	}
 	if n := r.pebble.Orders(); n != 1 {
 		t.Fatalf("orders = %d, want 1", n)
-	}
-}
-
-// TestHostsSnapshot: the first page of a listing lists storage; the next
-// pages reuse that listing, so a walk over 100k certificates lists storage
-// once instead of once per page.
-func TestHostsSnapshot(t *testing.T) {
-	a := handApp(t)
-	ctx := t.Context()
-	put := func(name string) {
-		t.Helper()
-		if err := a.storage.Store(ctx, certmagic.StorageKeys.SiteCert(a.issuer.IssuerKey(), name), []byte("x")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	put("b.example.com")
-	put("a.example.com")
-	if got, err := a.Hosts(ctx, true); err != nil || !slices.Equal(got, []string{"a.example.com", "b.example.com"}) {
-		t.Fatalf("Hosts(fresh) = %v, %v", got, err)
-	}
-	put("c.example.com")
-	if got, _ := a.Hosts(ctx, false); len(got) != 2 {
-		t.Fatalf("Hosts(next page) = %v, want the snapshot of the first page", got)
-	}
-	if got, _ := a.Hosts(ctx, true); len(got) != 3 {
-		t.Fatalf("Hosts(fresh) = %v, want the new name", got)
 	}
 }

@@ -26,7 +26,7 @@ func BenchmarkCertificateCached(b *testing.B) {
 		b.Run(fmt.Sprintf("domains=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := app.certificate(b.Context(), hello); err != nil {
+				if _, err := app.rt.Certificate(b.Context(), hello); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -52,7 +52,7 @@ func BenchmarkCertificateRefused(b *testing.B) {
 		b.Run(fmt.Sprintf("domains=%d", n), func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := app.certificate(b.Context(), hello); err == nil {
+				if _, err := app.rt.Certificate(b.Context(), hello); err == nil {
 					b.Fatal("allowed")
 				}
 			}

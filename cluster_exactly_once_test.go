@@ -187,7 +187,7 @@ func verifiedLeaf(port int, name string, roots *x509.CertPool, timeout time.Dura
 // read from its admin /metrics (0 before the first order).
 func obtainedOrders(t *testing.T, adminBase string) int {
 	t.Helper()
-	v, _ := sample(scrape(t, strings.TrimPrefix(adminBase, "http://")), "caddy_acme_orders_total", map[string]string{"outcome": "success"})
+	v, _ := testenv.Sample(scrape(t, strings.TrimPrefix(adminBase, "http://")), "caddy_acme_orders_total", map[string]string{"outcome": "success"})
 	return int(v)
 }
 

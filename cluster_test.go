@@ -3,7 +3,6 @@ package caddyacme
 import (
 	"crypto/x509"
 	"encoding/json"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -25,15 +24,13 @@ func TestClusterRenewsOnceAndSyncsCaches(t *testing.T) {
 	// long enough that a renewal reaches both nodes before the old
 	// certificate expires, on a loaded machine
 	const lifetime = 30 * time.Second
-	// no periodic scan: only the ones the test asks for (node B, another
-	// process, starts its first one a minute after it starts)
-	defer func(d time.Duration) { firstScanDelay = d }(firstScanDelay)
-	firstScanDelay = time.Hour
 	a := newRig(t, testenv.PebbleOptions{ValidityPeriod: lifetime})
 	fields := map[string]any{
 		"domains":             []string{"*.cluster.example.com"},
 		"disable_ari":         true, // Pebble's window for a short-lived certificate is its whole life: random
 		"cache_sync_interval": "500ms",
+		// no periodic scan: only the ones the test asks for
+		"renew_first_delay": "1h",
 	}
 	cfgA, adminA := withAdmin(t, a.config(a.acme(fields), nil))
 	a.load(cfgA)
@@ -161,64 +158,5 @@ func waitScansDone(t *testing.T, bases ...string) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-	}
-}
-
-// TestCacheChangeLog: the log keeps the last maxCacheChanges changes with
-// increasing sequence numbers, and replaces an unreadable value (written by
-// someone else) with a new log whose Trimmed mark makes every node compare
-// everything it holds with storage.
-func TestCacheChangeLog(t *testing.T) {
-	r := newRig(t, testenv.PebbleOptions{})
-	app := r.load(r.config(r.acme(map[string]any{"domains": []string{"log.example.com"}}), nil))
-	ctx := t.Context()
-	if _, err := app.syncCache(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer func(n int) { maxCacheChanges = n }(maxCacheChanges)
-	maxCacheChanges = 20
-	for i := range maxCacheChanges + 5 {
-		app.publishChange(ctx, "h"+strconv.Itoa(i)+".example.com", i%2 == 0)
-	}
-	log, err := app.loadChanges(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(log.Changes) != maxCacheChanges || log.Changes[0].Host != "h5.example.com" || log.Changes[0].Deleted || !log.Changes[1].Deleted {
-		t.Fatalf("log holds %d changes from %+v, want the last %d", len(log.Changes), log.Changes[0], maxCacheChanges)
-	}
-	for i := 1; i < len(log.Changes); i++ {
-		if log.Changes[i].Seq <= log.Changes[i-1].Seq {
-			t.Fatalf("sequence not increasing at %d: %d then %d", i, log.Changes[i-1].Seq, log.Changes[i].Seq)
-		}
-	}
-	if log.Trimmed >= log.Changes[0].Seq || log.Seq != log.Changes[len(log.Changes)-1].Seq {
-		t.Fatalf("trimmed %d, seq %d, first kept %d", log.Trimmed, log.Seq, log.Changes[0].Seq)
-	}
-
-	// a node that applied the log up to now has nothing to do
-	if _, err := app.syncCache(ctx); err != nil {
-		t.Fatal(err)
-	}
-	seen := app.cacheSync.seen
-	if seen != log.Seq {
-		t.Fatalf("seen %d after a sync, want %d", seen, log.Seq)
-	}
-
-	// an unreadable log: syncing reports it and changes nothing; the next
-	// change starts a new log above everything seen, marked as trimmed
-	if err := app.storage.Store(ctx, cacheChangesKey, []byte("{not json")); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := app.syncCache(ctx); err == nil || !strings.Contains(err.Error(), cacheChangesKey) {
-		t.Fatalf("syncing an unreadable log: %v, want an error naming %s", err, cacheChangesKey)
-	}
-	app.publishChange(ctx, "after.example.com", false)
-	log, err = app.loadChanges(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(log.Changes) != 1 || log.Changes[0].Seq <= seen || log.Trimmed < seen {
-		t.Fatalf("new log %+v, want one change above %d and trimmed at least %d", log, seen, seen)
 	}
 }

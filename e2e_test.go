@@ -1,7 +1,6 @@
 package caddyacme
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
@@ -19,7 +18,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +26,7 @@ import (
 	"github.com/mholt/acmez/v3/acme"
 
 	"github.com/acmekit/caddy-acme/internal/testenv"
+	"github.com/acmekit/caddy-acme/issuance"
 )
 
 // The tests in this file run Caddy in the test process (caddy.Load of a
@@ -388,11 +387,11 @@ func TestBackoffAfterFailedValidation(t *testing.T) {
 	if n := r.pebble.Orders(); n != 1 {
 		t.Fatalf("orders after the failed attempt = %d, want 1", n)
 	}
-	data, err := app.storage.Load(t.Context(), backoffKey("fail.example.com"))
+	data, err := app.storage.Load(t.Context(), issuance.BackoffKey("fail.example.com"))
 	if err != nil {
 		t.Fatalf("loading the backoff record: %v", err)
 	}
-	var b backoff
+	var b backoffRecord
 	if err := json.Unmarshal(data, &b); err != nil {
 		t.Fatal(err)
 	}
@@ -406,7 +405,7 @@ func TestBackoffAfterFailedValidation(t *testing.T) {
 	if _, err := r.handshake("fail.example.com"); err == nil {
 		t.Fatal("second handshake succeeded")
 	}
-	_, err = app.certificate(t.Context(), &tls.ClientHelloInfo{ServerName: "fail.example.com"})
+	_, err = app.rt.Certificate(t.Context(), &tls.ClientHelloInfo{ServerName: "fail.example.com"})
 	if err == nil || !strings.Contains(err.Error(), "because of previous failure; this is configurable with fail_backoff_minutes") {
 		t.Fatalf("error during backoff = %v, want Kong's backoff message", err)
 	}
@@ -415,13 +414,21 @@ func TestBackoffAfterFailedValidation(t *testing.T) {
 	}
 }
 
+// backoffRecord is the JSON a node stores at issuance.BackoffKey after the
+// CA refused an order (read by every node sharing the storage).
+type backoffRecord struct {
+	Host  string    `json:"host"`
+	Until time.Time `json:"until"`
+	Error string    `json:"error"`
+}
+
 // TestSuccessSetsNoBackoff: unlike Kong, a successful order leaves no
 // backoff behind.
 func TestSuccessSetsNoBackoff(t *testing.T) {
 	r := newRig(t, testenv.PebbleOptions{})
 	app := r.load(r.config(r.acme(map[string]any{"domains": []string{"ok.example.com", "garbage.example.com", "expired.example.com"}}), nil))
 	r.mustHandshake("ok.example.com")
-	if _, err := app.storage.Load(t.Context(), backoffKey("ok.example.com")); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := app.storage.Load(t.Context(), issuance.BackoffKey("ok.example.com")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("backoff after a successful order: %v, want none", err)
 	}
 
@@ -431,7 +438,7 @@ func TestSuccessSetsNoBackoff(t *testing.T) {
 		"garbage.example.com": "not json {",
 		"expired.example.com": `{"host":"expired.example.com","until":"2020-01-01T00:00:00Z","error":"old"}`,
 	} {
-		if err := app.storage.Store(t.Context(), backoffKey(name), []byte(record)); err != nil {
+		if err := app.storage.Store(t.Context(), issuance.BackoffKey(name), []byte(record)); err != nil {
 			t.Fatal(err)
 		}
 		r.mustHandshake(name)
@@ -461,11 +468,11 @@ func TestEAB(t *testing.T) {
 		if _, err := r.handshake("noeab.example.com"); err == nil {
 			t.Fatal("handshake succeeded without external account binding")
 		}
-		data, err := app.storage.Load(t.Context(), backoffKey("noeab.example.com"))
+		data, err := app.storage.Load(t.Context(), issuance.BackoffKey("noeab.example.com"))
 		if err != nil {
 			t.Fatalf("loading the backoff record: %v", err)
 		}
-		var b backoff
+		var b backoffRecord
 		if err := json.Unmarshal(data, &b); err != nil {
 			t.Fatal(err)
 		}
@@ -630,178 +637,5 @@ func TestConcurrentHandshakesOneOrder(t *testing.T) {
 	}
 	if n := r.pebble.Orders(); n != 1 {
 		t.Fatalf("%d concurrent handshakes placed %d orders, want 1", clients, n)
-	}
-}
-
-// TestBackoffOnlyWhenTheCARefuses: an order that fails before reaching the
-// CA (the issue lock, storage) or because its own deadline passed sets no
-// backoff; one the CA refuses (certmagic's cert_failed) does. The CA's side
-// is shown end to end by TestBackoffAfterFailedValidation, the deadline by
-// TestBurstQueuedBeyondIssueTimeout.
-func TestBackoffOnlyWhenTheCARefuses(t *testing.T) {
-	a := handApp(t)
-	refusal := func(name string) func(context.Context) error {
-		return func(ctx context.Context) error {
-			if err := a.onEvent(ctx, "cert_failed", map[string]any{"identifier": name, "renewal": false}); err != nil {
-				return err
-			}
-			return errors.New("urn:ietf:params:acme:error:rejectedIdentifier")
-		}
-	}
-	refused, err := a.watchCA(t.Context(), "lock.example.com", func(context.Context) error {
-		return errors.New("unable to acquire lock 'issue_cert_lock.example.com': connection refused")
-	})
-	if err == nil || refused {
-		t.Fatalf("failure before the order: refused %v, err %v; want not refused", refused, err)
-	}
-	refused, err = a.watchCA(t.Context(), "ca.example.com", refusal("ca.example.com"))
-	if err == nil || !refused {
-		t.Fatalf("the CA's refusal: refused %v, err %v; want refused", refused, err)
-	}
-	// certmagic reports cert_failed also when the order's context ends
-	// (e.g. in its rate limiter): that is not the CA's refusal
-	expired, cancel := context.WithTimeout(t.Context(), time.Nanosecond)
-	defer cancel()
-	<-expired.Done()
-	refused, err = a.watchCA(expired, "late.example.com", refusal("late.example.com"))
-	if err == nil || refused {
-		t.Fatalf("failure after the deadline: refused %v, err %v; want not refused", refused, err)
-	}
-	// another name's refusal, or one outside a watch, is not this order's
-	refused, _ = a.watchCA(t.Context(), "other.example.com", func(ctx context.Context) error {
-		_ = a.onEvent(ctx, "cert_failed", map[string]any{"identifier": "ca.example.com"})
-		return errors.New("failed")
-	})
-	if refused {
-		t.Fatal("another name's refusal counted")
-	}
-	if len(a.refusals.watched) != 0 {
-		t.Fatalf("watches left behind: %v", a.refusals.watched)
-	}
-}
-
-// TestOrderingElsewhereSkipsTheQueue: a name whose issue lock another
-// node holds (it is ordering the name) takes no turn in this node's queue:
-// the job waits for the lock instead. Probing the lock gives it back.
-func TestOrderingElsewhereSkipsTheQueue(t *testing.T) {
-	defer func(n int, w time.Duration) {
-		certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow = n, w
-	}(certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow)
-	certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow = 1, time.Hour
-
-	red := testenv.StartRedis(t, testenv.RedisOptions{})
-	r := newRig(t, testenv.PebbleOptions{})
-	app := r.load(r.config(r.acme(map[string]any{
-		"domains":       []string{"*.elsewhere.example.com"},
-		"storage":       redisStorage(red, "elsewhere"),
-		"account_email": "elsewhere-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "@example.com",
-	}), nil))
-	ctx := t.Context()
-	const name = "x.elsewhere.example.com"
-	tl := app.storage.(certmagic.TryLocker)
-
-	if app.orderingElsewhere(name) {
-		t.Fatal("a free issue lock reported held")
-	}
-	if ok, err := tl.TryLock(ctx, issueLockKey(name)); !ok || err != nil {
-		t.Fatalf("the probe kept the issue lock: TryLock = %v, %v", ok, err)
-	}
-	// held now, as by another node ordering the name
-	if !app.orderingElsewhere(name) {
-		t.Fatal("a held issue lock reported free")
-	}
-
-	// the queue's only turn of the hour goes to another name
-	r.mustHandshake("first.elsewhere.example.com")
-	go func() { _, _ = app.certificate(ctx, &tls.ClientHelloInfo{ServerName: name}) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		app.jobs.mu.Lock()
-		_, running := app.jobs.running[name]
-		app.jobs.mu.Unlock()
-		if running {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no job started for the name")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	time.Sleep(time.Second) // the job probes the lock, then would queue
-	if n := app.orderQueue.waiting.Load(); n != 0 {
-		t.Fatalf("%d orders waiting in the queue, want 0: the name is being ordered elsewhere", n)
-	}
-	if err := app.storage.Unlock(ctx, issueLockKey(name)); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// TestBurstQueuedBeyondIssueTimeout: more new names at once than the
-// account may order within issue_timeout (certmagic's limiter, here 1
-// order per 6 s, issue_timeout 5 s). Every name is ordered exactly once and
-// served — a first handshake that gives up at issue_timeout is followed by
-// one that gets the certificate — and no order fails and no name goes into
-// backoff: the orders wait in the app's queue, and issue_timeout counts
-// from when they leave it (without the queue they would run out of time in
-// certmagic's limiter and be placed again by a later handshake).
-func TestBurstQueuedBeyondIssueTimeout(t *testing.T) {
-	defer func(n int, w time.Duration) {
-		certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow = n, w
-	}(certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow)
-	certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow = 1, 6*time.Second
-
-	names := []string{"q1.example.com", "q2.example.com", "q3.example.com"}
-	failedOrders := value(metrics.orders.WithLabelValues(outcomeFailure))
-	r := newRig(t, testenv.PebbleOptions{})
-	app := r.load(r.config(r.acme(map[string]any{
-		"domains":       names,
-		"issue_timeout": "5s",
-		// a new account, so a new certmagic limiter with the values above
-		"account_email": "burst-" + strconv.FormatInt(time.Now().UnixNano(), 36) + "@example.com",
-	}), nil))
-
-	var mu sync.Mutex
-	failedFirst := 0
-	var wg sync.WaitGroup
-	for _, name := range names {
-		wg.Go(func() {
-			deadline := time.Now().Add(60 * time.Second)
-			for attempt := 0; ; attempt++ {
-				_, err := r.handshake(name)
-				if err == nil {
-					return
-				}
-				if attempt == 0 {
-					mu.Lock()
-					failedFirst++
-					mu.Unlock()
-				}
-				if time.Now().After(deadline) {
-					t.Errorf("%s not served within 60 s: %v", name, err)
-					return
-				}
-				time.Sleep(500 * time.Millisecond)
-			}
-		})
-	}
-	wg.Wait()
-	if t.Failed() {
-		t.Logf("pebble log:\n%s", r.pebble.Log())
-		return
-	}
-	if n := r.pebble.Orders(); n != len(names) {
-		t.Errorf("%d names placed %d orders, want one each", len(names), n)
-	}
-	if n := value(metrics.orders.WithLabelValues(outcomeFailure)) - failedOrders; n != 0 {
-		t.Errorf("%v orders failed, want none", n)
-	}
-	if failedFirst == 0 {
-		t.Error("every first handshake was served: the burst did not outlast issue_timeout, so this test shows nothing")
-	}
-	for _, name := range names {
-		r.mustHandshake(name)
-		if _, err := app.storage.Load(t.Context(), backoffKey(name)); !errors.Is(err, fs.ErrNotExist) {
-			t.Errorf("backoff of %s after a queued order: %v, want none", name, err)
-		}
 	}
 }

@@ -87,7 +87,7 @@ func TestRedisDownMidIssuance(t *testing.T) {
 		if _, err := r.handshake(name); err == nil {
 			t.Fatalf("handshake for %s succeeded with Redis down", name)
 		}
-		err := certificateWithin(t, app, name, app.issueTimeout()+30*time.Second)
+		err := certificateWithin(t, app, name, app.set.IssueTimeout+30*time.Second)
 		if err == nil || !strings.Contains(err.Error(), name) || !strings.Contains(err.Error(), "storage") {
 			t.Fatalf("error for %s with Redis down: %v; want one naming the host and the storage", name, err)
 		}
@@ -286,7 +286,7 @@ func certificateWithin(t *testing.T, app *App, name string, d time.Duration) err
 	t.Helper()
 	done := make(chan error, 1)
 	go func() {
-		_, err := app.certificate(context.Background(), &tls.ClientHelloInfo{ServerName: name})
+		_, err := app.rt.Certificate(context.Background(), &tls.ClientHelloInfo{ServerName: name})
 		done <- err
 	}()
 	select {

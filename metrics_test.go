@@ -22,324 +22,14 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
-	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
 	"github.com/acmekit/caddy-acme/internal/appconfig"
 	"github.com/acmekit/caddy-acme/internal/testenv"
-	"github.com/acmekit/caddy-acme/renew"
 	"github.com/acmekit/caddy-acme/storage/redis"
 )
-
-// TestMetricsStorageWrapperInterfaces: the wrapper has exactly the optional
-// interfaces of the storage it wraps, and its String (which certmagic
-// logs) is the inner storage's, secrets redacted.
-func TestMetricsStorageWrapperInterfaces(t *testing.T) {
-	fileStorage := &certmagic.FileStorage{Path: t.TempDir()}
-	redisStorage := &redis.Storage{Addresses: []string{"redis.internal:6379"}, Password: "SECRET-PASSWORD"}
-	for _, tc := range []struct {
-		name         string
-		inner        certmagic.Storage
-		try, lease   bool
-		stringPrefix string
-	}{
-		{"neither", struct{ certmagic.Storage }{fileStorage}, false, false, "struct"},
-		{"trylock only (file_system)", fileStorage, true, false, "FileStorage:"},
-		{"lease only", leaseOnly{fileStorage, redisStorage}, false, true, "caddyacme.leaseOnly"},
-		{"both (acme_redis)", redisStorage, true, true, "acme_redis{"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			s := instrumentStorage(tc.inner, "test")
-			if _, ok := s.(certmagic.TryLocker); ok != tc.try {
-				t.Errorf("wrapper is a TryLocker: %v, want %v", ok, tc.try)
-			}
-			if _, ok := s.(certmagic.LockLeaseRenewer); ok != tc.lease {
-				t.Errorf("wrapper is a LockLeaseRenewer: %v, want %v", ok, tc.lease)
-			}
-			str := fmt.Sprint(s)
-			if !strings.HasPrefix(str, tc.stringPrefix) || strings.Contains(str, "SECRET") {
-				t.Errorf("String() = %q, want the inner storage's (prefix %q), redacted", str, tc.stringPrefix)
-			}
-			if u := s.(interface{ Unwrap() certmagic.Storage }).Unwrap(); u != tc.inner {
-				t.Errorf("Unwrap() = %v, want the inner storage", u)
-			}
-		})
-	}
-}
-
-// leaseOnly is a storage with RenewLockLease but no TryLock.
-type leaseOnly struct {
-	certmagic.Storage
-	certmagic.LockLeaseRenewer
-}
-
-// TestMetricsStorageWrapperRecords runs every operation through the wrapper
-// over Caddy's file storage: each is timed under its backend and operation
-// labels, a missing key is not an error, a real failure is.
-func TestMetricsStorageWrapperRecords(t *testing.T) {
-	const backend = "test_records"
-	dir := t.TempDir()
-	inner := &certmagic.FileStorage{Path: dir}
-	s := instrumentStorage(inner, backend)
-	ctx := t.Context()
-
-	before := storageSnapshot(backend)
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(s.Store(ctx, "a/b", []byte("value")))
-	if v, err := s.Load(ctx, "a/b"); err != nil || string(v) != "value" {
-		t.Fatalf("Load = %q, %v", v, err)
-	}
-	if _, err := s.Load(ctx, "a/missing"); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("Load of a missing key: %v, want fs.ErrNotExist unmasked", err)
-	}
-	if _, err := s.Stat(ctx, "missing"); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("Stat of a missing key: %v, want fs.ErrNotExist", err)
-	}
-	if !s.Exists(ctx, "a/b") {
-		t.Fatal("Exists = false")
-	}
-	if keys, err := s.List(ctx, "a", false); err != nil || len(keys) != 1 {
-		t.Fatalf("List = %v, %v", keys, err)
-	}
-	if info, err := s.Stat(ctx, "a/b"); err != nil || !info.IsTerminal {
-		t.Fatalf("Stat = %+v, %v", info, err)
-	}
-	must(s.Lock(ctx, "l"))
-	must(s.Unlock(ctx, "l"))
-	ok, err := s.(certmagic.TryLocker).TryLock(ctx, "l")
-	if err != nil || !ok {
-		t.Fatalf("TryLock = %v, %v", ok, err)
-	}
-	must(s.Unlock(ctx, "l"))
-	must(s.Delete(ctx, "a/b"))
-	// a real failure: "a/b" cannot be a directory while it is a file
-	must(s.Store(ctx, "a/b", []byte("file")))
-	if err := s.Store(ctx, "a/b/c", []byte("x")); err == nil {
-		t.Fatal("Store under a file succeeded")
-	}
-	after := storageSnapshot(backend)
-
-	wantOps := map[string]uint64{"store": 3, "load": 2, "stat": 2, "exists": 1, "list": 1, "lock": 1, "unlock": 2, "trylock": 1, "delete": 1}
-	for op, n := range wantOps {
-		if got := after.ops[op] - before.ops[op]; got != n {
-			t.Errorf("%s observations = %d, want %d", op, got, n)
-		}
-	}
-	if got := after.errors["store"] - before.errors["store"]; got != 1 {
-		t.Errorf("store errors = %v, want 1", got)
-	}
-	for _, op := range []string{"load", "stat", "exists", "list", "lock", "unlock", "trylock", "delete"} {
-		if got := after.errors[op] - before.errors[op]; got != 0 {
-			t.Errorf("%s errors = %v, want 0 (a missing key is not an error)", op, got)
-		}
-	}
-}
-
-type storageCounts struct {
-	ops    map[string]uint64
-	errors map[string]float64
-}
-
-// storageSnapshot reads the storage metrics of backend.
-func storageSnapshot(backend string) storageCounts {
-	c := storageCounts{ops: map[string]uint64{}, errors: map[string]float64{}}
-	for _, op := range storageOpNames {
-		c.ops[op] = histogramCount(metrics.storageDuration.WithLabelValues(backend, op))
-		c.errors[op] = value(metrics.storageErrors.WithLabelValues(backend, op))
-	}
-	return c
-}
-
-// value returns the value of a counter or gauge.
-func value(c prometheus.Collector) float64 {
-	var m dto.Metric
-	if err := c.(prometheus.Metric).Write(&m); err != nil {
-		panic(err)
-	}
-	if m.Counter != nil {
-		return m.GetCounter().GetValue()
-	}
-	return m.GetGauge().GetValue()
-}
-
-// histogramCount returns the number of observations of a histogram.
-func histogramCount(o prometheus.Observer) uint64 {
-	var m dto.Metric
-	if err := o.(prometheus.Metric).Write(&m); err != nil {
-		panic(err)
-	}
-	return m.GetHistogram().GetSampleCount()
-}
-
-// TestMetricsIssuanceEvents feeds certmagic's events to onEvent: orders
-// and renewals are counted by outcome and timed by kind.
-func TestMetricsIssuanceEvents(t *testing.T) {
-	a := handApp(t)
-	ctx := t.Context()
-	orders := func(outcome string) float64 { return value(metrics.orders.WithLabelValues(outcome)) }
-	renewals := func(outcome string) float64 { return value(metrics.renewals.WithLabelValues(outcome)) }
-	timed := func(kind, outcome string) uint64 {
-		return histogramCount(metrics.issuanceDuration.WithLabelValues(kind, outcome))
-	}
-	o0, of0, r0, rf0 := orders(outcomeSuccess), orders(outcomeFailure), renewals(outcomeSuccess), renewals(outcomeFailure)
-	to0, tr0, tf0 := timed("order", outcomeSuccess), timed("renewal", outcomeSuccess), timed("order", outcomeFailure)
-
-	emit := func(name string, data map[string]any) {
-		t.Helper()
-		if err := a.onEvent(ctx, name, data); err != nil {
-			t.Fatalf("onEvent(%s): %v", name, err)
-		}
-	}
-	emit("cert_obtaining", map[string]any{"identifier": "a.example.com"})
-	emit("cert_obtaining", map[string]any{"identifier": "a.example.com", "renewal": true})
-	emit("cert_obtained", map[string]any{"identifier": "a.example.com", "renewal": false})
-	emit("cert_obtained", map[string]any{"identifier": "a.example.com", "renewal": true})
-	emit("cert_obtaining", map[string]any{"identifier": "b.example.com"})
-	emit("cert_failed", map[string]any{"identifier": "b.example.com", "renewal": false})
-	emit("cert_failed", map[string]any{"identifier": "c.example.com", "renewal": true}) // start not seen: counted, not timed
-
-	for _, c := range []struct {
-		what      string
-		got, want float64
-	}{
-		{"orders success", orders(outcomeSuccess) - o0, 1},
-		{"orders failure", orders(outcomeFailure) - of0, 1},
-		{"renewals success", renewals(outcomeSuccess) - r0, 1},
-		{"renewals failure", renewals(outcomeFailure) - rf0, 1},
-		{"timed orders", float64(timed("order", outcomeSuccess) - to0), 1},
-		{"timed renewals", float64(timed("renewal", outcomeSuccess) - tr0), 1},
-		{"timed failed orders", float64(timed("order", outcomeFailure) - tf0), 1},
-	} {
-		if c.got != c.want {
-			t.Errorf("%s: %v, want %v", c.what, c.got, c.want)
-		}
-	}
-	if n := len(a.issuing.started); n != 0 {
-		t.Errorf("%d attempts still timed after they ended", n)
-	}
-}
-
-// TestMetricsIssuanceClockSweeps: attempts that never ended do not pile up.
-func TestMetricsIssuanceClockSweeps(t *testing.T) {
-	c := &issuanceClock{started: make(map[issuanceKey]time.Time)}
-	old := time.Now().Add(-2 * staleIssuance)
-	for i := range maxPendingIssuances {
-		c.start(issuanceKey{identifier: strconv.Itoa(i)}, old)
-	}
-	c.start(issuanceKey{identifier: "new"}, time.Now())
-	if n := len(c.started); n != 1 {
-		t.Fatalf("%d attempts timed after the sweep, want 1", n)
-	}
-}
-
-// TestMetricsRegisteredInEveryRegistry: Caddy makes a registry per config
-// load; the process-wide metrics go into each with the values they had,
-// and registering into the same registry twice is no error.
-func TestMetricsRegisteredInEveryRegistry(t *testing.T) {
-	a := handApp(t)
-	first, second := prometheus.NewPedanticRegistry(), prometheus.NewPedanticRegistry()
-	if err := registerMetrics(first, a); err != nil {
-		t.Fatal(err)
-	}
-	if err := registerMetrics(first, a); err != nil {
-		t.Fatalf("registering again: %v", err)
-	}
-	metrics.backoffDenials.Inc()
-	if err := registerMetrics(second, a); err != nil {
-		t.Fatal(err)
-	}
-	want := value(metrics.backoffDenials)
-	for i, reg := range []*prometheus.Registry{first, second} {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatalf("gathering registry %d: %v", i, err)
-		}
-		if got, ok := sample(indexFamilies(mfs), "caddy_acme_backoff_denials_total", nil); !ok || got != want {
-			t.Fatalf("registry %d: backoff denials %v (present %v), want %v", i, got, ok, want)
-		}
-	}
-}
-
-// TestMetricsStateCollector exports the last scan's status and the cache.
-func TestMetricsStateCollector(t *testing.T) {
-	gather := func(a *App) map[string]*dto.MetricFamily {
-		t.Helper()
-		reg := prometheus.NewPedanticRegistry()
-		if err := registerMetrics(reg, a); err != nil {
-			t.Fatal(err)
-		}
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return indexFamilies(mfs)
-	}
-
-	// before any scan: only the cache
-	mfs := gather(handApp(t))
-	if _, ok := mfs["caddy_acme_certificates_managed"]; ok {
-		t.Fatal("certificates_managed exported before any scan")
-	}
-	if v, ok := sample(mfs, "caddy_acme_certificates_cached", nil); !ok || v != 0 {
-		t.Fatalf("certificates_cached = %v (present %v), want 0", v, ok)
-	}
-
-	a := handApp(t)
-	now := time.Now()
-	renewedNotAfter := now.Add(80 * 24 * time.Hour)
-	cacheCert(t, a, "renewed-held.example.com", renewedNotAfter)
-	if err := a.onEvent(t.Context(), "cached_managed_cert", map[string]any{"sans": []string{"renewed-held.example.com", "evicted.example.com"}}); err != nil {
-		t.Fatal(err)
-	}
-	st := renew.Status{Start: now.Add(-time.Minute), End: now.Add(-30 * time.Second), Checked: 6, Hosts: map[string]renew.HostStatus{
-		"expired.example.com":       {NotAfter: now.Add(-time.Hour)},
-		"soon.example.com":          {NotAfter: now.Add(2 * 24 * time.Hour)},
-		"week.example.com":          {NotAfter: now.Add(10 * 24 * time.Hour)},
-		"renewed-held.example.com":  {NotAfter: now.Add(5 * 24 * time.Hour), Renewed: true},
-		"renewed-elsewhere.example": {NotAfter: now.Add(5 * 24 * time.Hour), Renewed: true},
-		"unreadable.example.com":    {LastError: "loading certificate: boom"},
-	}}
-	data, err := json.Marshal(st)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.storage.Store(t.Context(), renewStatusKey, data); err != nil {
-		t.Fatal(err)
-	}
-
-	mfs = gather(a)
-	if got, ok := sample(mfs, "caddy_acme_certificates_managed", nil); !ok || got != 6 {
-		t.Errorf("certificates_managed = %v (present %v), want 6", got, ok)
-	}
-	if got, ok := sample(mfs, "caddy_acme_certificates_cached", nil); !ok || got != 1 {
-		t.Errorf("certificates_cached = %v (present %v), want 1 (evicted.example.com is not in memory)", got, ok)
-	}
-	if got, ok := sample(mfs, "caddy_acme_renewal_scan_timestamp_seconds", nil); !ok || got < float64(st.End.Unix()) || got > float64(st.End.Unix()+1) {
-		t.Errorf("renewal_scan_timestamp_seconds = %v (present %v), want %d", got, ok, st.End.Unix())
-	}
-	// expired, soon, week, and renewed-held with its new expiry (80 days);
-	// renewed-elsewhere's new expiry is unknown here, unreadable has none
-	h := mfs["caddy_acme_certificate_remaining_seconds"].GetMetric()[0].GetHistogram()
-	if h.GetSampleCount() != 4 {
-		t.Fatalf("remaining_seconds count = %d, want 4", h.GetSampleCount())
-	}
-	wantBuckets := map[float64]uint64{1 * day: 1, 3 * day: 2, 7 * day: 2, 14 * day: 3, 30 * day: 3, 60 * day: 3, 90 * day: 4}
-	for _, b := range h.GetBucket() {
-		if want := wantBuckets[b.GetUpperBound()]; b.GetCumulativeCount() != want {
-			t.Errorf("bucket le=%v: %d, want %d", b.GetUpperBound(), b.GetCumulativeCount(), want)
-		}
-	}
-	if got, ok := sample(mfs, "caddy_acme_certificate_min_remaining_seconds", nil); !ok || got > -3590 || got < -3610 {
-		t.Errorf("min_remaining_seconds = %v (present %v), want about -3600 (the expired one)", got, ok)
-	}
-}
 
 // handApp provisions an app by hand (no config load, so no events app) over
 // a file storage in a temporary directory, allowing any domain.
@@ -381,49 +71,6 @@ func cacheCert(t *testing.T, a *App, name string, notAfter time.Time) {
 	if _, err := a.magic.CacheUnmanagedTLSCertificate(t.Context(), tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// indexFamilies maps metric families by name.
-func indexFamilies(mfs []*dto.MetricFamily) map[string]*dto.MetricFamily {
-	out := make(map[string]*dto.MetricFamily, len(mfs))
-	for _, mf := range mfs {
-		out[mf.GetName()] = mf
-	}
-	return out
-}
-
-// sample returns the value of the series of family name whose labels
-// include labels: a counter's or gauge's value, a histogram's count.
-func sample(mfs map[string]*dto.MetricFamily, name string, labels map[string]string) (float64, bool) {
-	mf, ok := mfs[name]
-	if !ok {
-		return 0, false
-	}
-next:
-	for _, m := range mf.GetMetric() {
-		for k, v := range labels {
-			found := false
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == k && lp.GetValue() == v {
-					found = true
-				}
-			}
-			if !found {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.GetCounter().GetValue(), true
-		case m.Gauge != nil:
-			return m.GetGauge().GetValue(), true
-		case m.Histogram != nil:
-			return float64(m.GetHistogram().GetSampleCount()), true
-		case m.Untyped != nil:
-			return m.GetUntyped().GetValue(), true
-		}
-	}
-	return 0, false
 }
 
 // --- end to end, with Pebble, Caddy's admin /metrics and the events app ---
@@ -539,7 +186,7 @@ func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
 // mustSample is sample that fails the test when the series is absent.
 func mustSample(t *testing.T, mfs map[string]*dto.MetricFamily, name string, labels map[string]string) float64 {
 	t.Helper()
-	v, ok := sample(mfs, name, labels)
+	v, ok := testenv.Sample(mfs, name, labels)
 	if !ok {
 		t.Fatalf("%s %v not exported", name, labels)
 	}
@@ -560,9 +207,9 @@ func TestMetricsAndEventsIssuance(t *testing.T) {
 	before := scrape(t, addr)
 	orders0 := mustSample(t, before, "caddy_acme_orders_total", success)
 	renewals0 := mustSample(t, before, "caddy_acme_renewals_total", success)
-	timed0, _ := sample(before, "caddy_acme_issuance_duration_seconds", map[string]string{"kind": "order", "outcome": "success"})
+	timed0, _ := testenv.Sample(before, "caddy_acme_issuance_duration_seconds", map[string]string{"kind": "order", "outcome": "success"})
 	fsOps := func(mfs map[string]*dto.MetricFamily, op string) float64 {
-		v, _ := sample(mfs, "caddy_acme_storage_operation_duration_seconds", map[string]string{"backend": "file_system", "operation": op})
+		v, _ := testenv.Sample(mfs, "caddy_acme_storage_operation_duration_seconds", map[string]string{"backend": "file_system", "operation": op})
 		return v
 	}
 
@@ -593,7 +240,7 @@ func TestMetricsAndEventsIssuance(t *testing.T) {
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		mfs := scrape(t, addr)
-		if v, ok := sample(mfs, "caddy_acme_certificates_managed", nil); ok && v == 1 {
+		if v, ok := testenv.Sample(mfs, "caddy_acme_certificates_managed", nil); ok && v == 1 {
 			if n := mustSample(t, mfs, "caddy_acme_certificate_remaining_seconds", nil); n != 1 {
 				t.Fatalf("certificate_remaining_seconds count = %v, want 1", n)
 			}
@@ -666,7 +313,7 @@ func TestMetricsAndEventsFailedOrder(t *testing.T) {
 	failures0 := mustSample(t, before, "caddy_acme_orders_total", failure)
 	successes0 := mustSample(t, before, "caddy_acme_orders_total", map[string]string{"outcome": "success"})
 	denials0 := mustSample(t, before, "caddy_acme_backoff_denials_total", nil)
-	timed0, _ := sample(before, "caddy_acme_issuance_duration_seconds", failedTimed)
+	timed0, _ := testenv.Sample(before, "caddy_acme_issuance_duration_seconds", failedTimed)
 
 	if _, err := r.handshake(host); err == nil {
 		t.Fatal("handshake succeeded although validation cannot")
@@ -710,6 +357,12 @@ func TestMetricsAndEventsFailedOrder(t *testing.T) {
 	}
 }
 
+// notAModule is a storage that is not a Caddy module.
+type notAModule struct{ certmagic.Storage }
+
+// day is a day in seconds, the unit of the remaining-lifetime metrics.
+const day = 24 * 60 * 60
+
 // TestMetricsStorageBackendLabel: the backend label is the storage module's
 // name, whether the storage is the app's own or Caddy's global one.
 func TestMetricsStorageBackendLabel(t *testing.T) {
@@ -719,17 +372,22 @@ func TestMetricsStorageBackendLabel(t *testing.T) {
 	if got := storageBackend(nil, &redis.Storage{}); got != "acme_redis" {
 		t.Errorf("a storage module as Caddy's global storage: %q, want acme_redis", got)
 	}
-	if got := storageBackend(nil, leaseOnly{}); got != "caddyacme.leaseOnly" {
+	if got := storageBackend(nil, notAModule{}); got != "caddyacme.notAModule" {
 		t.Errorf("a storage that is not a module: %q, want its type", got)
 	}
 
 	// an app with `"storage": {"module": "file_system", ...}` records under
 	// file_system, keeping TryLock
-	s, ok := handApp(t).storage.(instrumentedTryStorage)
-	if !ok {
-		t.Fatal("the app's file storage is not instrumented with TryLock")
+	app := handApp(t)
+	if _, ok := app.storage.(certmagic.TryLocker); !ok {
+		t.Fatal("the app's file storage lost TryLock in the instrumentation")
 	}
-	if s.m.duration[opLoad] != metrics.storageDuration.WithLabelValues("file_system", "load") {
-		t.Error("the app's storage does not record under backend file_system")
+	loads := metricSeries{"caddy_acme_storage_operation_duration_seconds", map[string]string{"backend": "file_system", "operation": "load"}}
+	before, _ := loads.histogram()
+	if _, err := app.storage.Load(t.Context(), "no/such/key"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Load of a missing key: %v", err)
+	}
+	if after, _ := loads.histogram(); after != before+1 {
+		t.Errorf("the app's storage recorded %d loads under backend file_system, want 1", after-before)
 	}
 }

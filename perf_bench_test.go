@@ -38,13 +38,12 @@ import (
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3"
 	"github.com/mholt/acmez/v3/acme"
-	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
 	"github.com/acmekit/caddy-acme/internal/appconfig"
 	"github.com/acmekit/caddy-acme/internal/testenv"
-	"github.com/acmekit/caddy-acme/renew"
+	"github.com/acmekit/caddy-acme/issuance"
 )
 
 // BenchmarkHandshakeCached (issue 6 item 5a) compares full TLS handshakes
@@ -66,8 +65,6 @@ import (
 // time (and, besides, ÷ the mean); ratio is acme's handshakes/s ÷ caddy's
 // (goal ≥ 0.95).
 func BenchmarkHandshakeCached(b *testing.B) {
-	defer func(d time.Duration) { firstScanDelay = d }(firstScanDelay)
-	firstScanDelay = 24 * time.Hour
 	ctx := context.Background()
 	const zone = "perf.example.com"
 	acmeName, caddyName := "acme."+zone, "caddy.tls.example.net" // not allowed by the app: only Caddy can serve it
@@ -177,8 +174,6 @@ const coldNames = 1000
 // FileStorage in a temporary directory) in front of the backend, warmed
 // with the first 200 names.
 func BenchmarkHandshakeCold(b *testing.B) {
-	defer func(d time.Duration) { firstScanDelay = d }(firstScanDelay)
-	firstScanDelay = 24 * time.Hour
 	ctx := context.Background()
 	const zone, ns = "cold.example.com", "cold"
 	ca := newPerfCA(b)
@@ -206,7 +201,7 @@ func BenchmarkHandshakeCold(b *testing.B) {
 				defer func() { app.magic.LocalCache = nil }()
 				warm := names[:200]
 				for _, name := range warm {
-					app.evict(name)
+					evict(app, name)
 					if _, err := handshake(ctx, srv.httpsAddr(), name, nil); err != nil {
 						b.Fatal(err)
 					}
@@ -231,7 +226,7 @@ func coldHandshakes(b *testing.B, app *App, srv *perfServer, be perfBackend, ns 
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		app.evict(name)
+		evict(app, name)
 		t2 := time.Now()
 		if _, err := handshake(ctx, srv.httpsAddr(), name, nil); err != nil {
 			b.Fatal(err)
@@ -274,8 +269,6 @@ func coldHandshakes(b *testing.B, app *App, srv *perfServer, be perfBackend, ns 
 //     that listing), and walking all pages; baseline: the storage's List
 //     of the certificates' directory.
 func BenchmarkScale(b *testing.B) {
-	defer func(d time.Duration) { firstScanDelay = d }(firstScanDelay)
-	firstScanDelay = 24 * time.Hour
 	ctx := context.Background()
 	const zone = "scale.example.com"
 	n, cachedN := *perfCerts, min(*perfCached, *perfCerts)
@@ -396,7 +389,7 @@ func bareCacheHeap(b *testing.B, s certmagic.Storage, names []string) float64 {
 func appCacheHeap(b *testing.B, app *App, names []string) (perCert float64, heap, rss uint64) {
 	before := heapAfterGC()
 	inParallel(b, names, 16, func(name string) error {
-		_, err := app.loadOrObtain(name)
+		_, err := app.rt.Certificate(context.Background(), &tls.ClientHelloInfo{ServerName: name})
 		return err
 	})
 	if got := cachedCount(app.cache, names); got != len(names) {
@@ -406,7 +399,7 @@ func appCacheHeap(b *testing.B, app *App, names []string) (perCert float64, heap
 	rss = processRSS()
 	perCert = float64(int64(heap)-int64(before)) / float64(len(names))
 	for _, name := range names {
-		app.evict(name)
+		evict(app, name)
 	}
 	return perCert, heap, rss
 }
@@ -414,18 +407,12 @@ func appCacheHeap(b *testing.B, app *App, names []string) (perCert float64, heap
 // renewalScans runs renewal scans of the app's n stored certificates, none
 // due, and the storage-only baseline, alternately.
 func renewalScans(b *testing.B, app *App, raw certmagic.Storage, backend string, n int) {
-	scanner := &renew.Scanner{
-		Store:  renewStore{app},
-		Policy: renew.Policy{Threshold: app.renewThreshold()},
-		Clock:  renew.SystemClock{},
-		Node:   "bench",
-	}
 	var scans, floors []time.Duration
 	var ops map[string]uint64
 	var opTime map[string]float64
 	for b.Loop() {
 		for round := 0; round < scanRounds && (round == 0 || scans[len(scans)-1] < 20*time.Second); round++ {
-			scan, floor, o, t := renewalScan(b, scanner, raw, backend, n)
+			scan, floor, o, t := renewalScan(b, app.rt, raw, backend, n)
 			scans, floors, ops, opTime = append(scans, scan), append(floors, floor), o, t
 		}
 	}
@@ -445,14 +432,14 @@ func renewalScans(b *testing.B, app *App, raw certmagic.Storage, backend string,
 // BenchmarkScale/renewal_scan makes, unless one takes over 20 s.
 const scanRounds = 3
 
-// renewalScan runs one scan with scanner, checking that it saw n
+// renewalScan runs one scan of rt, checking that it saw n
 // certificates and none due, then the storage-only baseline; it returns
 // both durations and the scan's storage operations and their summed time.
-func renewalScan(b *testing.B, scanner *renew.Scanner, raw certmagic.Storage, backend string, n int) (scan, floor time.Duration, ops map[string]uint64, opTime map[string]float64) {
+func renewalScan(b *testing.B, rt *issuance.Runtime, raw certmagic.Storage, backend string, n int) (scan, floor time.Duration, ops map[string]uint64, opTime map[string]float64) {
 	ctx := context.Background()
 	before, beforeTime := storageOps(backend), storageTime(backend)
 	start := time.Now()
-	st, err := scanner.Scan(ctx)
+	st, err := rt.Scan(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -487,7 +474,7 @@ func readAllCerts(ctx context.Context, s certmagic.Storage, want int) error {
 			name := dir[strings.LastIndexByte(dir, '/')+1:]
 			load = append(load, certmagic.StorageKeys.SiteCert(perfIssuerKey, name), certmagic.StorageKeys.SiteMeta(perfIssuerKey, name))
 		}
-		_, errs := loadMany(ctx, s, load)
+		_, errs := issuance.LoadMany(ctx, s, load)
 		for _, err := range errs {
 			if err != nil {
 				return err
@@ -642,8 +629,6 @@ func adminList(b *testing.B, srv *perfServer, raw certmagic.Storage, names []str
 // request; the run is then abandoned and made again with a new Pebble, at
 // most issuanceAttempts times, and the abandoned attempts are reported.
 func BenchmarkIssuance(b *testing.B) {
-	defer func(d time.Duration) { firstScanDelay = d }(firstScanDelay)
-	firstScanDelay = 24 * time.Hour
 	defer func(n int) { certmagic.RateLimitEvents = n }(certmagic.RateLimitEvents)
 	n := *perfNames
 	srv := newPerfServer(b)
@@ -802,10 +787,11 @@ func appOrders(b *testing.B, srv *perfServer, pebble *testenv.Pebble, backend st
 			b.Fatalf("warm-up handshake: %v", err)
 		}
 	}
-	lock := metrics.storageDuration.WithLabelValues(backend, "lock")
-	lockCount, lockSum := histogram(lock)
-	lockSlow := histogramAbove(lock, 0.1)
-	orderCount, orderSum := histogram(metrics.issuanceDuration.WithLabelValues("order", outcomeSuccess))
+	lock := metricSeries{"caddy_acme_storage_operation_duration_seconds", map[string]string{"backend": backend, "operation": "lock"}}
+	orders := metricSeries{"caddy_acme_issuance_duration_seconds", map[string]string{"kind": "order", "outcome": "success"}}
+	lockCount, lockSum := lock.histogram()
+	lockSlow := lock.above(0.1)
+	orderCount, orderSum := orders.histogram()
 	ordersBefore := pebble.Orders()
 
 	r = issuanceRun{who: backend + " app", n: len(names), lat: make([]time.Duration, len(names))}
@@ -846,11 +832,11 @@ func appOrders(b *testing.B, srv *perfServer, pebble *testenv.Pebble, backend st
 	r.selfCPU, r.pebbleCPU = cpu()
 	r.failedFirst, r.notServed = int(failedFirst.Load()), int(notServed.Load())
 
-	lc, ls := histogram(lock)
-	oc, osum := histogram(metrics.issuanceDuration.WithLabelValues("order", outcomeSuccess))
+	lc, ls := lock.histogram()
+	oc, osum := orders.histogram()
 	r.locks = &lockStats{
 		count:        lc - lockCount,
-		waited:       histogramAbove(lock, 0.1) - lockSlow,
+		waited:       lock.above(0.1) - lockSlow,
 		wait:         time.Duration((ls - lockSum) * float64(time.Second)),
 		orders:       oc - orderCount,
 		orderTime:    time.Duration((osum - orderSum) * float64(time.Second)),
@@ -1090,36 +1076,49 @@ func processRSS() uint64 {
 	return 0
 }
 
-// histogram returns a histogram's sample count and sum.
-func histogram(o prometheus.Observer) (uint64, float64) {
-	var m dto.Metric
-	if err := o.(prometheus.Metric).Write(&m); err != nil {
-		panic(err)
-	}
-	return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
+// metricSeries is one series of the process-wide metrics of package
+// issuance, read by gathering them.
+type metricSeries struct {
+	name   string
+	labels map[string]string
 }
 
-// histogramAbove returns how many observations of a histogram exceeded
-// le, one of its bucket bounds.
-func histogramAbove(o prometheus.Observer, le float64) uint64 {
-	var m dto.Metric
-	if err := o.(prometheus.Metric).Write(&m); err != nil {
-		panic(err)
-	}
-	for _, bk := range m.GetHistogram().GetBucket() {
-		if bk.GetUpperBound() == le {
-			return m.GetHistogram().GetSampleCount() - bk.GetCumulativeCount()
+// hist returns the series' histogram (empty if not exported yet).
+func (m metricSeries) hist() *dto.Histogram {
+	for _, s := range gatherMetrics()[m.name].GetMetric() {
+		if hasLabels(s, m.labels) {
+			return s.GetHistogram()
 		}
 	}
-	panic(fmt.Sprintf("no bucket %v", le))
+	return new(dto.Histogram)
+}
+
+// histogram returns the series' observation count and sum.
+func (m metricSeries) histogram() (uint64, float64) {
+	h := m.hist()
+	return h.GetSampleCount(), h.GetSampleSum()
+}
+
+// above returns how many observations exceeded le, one of the bucket
+// bounds.
+func (m metricSeries) above(le float64) uint64 {
+	h := m.hist()
+	for _, bk := range h.GetBucket() {
+		if bk.GetUpperBound() == le {
+			return h.GetSampleCount() - bk.GetCumulativeCount()
+		}
+	}
+	return 0
 }
 
 // storageTime returns the summed duration (s) of backend's storage
 // operations so far, by operation.
 func storageTime(backend string) map[string]float64 {
 	out := make(map[string]float64)
-	for _, op := range storageOpNames {
-		_, out[op] = histogram(metrics.storageDuration.WithLabelValues(backend, op))
+	for _, s := range gatherMetrics()["caddy_acme_storage_operation_duration_seconds"].GetMetric() {
+		if op := labelValue(s, "operation"); hasLabels(s, map[string]string{"backend": backend}) {
+			out[op] = s.GetHistogram().GetSampleSum()
+		}
 	}
 	return out
 }
@@ -1167,7 +1166,7 @@ func perOp(ops map[string]uint64, n int) string {
 		return "none"
 	}
 	var parts []string
-	for _, op := range storageOpNames {
+	for _, op := range issuance.StorageOperations() {
 		if c, ok := ops[op]; ok {
 			parts = append(parts, fmt.Sprintf("%s %.4g", op, float64(c)/float64(max(n, 1))))
 		}
@@ -1177,7 +1176,7 @@ func perOp(ops map[string]uint64, n int) string {
 
 func secondsByOp(t map[string]float64) string {
 	var parts []string
-	for _, op := range storageOpNames {
+	for _, op := range issuance.StorageOperations() {
 		if s, ok := t[op]; ok {
 			parts = append(parts, fmt.Sprintf("%s %s", op, time.Duration(s*float64(time.Second)).Round(time.Millisecond)))
 		}

@@ -36,8 +36,11 @@ import (
 	vaultapi "github.com/hashicorp/vault/api"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/mholt/acmez/v3/acme"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/acmekit/caddy-acme/internal/testenv"
+	"github.com/acmekit/caddy-acme/issuance"
 )
 
 // Sizes of the benchmarks that take minutes at full size; make bench
@@ -403,6 +406,7 @@ func perfApp(zone string, storage map[string]any, fields map[string]any) map[str
 		"domains":              []string{"*." + zone},
 		"cache_sync_interval":  "1h",
 		"renew_interval":       "24h",
+		"renew_first_delay":    "24h",
 		"fail_backoff_minutes": 0,
 	}
 	if storage != nil {
@@ -515,7 +519,55 @@ func handshake(ctx context.Context, addr, name string, roots *x509.CertPool) (*x
 // storageOps returns the number of storage operations of backend recorded
 // so far, by operation (the counts of the duration histogram).
 func storageOps(backend string) map[string]uint64 {
-	return storageSnapshot(backend).ops
+	out := make(map[string]uint64)
+	for _, s := range gatherMetrics()["caddy_acme_storage_operation_duration_seconds"].GetMetric() {
+		if hasLabels(s, map[string]string{"backend": backend}) {
+			out[labelValue(s, "operation")] = s.GetHistogram().GetSampleCount()
+		}
+	}
+	return out
+}
+
+// evict drops name's certificates from the app's memory.
+func evict(app *App, name string) {
+	var hashes []string
+	for _, c := range app.cache.AllMatchingCertificates(name) {
+		hashes = append(hashes, c.Hash())
+	}
+	app.cache.Remove(hashes)
+}
+
+// gatherMetrics gathers the process-wide metrics of package issuance.
+func gatherMetrics() map[string]*dto.MetricFamily {
+	reg := prometheus.NewRegistry()
+	if err := issuance.RegisterMetrics(reg, nil); err != nil {
+		panic(err)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		panic(err)
+	}
+	return testenv.IndexFamilies(mfs)
+}
+
+// hasLabels reports whether the series m has every label of labels.
+func hasLabels(m *dto.Metric, labels map[string]string) bool {
+	for k, v := range labels {
+		if labelValue(m, k) != v {
+			return false
+		}
+	}
+	return true
+}
+
+// labelValue is the value of the series m's label name ("" if none).
+func labelValue(m *dto.Metric, name string) string {
+	for _, lp := range m.GetLabel() {
+		if lp.GetName() == name {
+			return lp.GetValue()
+		}
+	}
+	return ""
 }
 
 // opsSince returns the operations recorded since before, without zeros.

@@ -35,7 +35,7 @@ func TestRenewalScan(t *testing.T) {
 	}
 	app := r.load(cfg)
 
-	st, err := app.scanner.Scan(t.Context())
+	st, err := app.rt.Scan(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestRenewalScan(t *testing.T) {
 
 	r.pebble.SetServFail(t, "c.renew.example.com")
 	time.Sleep(time.Until(st.Hosts["c.renew.example.com"].RenewAt.Add(time.Second)))
-	st, err = app.scanner.Scan(t.Context())
+	st, err = app.rt.Scan(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestRenewalScan(t *testing.T) {
 	if again.SerialNumber.Cmp(first.SerialNumber) == 0 {
 		t.Fatal("the handshake after renewal served the old certificate")
 	}
-	b, err := renewStore{app}.Cert(t.Context(), "b.renew.example.com")
+	b, err := app.Certificate(t.Context(), "b.renew.example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,44 +82,6 @@ func TestRenewalScan(t *testing.T) {
 	}
 	if !strings.Contains(info.LastRenewalError, "urn:ietf:params:acme:error") {
 		t.Fatalf("GET /acme/certificates/c.renew.example.com: last_renewal_error %q", info.LastRenewalError)
-	}
-}
-
-// TestRenewedElsewhereReachesCache: a certificate renewed by another node
-// (here: renewed in storage without touching this node's memory) replaces
-// the one this node serves at its next scan.
-func TestRenewedElsewhereReachesCache(t *testing.T) {
-	r := newRig(t, testenv.PebbleOptions{})
-	app := r.load(r.config(r.acme(map[string]any{"domains": []string{"shared.example.com"}}), nil))
-	first := r.mustHandshake("shared.example.com")[0]
-
-	if err := app.magic.RenewCertSync(t.Context(), "shared.example.com", true); err != nil {
-		t.Fatal(err)
-	}
-	if still := r.mustHandshake("shared.example.com")[0]; !still.Equal(first) {
-		t.Fatal("memory changed before the refresh (the test no longer shows anything)")
-	}
-	n, err := app.refreshCached(t.Context())
-	if err != nil || n != 1 {
-		t.Fatalf("refreshCached = %d, %v; want 1 replaced", n, err)
-	}
-	if again := r.mustHandshake("shared.example.com")[0]; again.SerialNumber.Cmp(first.SerialNumber) == 0 {
-		t.Fatal("still serving the old certificate after the refresh")
-	}
-	if n, err := app.refreshCached(t.Context()); err != nil || n != 0 {
-		t.Fatalf("second refreshCached = %d, %v; want nothing to do", n, err)
-	}
-
-	// deleted from storage by someone else, without a change logged: the
-	// full refresh drops it from memory
-	if err := app.storage.Delete(t.Context(), certmagic.StorageKeys.SiteCert(app.issuer.IssuerKey(), "shared.example.com")); err != nil {
-		t.Fatal(err)
-	}
-	if n, err := app.refreshCached(t.Context()); err != nil || n != 1 {
-		t.Fatalf("refreshCached after the delete = %d, %v; want 1 dropped", n, err)
-	}
-	if c := app.cachedFor("shared.example.com"); len(c) != 0 {
-		t.Fatalf("%d certificates still in memory after their deletion", len(c))
 	}
 }
 
@@ -143,7 +105,7 @@ func TestARIRenewsEarly(t *testing.T) {
 	r.pebble.SetRenewalInfo(t, certPEM, time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))
 
 	// the ARI stored at issuance stands until the CA's Retry-After passes
-	st, err := app.scanner.Scan(ctx)
+	st, err := app.rt.Scan(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +118,7 @@ func TestARIRenewsEarly(t *testing.T) {
 	}
 
 	expireRetryAfter(t, app, "early.ari.example.com")
-	st, err = app.scanner.Scan(ctx)
+	st, err = app.rt.Scan(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,8 +145,8 @@ func TestARIRenewsEarly(t *testing.T) {
 	}
 
 	// with disable_ari the threshold alone decides: nothing is due
-	app.DisableARI = true
-	st, err = app.scanner.Scan(ctx)
+	app = r.load(r.config(r.acme(map[string]any{"domains": []string{"*.ari.example.com"}, "disable_ari": true}), nil))
+	st, err = app.rt.Scan(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -182,7 +182,7 @@ func (r *Runtime) Certificates(ctx context.Context, hosts []string) (certs []Sto
 			keys = append(keys, k.Meta)
 		}
 	}
-	values, loadErrs := loadMany(ctx, r.storage, keys)
+	values, loadErrs := LoadMany(ctx, r.storage, keys)
 
 	certs, errs = make([]Stored, len(hosts)), make([]error, len(hosts))
 	st, err := r.loadStatus(ctx)

@@ -36,8 +36,9 @@ func loadManyParallel(ctx context.Context, s certmagic.Storage, keys []string) (
 // loadManyParallelism bounds the Loads of loadManyParallel in flight.
 const loadManyParallelism = 16
 
-// loadMany loads keys from s in one batch when s can, else in parallel.
-func loadMany(ctx context.Context, s certmagic.Storage, keys []string) ([][]byte, []error) {
+// LoadMany loads keys from s in one batch when s can (ManyLoader), else
+// with parallel Loads. values[i] and errs[i] are keys[i]'s.
+func LoadMany(ctx context.Context, s certmagic.Storage, keys []string) ([][]byte, []error) {
 	if ml, ok := s.(ManyLoader); ok {
 		return ml.LoadMany(ctx, keys)
 	}

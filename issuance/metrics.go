@@ -79,18 +79,22 @@ func init() {
 }
 
 // RegisterMetrics registers the process-wide metrics and the state of r
-// into reg, the registry of r's config. A collector that is already in
-// reg is fine (an app provisioned twice in one context).
+// into reg, the registry of r's config (without r's state if r is nil). A
+// collector that is already in reg is fine (an app provisioned twice in
+// one context).
 func RegisterMetrics(reg prometheus.Registerer, r *Runtime) error {
-	for _, c := range []prometheus.Collector{
+	collectors := []prometheus.Collector{
 		metrics.orders,
 		metrics.renewals,
 		metrics.issuanceDuration,
 		metrics.backoffDenials,
 		metrics.storageDuration,
 		metrics.storageErrors,
-		stateCollector{r},
-	} {
+	}
+	if r != nil {
+		collectors = append(collectors, stateCollector{r})
+	}
+	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

@@ -9,9 +9,10 @@ import (
 	"github.com/caddyserver/certmagic"
 )
 
-// orderQueue paces a node's new orders at certmagic's own limit for one
-// account at one CA (RateLimitEvents per RateLimitEventsWindow: 10 per
-// 10 s unless a program embedding Caddy changed them). certmagic's limiter
+// orderQueue paces a node's new orders, by default at certmagic's own
+// limit for one account at one CA (RateLimitEvents per
+// RateLimitEventsWindow: 10 per 10 s unless a program embedding Caddy
+// changed them). certmagic's limiter
 // waits inside the order, holding the issue lock and counting against the
 // order's deadline; waiting here first leaves nothing for it to wait for.
 type orderQueue struct {
@@ -19,10 +20,9 @@ type orderQueue struct {
 	waiting atomic.Int64 // orders in wait
 }
 
-// newOrderQueue returns a node's order queue, or nil when certmagic's
-// limit is off or invalid.
-func newOrderQueue() *orderQueue {
-	n, window := certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow
+// newOrderQueue returns a node's order queue placing n orders per window,
+// or nil when that limit is off or invalid.
+func newOrderQueue(n int, window time.Duration) *orderQueue {
 	if n <= 0 || window <= 0 {
 		return nil
 	}

@@ -91,7 +91,7 @@ func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []
 		k := Site(issuerKey, name)
 		keys = append(keys, k.Cert, k.Meta)
 	}
-	values, loadErrs := loadMany(ctx, r.storage, keys)
+	values, loadErrs := LoadMany(ctx, r.storage, keys)
 
 	certs, errs := make([]renew.Cert, len(names)), make([]error, len(names))
 	leaves := make([]*x509.Certificate, len(names))

@@ -53,7 +53,7 @@ type Options struct {
 	Cache *certmagic.Cache
 	// Magic's ACME issuer.
 	Issuer Issuer
-	// Magic's storage.
+	// Magic's storage (default: Magic.Storage).
 	Storage certmagic.Storage
 	// Where the runtime logs. Default: no logs.
 	Logger *zap.Logger
@@ -87,6 +87,12 @@ type Options struct {
 	HTTPPort int
 	// This node's name in the scan status. Default: the host name.
 	Node string
+	// The pace of this node's new orders: at most OrderEvents per
+	// OrderWindow. Default: certmagic's own limit for one account
+	// (certmagic.RateLimitEvents per certmagic.RateLimitEventsWindow, 10
+	// per 10 s), which certmagic applies inside the order anyway.
+	OrderEvents int
+	OrderWindow time.Duration
 
 	// Called for a handshake refused because its name is in backoff (the
 	// app emits an event); may be nil.
@@ -147,6 +153,12 @@ func New(ctx context.Context, opts Options) *Runtime {
 	if opts.Node == "" {
 		opts.Node, _ = os.Hostname()
 	}
+	if opts.Storage == nil {
+		opts.Storage = opts.Magic.Storage
+	}
+	if opts.OrderEvents == 0 && opts.OrderWindow == 0 {
+		opts.OrderEvents, opts.OrderWindow = certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow
+	}
 	r := &Runtime{
 		ctx:      ctx,
 		opts:     opts,
@@ -156,7 +168,7 @@ func New(ctx context.Context, opts Options) *Runtime {
 		issuer:   opts.Issuer,
 		storage:  opts.Storage,
 		jobs:     jobs{running: make(map[string]*job)},
-		queue:    newOrderQueue(),
+		queue:    newOrderQueue(opts.OrderEvents, opts.OrderWindow),
 		clock:    newIssuanceClock(),
 		renewLog: opts.Logger.Named("renew"),
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -70,6 +71,10 @@ var storageOpNames = [numStorageOps]string{
 	opRenewLockLease: "renew_lock_lease",
 	opLoadMany:       "load_many",
 }
+
+// StorageOperations are the values of the operation label of the storage
+// metrics, in a fixed order.
+func StorageOperations() []string { return slices.Clone(storageOpNames[:]) }
 
 // storageObservers are one backend's series, resolved once.
 type storageObservers struct {

@@ -1,4 +1,4 @@
-package caddyacme
+package issuance
 
 import (
 	"context"
@@ -28,9 +28,9 @@ func BenchmarkStorageMetrics(b *testing.B) {
 		s    certmagic.Storage
 	}{
 		{"file_system/raw", fileStorage},
-		{"file_system/instrumented", instrumentStorage(fileStorage, "bench_file_system")},
+		{"file_system/instrumented", InstrumentStorage(fileStorage, "bench_file_system")},
 		{"nop/raw", nop},
-		{"nop/instrumented", instrumentStorage(nop, "bench_nop")},
+		{"nop/instrumented", InstrumentStorage(nop, "bench_nop")},
 	} {
 		b.Run("Load/"+tc.name, func(b *testing.B) {
 			b.ReportAllocs()
@@ -45,7 +45,7 @@ func BenchmarkStorageMetrics(b *testing.B) {
 	// raw and instrumented calls alternate, so that both see the same
 	// machine load; each is timed on its own
 	b.Run("Load/file_system/paired", func(b *testing.B) {
-		wrapped := instrumentStorage(fileStorage, "bench_file_system")
+		wrapped := InstrumentStorage(fileStorage, "bench_file_system")
 		var took [2]time.Duration
 		i := 0
 		for b.Loop() {

@@ -1,4 +1,4 @@
-package caddyacme
+package issuance
 
 import (
 	"bytes"
@@ -6,8 +6,6 @@ import (
 	"slices"
 	"testing"
 	"unicode/utf8"
-
-	"github.com/caddyserver/certmagic"
 )
 
 // FuzzDecodeARI: the scan's one-pass decodeARI reads stored certificate
@@ -67,18 +65,4 @@ func caseVariantKeys(data []byte) bool {
 		}
 	}
 	return false
-}
-
-// TestSiteKeys: the metadata key built from the certificate key is
-// certmagic's own, for names of every kind.
-func TestSiteKeys(t *testing.T) {
-	for _, issuer := range []string{"acme-v02.api.letsencrypt.org-directory", "127.0.0.1:14000-dir", "ca.example.com-acme-dir"} {
-		for _, name := range []string{"a.example.com", "*.example.com", "127.0.0.1", "::1", "xn--bcher-kva.example", "UPPER.example.com", "a.crt", "we ird/name.crt"} {
-			cert, meta := siteKeys(issuer, name)
-			if cert != certmagic.StorageKeys.SiteCert(issuer, name) || meta != certmagic.StorageKeys.SiteMeta(issuer, name) {
-				t.Errorf("siteKeys(%q, %q) = %q, %q; certmagic: %q, %q", issuer, name, cert, meta,
-					certmagic.StorageKeys.SiteCert(issuer, name), certmagic.StorageKeys.SiteMeta(issuer, name))
-			}
-		}
-	}
 }
