@@ -60,7 +60,7 @@ FUZZ_TARGETS := \
 	./internal/allowlist:FuzzValidate \
 	./internal/allowlist:FuzzMatchReference \
 	.:FuzzCaddyfile \
-	.:FuzzDecodeARI \
+	./issuance:FuzzDecodeARI \
 	./kongcompat:FuzzAdapt \
 	./admin:FuzzHandler \
 	./storage/internal/backend:FuzzKeys \

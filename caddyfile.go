@@ -57,6 +57,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		renew_threshold_days <days>
 //		disable_ari [true|false]
 //		renew_interval <duration>
+//		renew_first_delay <duration>
 //		cache_sync_interval <duration>
 //		domains <name...>
 //		allow_any_domain [true|false]
@@ -161,6 +162,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneDuration(d, &a.IssueTimeout)
 		case "renew_interval":
 			err = oneDuration(d, &a.RenewInterval)
+		case "renew_first_delay":
+			err = oneDuration(d, &a.RenewFirstDelay)
 		case "cache_sync_interval":
 			err = oneDuration(d, &a.CacheSyncInterval)
 		case "disable_ari":

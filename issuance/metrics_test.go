@@ -1,6 +1,7 @@
 package issuance
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,7 +17,6 @@ import (
 
 	"github.com/acmekit/caddy-acme/internal/testenv"
 	"github.com/acmekit/caddy-acme/renew"
-	"github.com/acmekit/caddy-acme/storage/redis"
 )
 
 // TestMetricsStorageWrapperInterfaces: the wrapper has exactly the optional
@@ -24,7 +24,7 @@ import (
 // logs) is the inner storage's, secrets redacted.
 func TestMetricsStorageWrapperInterfaces(t *testing.T) {
 	fileStorage := &certmagic.FileStorage{Path: t.TempDir()}
-	redisStorage := &redis.Storage{Addresses: []string{"redis.internal:6379"}, Password: "SECRET-PASSWORD"}
+	both := &tryLeaseStorage{FileStorage: fileStorage, password: "SECRET-PASSWORD"}
 	for _, tc := range []struct {
 		name         string
 		inner        certmagic.Storage
@@ -33,8 +33,8 @@ func TestMetricsStorageWrapperInterfaces(t *testing.T) {
 	}{
 		{"neither", struct{ certmagic.Storage }{fileStorage}, false, false, "struct"},
 		{"trylock only (file_system)", fileStorage, true, false, "FileStorage:"},
-		{"lease only", leaseOnly{fileStorage, redisStorage}, false, true, "issuance.leaseOnly"},
-		{"both (acme_redis)", redisStorage, true, true, "acme_redis{"},
+		{"lease only", leaseOnly{fileStorage, both}, false, true, "issuance.leaseOnly"},
+		{"both (as acme_redis)", both, true, true, "secret_store{"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := InstrumentStorage(tc.inner, "test")
@@ -53,6 +53,22 @@ func TestMetricsStorageWrapperInterfaces(t *testing.T) {
 			}
 		})
 	}
+}
+
+// tryLeaseStorage is a storage with TryLock and RenewLockLease, and a
+// secret its String redacts, as acme_redis.
+type tryLeaseStorage struct {
+	*certmagic.FileStorage
+	password string
+}
+
+func (*tryLeaseStorage) RenewLockLease(context.Context, string, time.Duration) error { return nil }
+
+func (s *tryLeaseStorage) String() string {
+	if s.password == "" {
+		return "secret_store{}"
+	}
+	return "secret_store{password: (redacted)}"
 }
 
 // leaseOnly is a storage with RenewLockLease but no TryLock.
