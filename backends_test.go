@@ -189,28 +189,6 @@ func tarNames(t *testing.T, file string) []string {
 	}
 }
 
-// openStorage provisions a storage module in the test process.
-func openStorage(t *testing.T, cfg map[string]any) certmagic.Storage {
-	t.Helper()
-	fields := maps.Clone(cfg)
-	delete(fields, "module")
-	raw, err := json.Marshal(fields)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
-	t.Cleanup(cancel)
-	val, err := ctx.LoadModuleByID("caddy.storage."+cfg["module"].(string), raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := val.(caddy.StorageConverter).CertMagicStorage()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 // files returns every file (terminal key) of a storage with its value.
 func files(t *testing.T, s certmagic.Storage) map[string][]byte {
 	t.Helper()

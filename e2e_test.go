@@ -72,14 +72,7 @@ func (r *rig) acme(fields map[string]any) map[string]any {
 		"cert_type":     "ecc",
 		"issue_timeout": "60s",
 	}
-	for k, v := range fields {
-		if v == nil {
-			delete(app, k)
-			continue
-		}
-		app[k] = v
-	}
-	return app
+	return override(app, fields)
 }
 
 // config is a whole Caddy config: the acme app, an HTTPS server whose
@@ -136,19 +129,7 @@ func route(handlers ...map[string]any) map[string]any {
 // load runs the config in this process until the test ends.
 func (r *rig) load(cfg []byte) *App {
 	r.t.Helper()
-	if err := caddy.Load(cfg, true); err != nil {
-		r.t.Fatalf("loading config: %v", err)
-	}
-	r.t.Cleanup(func() {
-		if err := caddy.Stop(); err != nil {
-			r.t.Errorf("stopping caddy: %v", err)
-		}
-	})
-	app, err := caddy.ActiveContext().App("acme")
-	if err != nil {
-		r.t.Fatalf("getting the acme app: %v", err)
-	}
-	return app.(*App)
+	return loadCaddy(r.t, cfg)
 }
 
 // handshake connects to the HTTPS server with SNI name, verifying the chain

@@ -2,16 +2,10 @@ package caddyacme
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/big"
 	"net/http"
 	"os"
 	"strconv"
@@ -54,23 +48,6 @@ func provisionByHand(tb testing.TB, a *App) *App {
 	}
 	tb.Cleanup(func() { _ = a.Cleanup() })
 	return a
-}
-
-// cacheCert puts a self-signed certificate for name into a's cache.
-func cacheCert(t *testing.T, a *App, name string, notAfter time.Time) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{name}, NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.magic.CacheUnmanagedTLSCertificate(t.Context(), tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // --- end to end, with Pebble, Caddy's admin /metrics and the events app ---

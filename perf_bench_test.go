@@ -181,7 +181,7 @@ func BenchmarkHandshakeCold(b *testing.B) {
 	for _, backend := range selectedBackends(b) {
 		b.Run(backend, func(b *testing.B) {
 			be := startPerfBackend(b, backend)
-			raw := openModuleStorage(b, be.storage(ns))
+			raw := openStorage(b, be.storage(ns))
 			took, err := seedCerts(ctx, raw, ca, perfIssuerKey, perfCAURL, names, 16)
 			if err != nil {
 				b.Fatal(err)
@@ -277,7 +277,7 @@ func BenchmarkScale(b *testing.B) {
 	for _, backend := range selectedBackends(b) {
 		b.Run(backend, func(b *testing.B) {
 			be := startPerfBackend(b, backend)
-			raw := openModuleStorage(b, be.storage("scale"))
+			raw := openStorage(b, be.storage("scale"))
 			took, err := seedCerts(ctx, raw, ca, perfIssuerKey, perfCAURL, names, 32)
 			if err != nil {
 				b.Fatal(err)
@@ -290,7 +290,7 @@ func BenchmarkScale(b *testing.B) {
 				b.Logf("%s: seeded %d certificates (%d keys, 32 at once, issuing included) in %s: %.0f certificates/s",
 					be.name, n, 3*n, took.Round(time.Millisecond), float64(n)/took.Seconds())
 			})
-			if _, err := seedCerts(ctx, openModuleStorage(b, be.storage("one")), ca, perfIssuerKey, perfCAURL, names[:1], 1); err != nil {
+			if _, err := seedCerts(ctx, openStorage(b, be.storage("one")), ca, perfIssuerKey, perfCAURL, names[:1], 1); err != nil {
 				b.Fatal(err)
 			}
 			srv := newPerfServer(b)

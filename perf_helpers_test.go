@@ -353,9 +353,9 @@ func startPerfBackend(tb testing.TB, name string) perfBackend {
 	return perfBackend{}
 }
 
-// openModuleStorage provisions the storage module of cfg in the test
-// process, for seeding and raw reads.
-func openModuleStorage(tb testing.TB, cfg map[string]any) certmagic.Storage {
+// openStorage provisions the storage module of cfg (its JSON as a map) in
+// the test process, for seeding and raw reads, until the test ends.
+func openStorage(tb testing.TB, cfg map[string]any) certmagic.Storage {
 	tb.Helper()
 	fields := maps.Clone(cfg)
 	delete(fields, "module")
@@ -374,6 +374,19 @@ func openModuleStorage(tb testing.TB, cfg map[string]any) certmagic.Storage {
 		tb.Fatal(err)
 	}
 	return s
+}
+
+// override sets fields in app (a config as a map), deleting those whose
+// value is nil, and returns app.
+func override(app, fields map[string]any) map[string]any {
+	for k, v := range fields {
+		if v == nil {
+			delete(app, k)
+			continue
+		}
+		app[k] = v
+	}
+	return app
 }
 
 // perfServer is the listeners of the Caddy the benchmarks load.
@@ -412,14 +425,7 @@ func perfApp(zone string, storage map[string]any, fields map[string]any) map[str
 	if storage != nil {
 		app["storage"] = storage
 	}
-	for k, v := range fields {
-		if v == nil {
-			delete(app, k)
-			continue
-		}
-		app[k] = v
-	}
-	return app
+	return override(app, fields)
 }
 
 // config is a Caddy config: the acme app, the TLS app with get_certificate

@@ -1,5 +1,7 @@
-// Package testenv starts real servers (an ACME CA today; later Redis,
-// PostgreSQL, Consul, Vault) for integration tests.
+// Package testenv starts the real servers of the integration tests: Pebble
+// (Let's Encrypt's ACME test server, with pebble-challtestsrv as its DNS),
+// Redis (standalone, Cluster, Sentinel, TLS), PostgreSQL, Consul and Vault;
+// and reads Prometheus metrics for tests (IndexFamilies, Sample).
 //
 // Servers are separate binaries installed by scripts/install-test-servers.sh
 // into $CADDY_ACME_BIN or $HOME/.cache/caddy-acme/bin. Tests that need a
