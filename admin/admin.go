@@ -274,8 +274,7 @@ func (a *adminAPI) handleOrder(w http.ResponseWriter, r *http.Request, m App) er
 	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return apiErr(http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", maxBody))
 		}
 		return apiErr(http.StatusBadRequest, fmt.Errorf("reading request body: %v", err))

@@ -49,8 +49,7 @@ func (r *Runtime) Order(ctx context.Context, host string) error {
 		return fmt.Errorf("%w: %v", ErrNotAllowed, err)
 	}
 	if err := r.checkBackoff(ctx, host); err != nil {
-		var inBackoff BackoffError
-		if !errors.As(err, &inBackoff) {
+		if _, ok := errors.AsType[BackoffError](err); !ok {
 			return err // a storage error
 		}
 		return fmt.Errorf("%w: %v", ErrConflict, err)

@@ -106,8 +106,9 @@ func (r *Runtime) cachedFor(name string) []certmagic.Certificate {
 
 // evict drops name's certificates from this node's memory.
 func (r *Runtime) evict(name string) {
-	var hashes []string
-	for _, c := range r.cachedFor(name) {
+	cached := r.cachedFor(name)
+	hashes := make([]string, 0, len(cached))
+	for _, c := range cached {
 		hashes = append(hashes, c.Hash())
 	}
 	r.cache.Remove(hashes)

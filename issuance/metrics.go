@@ -96,8 +96,7 @@ func RegisterMetrics(reg prometheus.Registerer, r *Runtime) error {
 	}
 	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
-			var already prometheus.AlreadyRegisteredError
-			if !errors.As(err, &already) {
+			if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); !ok {
 				return err
 			}
 		}

@@ -213,8 +213,7 @@ func (r *Runtime) Certificate(ctx context.Context, hello *tls.ClientHelloInfo) (
 	select {
 	case <-j.done:
 		if j.err != nil {
-			var inBackoff BackoffError
-			if errors.As(j.err, &inBackoff) {
+			if _, ok := errors.AsType[BackoffError](j.err); ok {
 				r.backoffDenied(name, j.err)
 			}
 			return nil, j.err

@@ -172,9 +172,7 @@ func (s *Scanner) Scan(ctx context.Context) (Status, error) {
 				break
 			}
 			sem <- struct{}{}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				defer func() { <-sem }()
 				hs, due, renewed := s.check(ctx, certs[i], errs[i])
 				mu.Lock()
@@ -189,7 +187,7 @@ func (s *Scanner) Scan(ctx context.Context) (Status, error) {
 					st.Failed++
 				}
 				st.Hosts[name] = hs
-			}()
+			})
 		}
 		names = names[n:]
 	}

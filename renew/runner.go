@@ -85,5 +85,5 @@ func (r *Runner) next() time.Duration {
 	if jitter <= 0 || jitter >= 1 {
 		jitter = 0.1
 	}
-	return time.Duration(float64(interval) * (1 + jitter*(2*rand.Float64()-1)))
+	return time.Duration(float64(interval) * (1 + jitter*(2*rand.Float64()-1))) //nolint:gosec // a jitter, not a secret
 }

@@ -252,6 +252,7 @@ func parse(entry string) (kind, string, error) {
 			return fail(errWildcardPlace)
 		}
 		name = name[:len(name)-len(wildcardLabel)-1]
+	case exact:
 	}
 	return k, name, nil
 }
@@ -370,6 +371,7 @@ func describe(f fault, name string, at int) string {
 		return fmt.Sprintf("label %q is longer than %d octets", labelAt(name, at), maxLabelLen)
 	case faultNameLen:
 		return fmt.Sprintf("longer than %d octets", maxNameLen)
+	case faultNone, faultNonASCII:
 	}
 	return "invalid host name"
 }

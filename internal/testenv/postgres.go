@@ -251,7 +251,7 @@ func (p *Postgres) initdb() error {
 		if p.Password != "" {
 			method = "scram-sha-256"
 		}
-		hba := "local all all trust\nhostssl all all 127.0.0.1/32 " + method + "\n"
+		hba := "local all all trust\nhostssl all all 127.0.0.1/32 " + method + "\n" //nolint:dupword // pg_hba.conf's columns
 		if err := p.writeOwned(filepath.Join(p.dataDir, "pg_hba.conf"), []byte(hba)); err != nil {
 			return err
 		}
@@ -445,7 +445,7 @@ func NonCLocale(t testing.TB) string {
 	t.Helper()
 	out, err := exec.Command("locale", "-a").Output()
 	if err == nil {
-		for _, l := range strings.Fields(string(out)) {
+		for l := range strings.FieldsSeq(string(out)) {
 			if strings.EqualFold(l, "en_US.utf8") || strings.EqualFold(l, "en_US.UTF-8") {
 				return "en_US.UTF-8"
 			}
@@ -471,7 +471,7 @@ func (p *Postgres) writeTLSFiles() error {
 	}
 	p.CAPEM = ca.certPEM()
 	p.CAFile = filepath.Join(p.dir, "ca.crt")
-	if err := os.WriteFile(p.CAFile, p.CAPEM, 0o644); err != nil {
+	if err := os.WriteFile(p.CAFile, p.CAPEM, 0o644); err != nil { //nolint:gosec // a CA certificate, public
 		return err
 	}
 	if err := p.writeOwned(filepath.Join(p.dir, "server.crt"), certPEM); err != nil {

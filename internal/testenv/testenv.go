@@ -48,7 +48,7 @@ func FreePort(t testing.TB) int {
 	t.Helper()
 	low := ephemeralLow()
 	for range 100 {
-		port := freePortFloor + rand.IntN(low-freePortFloor)
+		port := freePortFloor + rand.IntN(low-freePortFloor) //nolint:gosec // a test port, not a secret
 		if !claimPort(port) {
 			continue // handed out before in this process
 		}

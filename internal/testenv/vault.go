@@ -82,7 +82,8 @@ func startVault(t testing.TB, bin string, opts VaultOptions) (*Vault, error) {
 	port := freePortPair(t)
 	listen := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	v := &Vault{Addr: "http://" + listen, RootToken: VaultRootToken}
-	args := []string{"server", "-dev",
+	args := []string{
+		"server", "-dev",
 		"-dev-root-token-id=" + VaultRootToken,
 		"-dev-no-store-token",
 		"-dev-listen-address=" + listen,
