@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/consul/api"
 	"go.uber.org/zap"
 
+	"github.com/acmekit/caddy-acme/internal/placeholder"
 	"github.com/acmekit/caddy-acme/storage/internal/backend"
 )
 
@@ -215,17 +216,9 @@ func (s *Storage) setup() error {
 	if s.logger == nil {
 		s.logger = zap.NewNop()
 	}
-	repl := caddy.NewReplacer()
-	expand := func(field, v string) (string, error) {
-		out, err := repl.ReplaceOrErr(v, true, true)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", field, err)
-		}
-		return out, nil
-	}
 	var c connSettings
 	var err error
-	if c.address, err = expand("address", s.Address); err != nil {
+	if c.address, err = placeholder.Expand("address", s.Address); err != nil {
 		return err
 	}
 	if c.address == "" {
@@ -250,19 +243,19 @@ func (s *Storage) setup() error {
 	default:
 		return fmt.Errorf("scheme: want http or https, got %q", s.Scheme)
 	}
-	if c.token, err = expand("token", s.Token); err != nil {
+	if c.token, err = placeholder.ExpandSecret("token", s.Token); err != nil {
 		return err
 	}
-	if c.datacenter, err = expand("datacenter", s.Datacenter); err != nil {
+	if c.datacenter, err = placeholder.Expand("datacenter", s.Datacenter); err != nil {
 		return err
 	}
-	if c.namespace, err = expand("namespace", s.Namespace); err != nil {
+	if c.namespace, err = placeholder.Expand("namespace", s.Namespace); err != nil {
 		return err
 	}
-	if c.partition, err = expand("partition", s.Partition); err != nil {
+	if c.partition, err = placeholder.Expand("partition", s.Partition); err != nil {
 		return err
 	}
-	prefix, err := expand("key_prefix", s.KeyPrefix)
+	prefix, err := placeholder.Expand("key_prefix", s.KeyPrefix)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/acmekit/caddy-acme/storage/internal/backend"
+	"github.com/acmekit/caddy-acme/storage/storagetest"
 )
 
 const secretToken = "9b1f0c2e-secret-token-never-shown"
@@ -93,6 +94,20 @@ func TestProvisionErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSecrets: a secret that fails placeholder expansion fails Provision
+// naming its field, never showing a fragment of a literal value, and
+// String never shows a secret.
+func TestSecrets(t *testing.T) {
+	storagetest.Secrets(t, []storagetest.Secret{
+		{Field: "token", Good: secretToken, Module: func(v string) storagetest.Module {
+			return &Storage{Token: v}
+		}},
+		{Field: "encryption_key", Good: testKey(t), Module: func(v string) storagetest.Module {
+			return &Storage{Options: backend.Options{EncryptionKey: v}}
+		}},
+	})
 }
 
 func TestProvisionDefaultsAndNoNetwork(t *testing.T) {

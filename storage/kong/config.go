@@ -12,9 +12,10 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/acmekit/caddy-acme/internal/placeholder"
 )
 
 // conn is the connection settings of a Storage with Kong's aliases merged
@@ -33,20 +34,9 @@ type conn struct {
 // contain a secret.
 func (s *Storage) resolveConn() (conn, error) {
 	var c conn
-	repl := caddy.NewReplacer()
-	expand := func(field, v string) (string, error) {
-		if v == "" {
-			return "", nil
-		}
-		out, err := repl.ReplaceOrErr(v, true, true)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", field, err)
-		}
-		return out, nil
-	}
 	// pick returns the value of a field or of its Kong alias; both set is
 	// an error, even when they agree, so that a config says a thing once.
-	pick := func(field, v, alias, av string) (string, error) {
+	pick := func(field, v, alias, av string, expand func(field, v string) (string, error)) (string, error) {
 		if v != "" && av != "" {
 			return "", fmt.Errorf("%s: cannot be combined with its alias %s", alias, field)
 		}
@@ -56,34 +46,35 @@ func (s *Storage) resolveConn() (conn, error) {
 		return expand(field, v)
 	}
 	var err error
-	if c.dsn, err = expand("dsn", s.DSN); err != nil {
+	// a DSN can carry a password
+	if c.dsn, err = placeholder.ExpandSecret("dsn", s.DSN); err != nil {
 		return c, err
 	}
-	if c.host, err = pick("host", s.Host, "pg_host", s.PgHost); err != nil {
+	if c.host, err = pick("host", s.Host, "pg_host", s.PgHost, placeholder.Expand); err != nil {
 		return c, err
 	}
-	if c.user, err = pick("user", s.User, "pg_user", s.PgUser); err != nil {
+	if c.user, err = pick("user", s.User, "pg_user", s.PgUser, placeholder.Expand); err != nil {
 		return c, err
 	}
-	if c.password, err = pick("password", s.Password, "pg_password", s.PgPassword); err != nil {
+	if c.password, err = pick("password", s.Password, "pg_password", s.PgPassword, placeholder.ExpandSecret); err != nil {
 		return c, err
 	}
-	if c.database, err = pick("database", s.Database, "pg_database", s.PgDatabase); err != nil {
+	if c.database, err = pick("database", s.Database, "pg_database", s.PgDatabase, placeholder.Expand); err != nil {
 		return c, err
 	}
-	if c.schema, err = pick("schema", s.Schema, "pg_schema", s.PgSchema); err != nil {
+	if c.schema, err = pick("schema", s.Schema, "pg_schema", s.PgSchema, placeholder.Expand); err != nil {
 		return c, err
 	}
-	if c.sslcert, err = pick("sslcert", s.SSLCert, "pg_ssl_cert", s.PgSSLCert); err != nil {
+	if c.sslcert, err = pick("sslcert", s.SSLCert, "pg_ssl_cert", s.PgSSLCert, placeholder.Expand); err != nil {
 		return c, err
 	}
-	if c.sslkey, err = pick("sslkey", s.SSLKey, "pg_ssl_cert_key", s.PgSSLCertKey); err != nil {
+	if c.sslkey, err = pick("sslkey", s.SSLKey, "pg_ssl_cert_key", s.PgSSLCertKey, placeholder.Expand); err != nil {
 		return c, err
 	}
-	if c.sslrootcert, err = expand("sslrootcert", s.SSLRootCert); err != nil {
+	if c.sslrootcert, err = placeholder.Expand("sslrootcert", s.SSLRootCert); err != nil {
 		return c, err
 	}
-	if c.tlsServerName, err = expand("tls_server_name", s.TLSServerName); err != nil {
+	if c.tlsServerName, err = placeholder.Expand("tls_server_name", s.TLSServerName); err != nil {
 		return c, err
 	}
 

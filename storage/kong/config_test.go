@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/acmekit/caddy-acme/storage/internal/backend"
+	"github.com/acmekit/caddy-acme/storage/storagetest"
 )
 
 const (
@@ -70,6 +71,26 @@ func TestProvisionErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSecrets: a secret that fails placeholder expansion fails Provision
+// naming its field, never showing a fragment of a literal value, and
+// String never shows a secret. A DSN can carry a password, so it is one.
+func TestSecrets(t *testing.T) {
+	storagetest.Secrets(t, []storagetest.Secret{
+		{Field: "dsn", Good: "postgres://kong:" + testPassword + "@db/kong", Module: func(v string) storagetest.Module {
+			return &Storage{DSN: v}
+		}},
+		{Field: "password", Good: testPassword, Module: func(v string) storagetest.Module {
+			return &Storage{Host: "db", Password: v}
+		}},
+		{Field: "pg_password", Good: testPassword, Module: func(v string) storagetest.Module {
+			return &Storage{PgHost: "db", PgPassword: v}
+		}},
+		{Field: "encryption_key", Good: testKey, Module: func(v string) storagetest.Module {
+			return &Storage{Host: "db", Options: backend.Options{EncryptionKey: v}}
+		}},
+	})
 }
 
 // TestProvisionOK: valid settings, including placeholders and every way to

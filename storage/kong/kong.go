@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 	"go.uber.org/zap"
 
+	"github.com/acmekit/caddy-acme/internal/placeholder"
 	"github.com/acmekit/caddy-acme/storage/internal/backend"
 )
 
@@ -254,8 +255,8 @@ func (s *Storage) Provision(ctx caddy.Context) error {
 
 	prefix := s.KeyPrefix
 	if prefix != "" {
-		if prefix, err = caddy.NewReplacer().ReplaceOrErr(prefix, true, true); err != nil {
-			return fmt.Errorf("key_prefix: %w", err)
+		if prefix, err = placeholder.Expand("key_prefix", prefix); err != nil {
+			return err
 		}
 	}
 	if prefix == "" {

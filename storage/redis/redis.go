@@ -21,6 +21,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/acmekit/caddy-acme/internal/placeholder"
 	"github.com/acmekit/caddy-acme/storage/internal/backend"
 )
 
@@ -216,7 +217,7 @@ func (s *Storage) Provision(ctx caddy.Context) error {
 	}
 	s.prefix = DefaultKeyPrefix
 	if s.KeyPrefix != "" {
-		if s.prefix, err = expand("key_prefix", s.KeyPrefix, false); err != nil {
+		if s.prefix, err = placeholder.Expand("key_prefix", s.KeyPrefix); err != nil {
 			return err
 		}
 	}
@@ -328,7 +329,7 @@ func (s *Storage) settings() (*connSettings, error) {
 	var err error
 	for i, a := range s.Addresses {
 		field := fmt.Sprintf("addresses[%d]", i)
-		if a, err = expand(field, a, false); err != nil {
+		if a, err = placeholder.Expand(field, a); err != nil {
 			return nil, err
 		}
 		if err := checkAddress(a); err != nil {
@@ -340,18 +341,15 @@ func (s *Storage) settings() (*connSettings, error) {
 		name   string
 		in     string
 		out    *string
-		secret bool
+		expand func(field, v string) (string, error)
 	}{
-		{"master_name", s.MasterName, &cs.MasterName, false},
-		{"username", s.Username, &cs.Username, false},
-		{"password", s.Password, &cs.Password, true},
-		{"sentinel_username", s.SentinelUsername, &cs.SentinelUsername, false},
-		{"sentinel_password", s.SentinelPassword, &cs.SentinelPassword, true},
+		{"master_name", s.MasterName, &cs.MasterName, placeholder.Expand},
+		{"username", s.Username, &cs.Username, placeholder.Expand},
+		{"password", s.Password, &cs.Password, placeholder.ExpandSecret},
+		{"sentinel_username", s.SentinelUsername, &cs.SentinelUsername, placeholder.Expand},
+		{"sentinel_password", s.SentinelPassword, &cs.SentinelPassword, placeholder.ExpandSecret},
 	} {
-		if f.in == "" {
-			continue
-		}
-		if *f.out, err = expand(f.name, f.in, f.secret); err != nil {
+		if *f.out, err = f.expand(f.name, f.in); err != nil {
 			return nil, err
 		}
 	}
@@ -475,21 +473,6 @@ func checkAddress(a string) error {
 		return fmt.Errorf("want host:port, the port is not a number in 1-65535 in %q", a)
 	}
 	return nil
-}
-
-// expand expands placeholders ({env.NAME}, {file./path}, …) in the value of
-// field, failing on unknown or empty placeholders. The error of a secret
-// shows the placeholder only if the whole value is one placeholder, so that
-// no part of a literal secret ends up in an error.
-func expand(field, v string, secret bool) (string, error) {
-	out, err := caddy.NewReplacer().ReplaceOrErr(v, true, true)
-	if err == nil {
-		return out, nil
-	}
-	if secret && !(strings.HasPrefix(v, "{") && strings.HasSuffix(v, "}") && strings.Count(v, "{") == 1) {
-		return "", fmt.Errorf("%s: expanding placeholders: unknown or empty placeholder (value not shown; write a literal { as \\{)", field)
-	}
-	return "", fmt.Errorf("%s: %w", field, err)
 }
 
 // Interface guards

@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/acmekit/caddy-acme/internal/placeholder"
 	"github.com/acmekit/caddy-acme/storage/internal/backend"
 )
 
@@ -250,36 +251,28 @@ func (s *Storage) Provision(ctx caddy.Context) error {
 // the field and never contain a secret.
 func (s *Storage) settings() (clientConfig, error) {
 	var cfg clientConfig
-	repl := caddy.NewReplacer()
-	expand := func(field, v string) (string, error) {
-		out, err := repl.ReplaceOrErr(v, true, true)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", field, err)
-		}
-		return out, nil
-	}
 	var err error
-	fields := []struct {
-		name string
-		in   string
-		out  *string
+	for _, f := range []struct {
+		name   string
+		in     string
+		out    *string
+		expand func(field, v string) (string, error)
 	}{
-		{"address", s.Address, &cfg.address},
-		{"mount", s.Mount, &s.mount},
-		{"path_prefix", s.PathPrefix, &s.prefix},
-		{"lock_prefix", s.LockPrefix, &s.lockPrefix},
-		{"namespace", s.Namespace, &cfg.namespace},
-		{"auth_method", s.AuthMethod, &cfg.auth.method},
-		{"token", s.Token, &cfg.auth.token},
-		{"token_file", s.TokenFile, &cfg.auth.tokenFile},
-		{"role", s.Role, &cfg.auth.role},
-		{"jwt_path", s.JWTPath, &cfg.auth.jwtPath},
-		{"auth_mount", s.AuthMount, &cfg.auth.mount},
-		{"role_id", s.RoleID, &cfg.auth.roleID},
-		{"secret_id", s.SecretID, &cfg.auth.secretID},
-	}
-	for _, f := range fields {
-		if *f.out, err = expand(f.name, f.in); err != nil {
+		{"address", s.Address, &cfg.address, placeholder.Expand},
+		{"mount", s.Mount, &s.mount, placeholder.Expand},
+		{"path_prefix", s.PathPrefix, &s.prefix, placeholder.Expand},
+		{"lock_prefix", s.LockPrefix, &s.lockPrefix, placeholder.Expand},
+		{"namespace", s.Namespace, &cfg.namespace, placeholder.Expand},
+		{"auth_method", s.AuthMethod, &cfg.auth.method, placeholder.Expand},
+		{"token", s.Token, &cfg.auth.token, placeholder.ExpandSecret},
+		{"token_file", s.TokenFile, &cfg.auth.tokenFile, placeholder.Expand},
+		{"role", s.Role, &cfg.auth.role, placeholder.Expand},
+		{"jwt_path", s.JWTPath, &cfg.auth.jwtPath, placeholder.Expand},
+		{"auth_mount", s.AuthMount, &cfg.auth.mount, placeholder.Expand},
+		{"role_id", s.RoleID, &cfg.auth.roleID, placeholder.ExpandSecret},
+		{"secret_id", s.SecretID, &cfg.auth.secretID, placeholder.ExpandSecret},
+	} {
+		if *f.out, err = f.expand(f.name, f.in); err != nil {
 			return cfg, err
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/acmekit/caddy-acme/storage/internal/backend"
+	"github.com/acmekit/caddy-acme/storage/storagetest"
 )
 
 // Secrets used in these tests: none may ever show in String, logs or errors.
@@ -191,6 +192,26 @@ func TestProvisionErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSecrets: a secret that fails placeholder expansion fails Provision
+// naming its field, never showing a fragment of a literal value, and
+// String never shows a secret. role_id is treated as one.
+func TestSecrets(t *testing.T) {
+	storagetest.Secrets(t, []storagetest.Secret{
+		{Field: "token", Good: testToken, Module: func(v string) storagetest.Module {
+			return &Storage{Token: v}
+		}},
+		{Field: "role_id", Good: "role-id-r0le1d", Module: func(v string) storagetest.Module {
+			return &Storage{AuthMethod: "approle", RoleID: v}
+		}},
+		{Field: "secret_id", Good: testSecretID, Module: func(v string) storagetest.Module {
+			return &Storage{AuthMethod: "approle", RoleID: "rid", SecretID: v}
+		}},
+		{Field: "encryption_key", Good: testKey, Module: func(v string) storagetest.Module {
+			return &Storage{Token: testToken, Options: backend.Options{EncryptionKey: v}}
+		}},
+	})
 }
 
 func TestProvisionDefaultsAndPlaceholders(t *testing.T) {

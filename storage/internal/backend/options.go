@@ -6,6 +6,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/acmekit/caddy-acme/internal/placeholder"
 )
 
 // Options are the fields every caddy-acme storage module has. Modules embed
@@ -43,9 +45,9 @@ const DefaultLockLease = 30 * time.Second
 func (o Options) Provision() (Runtime, error) {
 	var rt Runtime
 	if o.EncryptionKey != "" {
-		raw, err := caddy.NewReplacer().ReplaceOrErr(o.EncryptionKey, true, true)
+		raw, err := placeholder.ExpandSecret("encryption_key", o.EncryptionKey)
 		if err != nil {
-			return rt, fmt.Errorf("encryption_key: %w", err)
+			return rt, err
 		}
 		key, err := ParseKey(raw)
 		if err != nil {

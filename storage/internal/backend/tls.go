@@ -10,8 +10,9 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/acmekit/caddy-acme/internal/placeholder"
 )
 
 // TLS configures a storage module's TLS connection to its server (the tls
@@ -123,14 +124,6 @@ func (t *TLS) ClientConfig() (cfg *tls.Config, fingerprint string, err error) {
 	if !t.On() {
 		return nil, "", nil
 	}
-	repl := caddy.NewReplacer()
-	expand := func(field, v string) (string, error) {
-		out, err := repl.ReplaceOrErr(v, true, true)
-		if err != nil {
-			return "", fmt.Errorf("tls.%s: %w", field, err)
-		}
-		return out, nil
-	}
 	var caFile, serverName, certFile, keyFile string
 	for _, f := range []struct {
 		name string
@@ -142,7 +135,7 @@ func (t *TLS) ClientConfig() (cfg *tls.Config, fingerprint string, err error) {
 		{"cert_file", t.CertFile, &certFile},
 		{"key_file", t.KeyFile, &keyFile},
 	} {
-		if *f.out, err = expand(f.name, f.in); err != nil {
+		if *f.out, err = placeholder.Expand("tls."+f.name, f.in); err != nil {
 			return nil, "", err
 		}
 	}
