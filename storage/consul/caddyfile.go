@@ -1,7 +1,6 @@
 package consul
 
 import (
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/acmekit/caddy-acme/storage/internal/backend"
@@ -9,63 +8,40 @@ import (
 
 // UnmarshalCaddyfile sets up the storage from Caddyfile tokens (syntax in
 // the type's doc comment). Every subdirective takes exactly the arguments
-// shown and may appear once.
+// shown and may appear once. It parses only: Provision checks the values.
 func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the module name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := make(map[string]bool)
+	seen := make(backend.Seen)
 	for d.NextBlock(0) {
-		key := d.Val()
-		if seen[key] {
-			return d.Errf("duplicate subdirective '%s'", key)
+		if err := seen.Once(d); err != nil {
+			return err
 		}
-		seen[key] = true
-		switch key {
-		case "address", "scheme", "token", "datacenter", "namespace", "partition", "key_prefix", "timeout":
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
-			}
-			switch key {
-			case "address":
-				s.Address = v
-			case "scheme":
-				if v != "http" && v != "https" {
-					return d.Errf("scheme: want http or https, got %q", v)
-				}
-				s.Scheme = v
-			case "token":
-				s.Token = v
-			case "datacenter":
-				s.Datacenter = v
-			case "namespace":
-				s.Namespace = v
-			case "partition":
-				s.Partition = v
-			case "key_prefix":
-				s.KeyPrefix = v
-			case "timeout":
-				dur, err := caddy.ParseDuration(v)
-				if err != nil || dur <= 0 {
-					return d.Errf("timeout: expected a positive duration such as 10s, got %q", v)
-				}
-				s.Timeout = caddy.Duration(dur)
-			}
-		case "tls":
-			s.TLS = new(backend.TLS)
-			if err := s.TLS.UnmarshalCaddyfile(d); err != nil {
-				return err
-			}
+		var err error
+		switch d.Val() {
+		case "address":
+			s.Address, err = backend.OneArg(d)
+		case "scheme":
+			s.Scheme, err = backend.OneArg(d)
+		case "token":
+			s.Token, err = backend.OneArg(d)
+		case "datacenter":
+			s.Datacenter, err = backend.OneArg(d)
+		case "namespace":
+			s.Namespace, err = backend.OneArg(d)
+		case "partition":
+			s.Partition, err = backend.OneArg(d)
+		case "key_prefix":
+			s.KeyPrefix, err = backend.OneArg(d)
+		case "timeout":
+			s.Timeout, err = backend.OneDuration(d)
 		default:
-			known, err := s.Options.UnmarshalCaddyfile(d)
-			if err != nil {
-				return err
-			}
-			if !known {
-				return d.Errf("unrecognized subdirective '%s'", key)
-			}
+			err = backend.UnmarshalShared(d, &s.Options, &s.TLS)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil

@@ -16,6 +16,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		input   string
 		want    string // JSON of the resulting Storage
 		wantErr string
+		// substring of the Provision error of the parsed module: the
+		// Caddyfile parses, and the value is refused as in JSON
+		provisionErr string
 	}{
 		{
 			name:  "empty",
@@ -67,13 +70,16 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "duplicate", input: "acme_consul {\naddress a:1\naddress b:2\n}", wantErr: "duplicate subdirective 'address'"},
 		{name: "duplicate shared option", input: "acme_consul {\nlock_lease 30s\nlock_lease 40s\n}", wantErr: "duplicate subdirective 'lock_lease'"},
 		{name: "unknown", input: "acme_consul {\nkv_path /acme\n}", wantErr: "unrecognized subdirective 'kv_path'"},
-		{name: "bad scheme", input: "acme_consul {\nscheme ftp\n}", wantErr: "scheme: want http or https"},
+		{name: "bad scheme", input: "acme_consul {\nscheme ftp\n}", provisionErr: `scheme: want http or https, got "ftp"`},
 		{name: "bad timeout", input: "acme_consul {\ntimeout soon\n}", wantErr: "timeout: expected a positive duration"},
-		{name: "negative timeout", input: "acme_consul {\ntimeout -1s\n}", wantErr: "timeout: expected a positive duration"},
+		{name: "zero timeout", input: "acme_consul {\ntimeout 0s\n}", wantErr: "timeout: expected a positive duration"},
+		{name: "negative timeout", input: "acme_consul {\ntimeout -1s\n}", provisionErr: "timeout: must be positive, got -1s"},
 		{name: "bad lock lease", input: "acme_consul {\nlock_lease forever\n}", wantErr: "lock_lease: expected a positive duration"},
+		{name: "negative lock lease", input: "acme_consul {\nlock_lease -30s\n}", provisionErr: "lock_lease: must be positive, got -30s"},
+		{name: "lock lease too short for consul", input: "acme_consul {\nlock_lease 10s\n}", provisionErr: "lock_lease: must be between 20s and 48h0m0s"},
 		{name: "tls with argument", input: "acme_consul {\ntls on\n}", wantErr: "wrong argument count"},
 		{name: "tls unknown", input: "acme_consul {\ntls {\nverify no\n}\n}", wantErr: "unrecognized subdirective 'verify'"},
-		{name: "tls duplicate", input: "acme_consul {\ntls {\nca_file a\nca_file b\n}\n}", wantErr: "duplicate tls subdirective 'ca_file'"},
+		{name: "tls duplicate", input: "acme_consul {\ntls {\nca_file a\nca_file b\n}\n}", wantErr: "duplicate subdirective 'ca_file'"},
 		{name: "tls flag with argument", input: "acme_consul {\ntls {\ninsecure_skip_verify yes\n}\n}", wantErr: "wrong argument count"},
 		{name: "tls file without argument", input: "acme_consul {\ntls {\nca_file\n}\n}", wantErr: "wrong argument count"},
 		{name: "duplicate tls", input: "acme_consul {\ntls\ntls\n}", wantErr: "duplicate subdirective 'tls'"},
@@ -90,6 +96,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatalf("UnmarshalCaddyfile: %v", err)
+			}
+			if tt.provisionErr != "" {
+				if err := provision(t, &s); err == nil || !strings.Contains(err.Error(), tt.provisionErr) {
+					t.Fatalf("Provision error = %v, want one containing %q", err, tt.provisionErr)
+				}
+				return
 			}
 			got, err := json.Marshal(&s)
 			if err != nil {

@@ -21,6 +21,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		input   string
 		want    *Storage
 		wantErr string
+		// substring of the Provision error of the parsed module: the
+		// Caddyfile parses, and the value is refused as in JSON
+		provisionErr string
 	}{
 		{name: "empty", input: `acme_kong`, want: &Storage{}},
 		{name: "empty block", input: "acme_kong {\n}", want: &Storage{}},
@@ -82,20 +85,28 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		},
 		{name: "pg_ssl true", input: "acme_kong {\npg_ssl true\n}", want: &Storage{PgSSL: &on}},
 		{name: "unknown", input: "acme_kong {\nhostname db\n}", wantErr: "unrecognized subdirective 'hostname'"},
-		{name: "duplicate", input: "acme_kong {\nhost a\nhost b\n}", wantErr: "host: specified more than once"},
-		{name: "duplicate backend option", input: "acme_kong {\nlock_lease 1m\nlock_lease 2m\n}", wantErr: "lock_lease: specified more than once"},
-		{name: "inline and block dsn", input: "acme_kong postgres://a {\ndsn postgres://b\n}", wantErr: "dsn: specified more than once"},
+		{name: "no tls block", input: "acme_kong {\ntls\n}", wantErr: "unrecognized subdirective 'tls'"},
+		{name: "duplicate", input: "acme_kong {\nhost a\nhost b\n}", wantErr: "duplicate subdirective 'host'"},
+		{name: "duplicate backend option", input: "acme_kong {\nlock_lease 1m\nlock_lease 2m\n}", wantErr: "duplicate subdirective 'lock_lease'"},
+		{name: "inline and block dsn", input: "acme_kong postgres://a {\ndsn postgres://b\n}", wantErr: "duplicate subdirective 'dsn'"},
 		{name: "missing arg", input: "acme_kong {\nhost\n}", wantErr: "wrong argument count"},
 		{name: "extra arg", input: "acme_kong {\nhost a b\n}", wantErr: "wrong argument count"},
 		{name: "extra arg number", input: "acme_kong {\nport 1 2\n}", wantErr: "wrong argument count"},
 		{name: "extra arg bool", input: "acme_kong {\npg_ssl on off\n}", wantErr: "wrong argument count"},
 		{name: "extra arg backend", input: "acme_kong {\nencryption_key a b\n}", wantErr: "wrong argument count"},
-		{name: "bad port", input: "acme_kong {\nport 70000\n}", wantErr: "port: expected a port from 1 to 65535"},
+		{name: "bad port", input: "acme_kong {\nport 70000\n}", provisionErr: "port: must be from 1 to 65535, got 70000"},
+		{name: "negative pg_port", input: "acme_kong {\npg_port -1\n}", provisionErr: "pg_port: must be from 1 to 65535, got -1"},
+		{name: "zero port", input: "acme_kong {\nport 0\n}", wantErr: "port: expected a port from 1 to 65535"},
 		{name: "port not a number", input: "acme_kong {\npg_port x\n}", wantErr: "pg_port: expected a port"},
 		{name: "bad pool size", input: "acme_kong {\npool_size 0\n}", wantErr: "pool_size: expected a positive number"},
+		{name: "negative pool size", input: "acme_kong {\npool_size -2\n}", provisionErr: "pool_size: must be positive, got -2"},
+		{name: "zero pg_timeout", input: "acme_kong {\npg_timeout 0\n}", wantErr: "pg_timeout: expected a positive number"},
+		{name: "negative pg_timeout", input: "acme_kong {\npg_timeout -5\n}", provisionErr: "pg_timeout: must be a positive number of milliseconds, got -5"},
 		{name: "bad timeout", input: "acme_kong {\nconnect_timeout soon\n}", wantErr: "connect_timeout: expected a positive duration"},
+		{name: "negative timeout", input: "acme_kong {\nconnect_timeout -1s\n}", provisionErr: "connect_timeout: must be positive, got -1s"},
 		{name: "bad bool", input: "acme_kong {\npg_ssl_verify yes\n}", wantErr: "pg_ssl_verify: expected on or off"},
 		{name: "bad lease", input: "acme_kong {\nlock_lease 0s\n}", wantErr: "lock_lease: expected a positive duration"},
+		{name: "negative lease", input: "acme_kong {\nlock_lease -1m\n}", provisionErr: "lock_lease: must be positive, got -1m0s"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -112,6 +123,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatal(err)
+			}
+			if tt.provisionErr != "" {
+				if err := tryProvision(t, &got); err == nil || !strings.Contains(err.Error(), tt.provisionErr) {
+					t.Fatalf("Provision error %v, want one containing %q", err, tt.provisionErr)
+				}
+				return
 			}
 			gotJSON, _ := json.Marshal(&got)
 			wantJSON, _ := json.Marshal(tt.want)

@@ -1,9 +1,6 @@
 package redis
 
 import (
-	"strconv"
-
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/acmekit/caddy-acme/storage/internal/backend"
@@ -38,82 +35,57 @@ import (
 //	}
 //
 // Addresses may be given on the first line instead of with addresses. A
-// bare `tls` (without a block) turns TLS on with the defaults.
+// bare `tls` (without a block) turns TLS on with the defaults. It parses
+// only: Provision checks the values.
 func (s *Storage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the module name
-	seen := make(map[string]bool)
+	seen := make(backend.Seen)
 	if args := d.RemainingArgs(); len(args) > 0 {
 		s.Addresses = args
 		seen["addresses"] = true
 	}
 	for d.NextBlock(0) {
-		key := d.Val()
-		if seen[key] {
-			return d.Errf("%s specified more than once", key)
+		if err := seen.Once(d); err != nil {
+			return err
 		}
-		seen[key] = true
-		if ok, err := s.Options.UnmarshalCaddyfile(d); ok || err != nil {
-			if err != nil {
-				return err
-			}
-			continue
-		}
-		switch key {
+		var err error
+		switch d.Val() {
 		case "addresses":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
 			s.Addresses = args
-		case "master_name", "username", "password", "sentinel_username", "sentinel_password", "key_prefix":
-			val, err := backend.OneArg(d)
-			if err != nil {
-				return err
-			}
-			*map[string]*string{
-				"master_name":       &s.MasterName,
-				"username":          &s.Username,
-				"password":          &s.Password,
-				"sentinel_username": &s.SentinelUsername,
-				"sentinel_password": &s.SentinelPassword,
-				"key_prefix":        &s.KeyPrefix,
-			}[key] = val
+		case "master_name":
+			s.MasterName, err = backend.OneArg(d)
+		case "username":
+			s.Username, err = backend.OneArg(d)
+		case "password":
+			s.Password, err = backend.OneArg(d)
+		case "sentinel_username":
+			s.SentinelUsername, err = backend.OneArg(d)
+		case "sentinel_password":
+			s.SentinelPassword, err = backend.OneArg(d)
+		case "key_prefix":
+			s.KeyPrefix, err = backend.OneArg(d)
 		case "cluster":
 			if d.NextArg() {
 				return d.ArgErr()
 			}
 			s.Cluster = true
 		case "db":
-			val, err := backend.OneArg(d)
-			if err != nil {
-				return err
-			}
-			n, err := strconv.Atoi(val)
-			if err != nil || n < 0 {
-				return d.Errf("db: expected a database number (0 or more), got %q", val)
-			}
-			s.DB = n
-		case "dial_timeout", "read_timeout", "write_timeout":
-			val, err := backend.OneArg(d)
-			if err != nil {
-				return err
-			}
-			dur, err := caddy.ParseDuration(val)
-			if err != nil || dur <= 0 {
-				return d.Errf("%s: expected a positive duration such as 5s, got %q", key, val)
-			}
-			*map[string]*caddy.Duration{
-				"dial_timeout":  &s.DialTimeout,
-				"read_timeout":  &s.ReadTimeout,
-				"write_timeout": &s.WriteTimeout,
-			}[key] = caddy.Duration(dur)
-		case "tls":
-			s.TLS = new(backend.TLS)
-			if err := s.TLS.UnmarshalCaddyfile(d); err != nil {
-				return err
-			}
+			s.DB, err = backend.OneInt(d, "a database number", false)
+		case "dial_timeout":
+			s.DialTimeout, err = backend.OneDuration(d)
+		case "read_timeout":
+			s.ReadTimeout, err = backend.OneDuration(d)
+		case "write_timeout":
+			s.WriteTimeout, err = backend.OneDuration(d)
 		default:
-			return d.Errf("unrecognized subdirective '%s'", key)
+			err = backend.UnmarshalShared(d, &s.Options, &s.TLS)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil

@@ -26,6 +26,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		input string
 		want  string // JSON of the module, if no error
 		err   string // substring of the error
+		// substring of the Provision error of the parsed module: the
+		// Caddyfile parses, and the value is refused as in JSON
+		provisionErr string
 	}{
 		{
 			name:  "empty",
@@ -80,10 +83,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		},
 		{name: "unknown", input: "acme_redis {\n hostname x\n}", err: "unrecognized subdirective 'hostname'"},
 		{name: "unknown in tls", input: "acme_redis {\n tls {\n verify\n }\n}", err: "unrecognized subdirective 'verify'"},
-		{name: "duplicate", input: "acme_redis {\n db 1\n db 2\n}", err: "db specified more than once"},
-		{name: "duplicate shared option", input: "acme_redis {\n lock_lease 1m\n lock_lease 2m\n}", err: "lock_lease specified more than once"},
-		{name: "addresses twice", input: "acme_redis a:1 {\n addresses b:2\n}", err: "addresses specified more than once"},
-		{name: "duplicate in tls", input: "acme_redis {\n tls {\n ca_file a\n ca_file b\n }\n}", err: "duplicate tls subdirective 'ca_file'"},
+		{name: "duplicate", input: "acme_redis {\n db 1\n db 2\n}", err: "duplicate subdirective 'db'"},
+		{name: "duplicate shared option", input: "acme_redis {\n lock_lease 1m\n lock_lease 2m\n}", err: "duplicate subdirective 'lock_lease'"},
+		{name: "addresses twice", input: "acme_redis a:1 {\n addresses b:2\n}", err: "duplicate subdirective 'addresses'"},
+		{name: "duplicate in tls", input: "acme_redis {\n tls {\n ca_file a\n ca_file b\n }\n}", err: "duplicate subdirective 'ca_file'"},
 		{name: "addresses without args", input: "acme_redis {\n addresses\n}", err: "wrong argument count"},
 		{name: "password without arg", input: "acme_redis {\n password\n}", err: "wrong argument count"},
 		{name: "password two args", input: "acme_redis {\n password a b\n}", err: "wrong argument count"},
@@ -91,10 +94,15 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "tls with arg", input: "acme_redis {\n tls on\n}", err: "wrong argument count"},
 		{name: "insecure with arg", input: "acme_redis {\n tls {\n insecure_skip_verify true\n }\n}", err: "wrong argument count"},
 		{name: "db not a number", input: "acme_redis {\n db one\n}", err: "db: expected a database number"},
-		{name: "db negative", input: "acme_redis {\n db -1\n}", err: "db: expected a database number"},
+		{name: "db negative", input: "acme_redis {\n db -1\n}", provisionErr: "db: must not be negative, got -1"},
 		{name: "bad timeout", input: "acme_redis {\n read_timeout soon\n}", err: "read_timeout: expected a positive duration"},
+		{name: "zero timeout", input: "acme_redis {\n dial_timeout 0s\n}", err: "dial_timeout: expected a positive duration"},
+		{name: "negative timeout", input: "acme_redis {\n write_timeout -1s\n}", provisionErr: "write_timeout: must not be negative, got -1s"},
 		{name: "bad enabled", input: "acme_redis {\n tls {\n enabled maybe\n }\n}", err: "enabled: expected true or false"},
-		{name: "bad lease", input: "acme_redis {\n lock_lease -5s\n}", err: "lock_lease: expected a positive duration"},
+		{name: "bad lease", input: "acme_redis {\n lock_lease -5s\n}", provisionErr: "lock_lease: must be positive, got -5s"},
+		{name: "zero lease", input: "acme_redis {\n lock_lease 0s\n}", err: "lock_lease: expected a positive duration"},
+		{name: "refresh not below lease", input: "acme_redis {\n lock_lease 10s\n lock_refresh 10s\n}", provisionErr: "lock_refresh: must be positive and shorter than lock_lease"},
+		{name: "db on cluster", input: "acme_redis a:1 b:2 {\n db 1\n}", provisionErr: "db: Redis Cluster has only database 0"},
 		{name: "encryption key two args", input: "acme_redis {\n encryption_key a b\n}", err: "wrong argument count"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -111,6 +119,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatalf("UnmarshalCaddyfile: %v", err)
+			}
+			if tc.provisionErr != "" {
+				if err := provisionErr(t, &s); err == nil || !strings.Contains(err.Error(), tc.provisionErr) {
+					t.Fatalf("Provision error = %v, want one containing %q", err, tc.provisionErr)
+				}
+				return
 			}
 			got, err := json.Marshal(&s)
 			if err != nil {

@@ -34,6 +34,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		input   string
 		want    string // JSON of the result
 		wantErr string
+		// substring of the Provision error of the parsed module: the
+		// Caddyfile parses, and the value is refused as in JSON
+		provisionErr string
 	}{
 		{
 			name:  "empty block",
@@ -90,11 +93,13 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "bad timeout", input: "acme_vault {\n timeout soon\n}", wantErr: "timeout: expected a positive duration"},
 		{name: "zero timeout", input: "acme_vault {\n timeout 0s\n}", wantErr: "timeout: expected a positive duration"},
 		{name: "timeout arity", input: "acme_vault {\n timeout 1s 2s\n}", wantErr: "wrong argument count"},
-		{name: "bad lease", input: "acme_vault {\n lock_lease -1s\n}", wantErr: "lock_lease: expected a positive duration"},
+		{name: "negative timeout", input: "acme_vault {\n token t\n timeout -1s\n}", provisionErr: "timeout: must be positive, got -1s"},
+		{name: "bad lease", input: "acme_vault {\n token t\n lock_lease -1s\n}", provisionErr: "lock_lease: must be positive, got -1s"},
+		{name: "zero lease", input: "acme_vault {\n lock_lease 0s\n}", wantErr: "lock_lease: expected a positive duration"},
 		{name: "encryption key arity", input: "acme_vault {\n encryption_key\n}", wantErr: "wrong argument count"},
 		{name: "tls argument", input: "acme_vault {\n tls on\n}", wantErr: "wrong argument count"},
 		{name: "tls unknown", input: "acme_vault {\n tls {\n verify no\n }\n}", wantErr: "unrecognized subdirective 'verify'"},
-		{name: "tls duplicate", input: "acme_vault {\n tls {\n ca_file a\n ca_file b\n }\n}", wantErr: "duplicate tls subdirective 'ca_file'"},
+		{name: "tls duplicate", input: "acme_vault {\n tls {\n ca_file a\n ca_file b\n }\n}", wantErr: "duplicate subdirective 'ca_file'"},
 		{name: "tls flag argument", input: "acme_vault {\n tls {\n insecure_skip_verify yes\n }\n}", wantErr: "wrong argument count"},
 		{name: "tls missing argument", input: "acme_vault {\n tls {\n server_name\n }\n}", wantErr: "wrong argument count"},
 	} {
@@ -109,6 +114,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			}
 			if err != nil {
 				t.Fatal(err)
+			}
+			if tc.provisionErr != "" {
+				if err := provision(t, &s); err == nil || !strings.Contains(err.Error(), tc.provisionErr) {
+					t.Fatalf("Provision error = %v, want one containing %q", err, tc.provisionErr)
+				}
+				return
 			}
 			got, err := json.Marshal(&s)
 			if err != nil {

@@ -132,6 +132,11 @@ func TestOptionsCaddyfile(t *testing.T) {
 		{"lock_lease 10s", true, Options{LockLease: caddy.Duration(10 * time.Second)}, ""},
 		{"lock_refresh 3s", true, Options{LockRefresh: caddy.Duration(3 * time.Second)}, ""},
 		{"lock_lease soon", true, Options{}, "lock_lease: expected a positive duration"},
+		{"lock_lease 0s", true, Options{}, "lock_lease: expected a positive duration"},
+		{"lock_lease", true, Options{}, "wrong argument count"},
+		{"lock_refresh 1s 2s", true, Options{}, "wrong argument count"},
+		// parsed only: Provision refuses it (TestOptions)
+		{"lock_lease -1s", true, Options{LockLease: caddy.Duration(-time.Second)}, ""},
 		{"encryption_key", true, Options{}, "wrong argument count"},
 		{"encryption_key a b", true, Options{}, "wrong argument count"},
 		{"addresses x", false, Options{}, ""},

@@ -75,49 +75,23 @@ func (o Options) Provision() (Runtime, error) {
 }
 
 // UnmarshalCaddyfile handles the subdirectives of Options at the
-// dispenser's current token; it reports whether it knew the keyword.
+// dispenser's current token; it reports whether it knew the keyword. It
+// parses only: Provision checks the values.
 //
 //	encryption_key <key>
 //	lock_lease <duration>
 //	lock_refresh <duration>
 func (o *Options) UnmarshalCaddyfile(d *caddyfile.Dispenser) (bool, error) {
-	switch key := d.Val(); key {
+	var err error
+	switch d.Val() {
 	case "encryption_key":
-		if !d.NextArg() {
-			return true, d.ArgErr()
-		}
-		o.EncryptionKey = d.Val()
-	case "lock_lease", "lock_refresh":
-		if !d.NextArg() {
-			return true, d.ArgErr()
-		}
-		dur, err := caddy.ParseDuration(d.Val())
-		if err != nil || dur <= 0 {
-			return true, d.Errf("%s: expected a positive duration such as 30s, got %q", key, d.Val())
-		}
-		if key == "lock_lease" {
-			o.LockLease = caddy.Duration(dur)
-		} else {
-			o.LockRefresh = caddy.Duration(dur)
-		}
+		o.EncryptionKey, err = OneArg(d)
+	case "lock_lease":
+		o.LockLease, err = OneDuration(d)
+	case "lock_refresh":
+		o.LockRefresh, err = OneDuration(d)
 	default:
 		return false, nil
 	}
-	if d.NextArg() {
-		return true, d.ArgErr()
-	}
-	return true, nil
-}
-
-// OneArg returns the single argument of the dispenser's current
-// subdirective, or an argument-count error.
-func OneArg(d *caddyfile.Dispenser) (string, error) {
-	if !d.NextArg() {
-		return "", d.ArgErr()
-	}
-	val := d.Val()
-	if d.NextArg() {
-		return "", d.ArgErr()
-	}
-	return val, nil
+	return true, err
 }

@@ -66,47 +66,46 @@ func (t *TLS) On() bool {
 // UnmarshalCaddyfile reads a tls subdirective with the dispenser at its
 // `tls` token: no arguments, then an optional block with the
 // subdirectives in TLS's documentation, each with exactly the arguments
-// shown and at most once.
+// shown and at most once. It parses only: ClientConfig checks the values.
 func (t *TLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := make(map[string]bool)
+	seen := make(Seen)
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		key := d.Val()
-		if seen[key] {
-			return d.Errf("duplicate tls subdirective '%s'", key)
+		if err := seen.Once(d); err != nil {
+			return err
 		}
-		seen[key] = true
-		switch key {
+		var err error
+		switch key := d.Val(); key {
 		case "insecure_skip_verify":
-			t.InsecureSkipVerify = true
-		case "enabled", "ca_file", "server_name", "cert_file", "key_file":
-			if !d.NextArg() {
+			if d.NextArg() {
 				return d.ArgErr()
 			}
-			v := d.Val()
-			switch key {
-			case "enabled":
-				b, err := strconv.ParseBool(v)
-				if err != nil {
-					return d.Errf("tls: enabled: expected true or false, got %q", v)
-				}
-				t.Enabled = &b
-			case "ca_file":
-				t.CAFile = v
-			case "server_name":
-				t.ServerName = v
-			case "cert_file":
-				t.CertFile = v
-			case "key_file":
-				t.KeyFile = v
+			t.InsecureSkipVerify = true
+		case "enabled":
+			v, err := OneArg(d)
+			if err != nil {
+				return err
 			}
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return d.Errf("tls: enabled: expected true or false, got %q", v)
+			}
+			t.Enabled = &b
+		case "ca_file":
+			t.CAFile, err = OneArg(d)
+		case "server_name":
+			t.ServerName, err = OneArg(d)
+		case "cert_file":
+			t.CertFile, err = OneArg(d)
+		case "key_file":
+			t.KeyFile, err = OneArg(d)
 		default:
 			return d.Errf("unrecognized subdirective '%s'", key)
 		}
-		if d.NextArg() {
-			return d.ArgErr()
+		if err != nil {
+			return err
 		}
 	}
 	return nil
