@@ -29,13 +29,9 @@ var (
 )
 
 // TriggerScan starts a renewal scan now, in the background; a scan asked
-// for while one runs is coalesced into one more after it. Before Start it
-// does nothing.
-func (r *Runtime) TriggerScan() {
-	if r.runner != nil {
-		r.runner.Trigger()
-	}
-}
+// for while one runs is coalesced into one more after it, one asked for
+// before Start runs at Start.
+func (r *Runtime) TriggerScan() { r.runner.Trigger() }
 
 // Order obtains host's certificate now, as POST /acme: a name with no
 // certificate in storage is ordered, one with a certificate is renewed
@@ -258,10 +254,8 @@ func (r *Runtime) Status(ctx context.Context) (json.RawMessage, error) {
 			return nil, fmt.Errorf("%s holds no JSON object: %v", StatusKey, err)
 		}
 	}
-	if r.runner != nil {
-		if next := r.runner.Next(); !next.IsZero() {
-			st["next_scan"], _ = json.Marshal(next.UTC().Truncate(time.Second))
-		}
+	if next := r.runner.Next(); !next.IsZero() {
+		st["next_scan"], _ = json.Marshal(next.UTC().Truncate(time.Second))
 	}
 	return json.Marshal(st)
 }

@@ -290,14 +290,14 @@ func (s renewStore) SaveStatus(ctx context.Context, st renew.Status) error {
 	return s.r.storage.Store(ctx, StatusKey, data)
 }
 
-// startRenewal starts the periodic renewal scans; they end with the
-// runtime's context.
-func (r *Runtime) startRenewal() {
-	r.runner = renew.NewRunner(r.scanner)
-	r.runner.Interval = r.opts.RenewInterval
-	r.runner.FirstDelay = r.opts.FirstScanDelay
+// newRunner returns the runner of the periodic renewal scans (started by
+// startRenewal; a scan triggered before runs then).
+func (r *Runtime) newRunner() *renew.Runner {
+	runner := renew.NewRunner(r.scanner)
+	runner.Interval = r.opts.RenewInterval
+	runner.FirstDelay = r.opts.FirstScanDelay
 	logger := r.renewLog
-	r.runner.OnScan = func(st renew.Status, err error) {
+	runner.OnScan = func(st renew.Status, err error) {
 		// the safety net under the change log of cachesync.go
 		if n, err := r.refreshCached(r.ctx); err != nil && r.ctx.Err() == nil {
 			logger.Error("refreshing certificates from storage", zap.Error(err))
@@ -317,6 +317,13 @@ func (r *Runtime) startRenewal() {
 				zap.Duration("took", st.End.Sub(st.Start)))
 		}
 	}
+	return runner
+}
+
+// startRenewal starts the periodic renewal scans; they end with the
+// runtime's context.
+func (r *Runtime) startRenewal() {
+	logger := r.renewLog
 	go func() {
 		defer func() {
 			if p := recover(); p != nil {

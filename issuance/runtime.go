@@ -179,6 +179,7 @@ func New(ctx context.Context, opts Options) *Runtime {
 		Clock:  renew.SystemClock{},
 		Node:   opts.Node,
 	}
+	r.runner = r.newRunner()
 	return r
 }
 
