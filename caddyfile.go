@@ -211,7 +211,9 @@ func oneInt(d *caddyfile.Dispenser, dst *int) error {
 	return nil
 }
 
-// oneDuration reads exactly one duration (90s, 2m, 1d).
+// oneDuration reads exactly one duration (90s, 2m, 1d). A zero is
+// refused: in JSON it is the field left out, the default, so it cannot
+// be written down (a negative one is refused when the config loads).
 func oneDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	key := d.Val()
 	var s string
@@ -219,7 +221,7 @@ func oneDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 		return err
 	}
 	dur, err := caddy.ParseDuration(s)
-	if err != nil {
+	if err != nil || dur == 0 {
 		return d.Errf("%s: expected a positive duration such as 90s or 2m, got %q", key, s)
 	}
 	*dst = caddy.Duration(dur)
