@@ -11,6 +11,8 @@ import (
 	"errors"
 	"math/big"
 	"strings"
+
+	"github.com/acmekit/caddy-acme/internal/appconfig"
 )
 
 // accountKey maps config.account_key, a reference to a Kong keys entity
@@ -19,7 +21,7 @@ import (
 // caddy-acme does; when the key is not in the file, the app generates
 // one (unless the account is migrated from Kong's storage), which a
 // warning says.
-func (c *converter) accountKey(cfg *value, a *appConfig) error {
+func (c *converter) accountKey(cfg *value, a *appconfig.Config) error {
 	ref := cfg.get("account_key")
 	if ref == nil {
 		return nil

@@ -12,7 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 
-	"github.com/acmekit/caddy-acme/internal/allowlist"
+	"github.com/acmekit/caddy-acme/internal/appconfig"
 	"github.com/acmekit/caddy-acme/internal/directory"
 )
 
@@ -30,7 +30,10 @@ type converter struct {
 	role        string
 	databaseSet bool
 	plugin      pluginRef
-	adapted     *appConfig // the acme app of the output, for the data migration
+	// the acme app of the output and its storage module (nil: Caddy's
+	// default storage), for the data migration
+	adapted        *appconfig.Config
+	adaptedStorage any
 }
 
 // warn records a warning about the Kong field at path (may be "").
@@ -333,29 +336,9 @@ func show(v *value) string {
 	return v.kind.String()
 }
 
-// appConfig is the acme app's JSON (the fields of caddyacme.App this
-// adapter sets, in its order).
-type appConfig struct {
-	AccountEmail         string          `json:"account_email"`
-	APIURI               string          `json:"api_uri,omitempty"`
-	TOSAccepted          bool            `json:"tos_accepted,omitempty"`
-	EABKID               string          `json:"eab_kid,omitempty"`
-	EABHMACKey           string          `json:"eab_hmac_key,omitempty"`
-	CertType             string          `json:"cert_type,omitempty"`
-	RSAKeySize           int             `json:"rsa_key_size,omitempty"`
-	RenewThresholdDays   *float64        `json:"renew_threshold_days,omitempty"`
-	Domains              []string        `json:"domains,omitempty"`
-	AllowAnyDomain       bool            `json:"allow_any_domain,omitempty"`
-	FailBackoffMinutes   *float64        `json:"fail_backoff_minutes,omitempty"`
-	PreferredChain       string          `json:"preferred_chain,omitempty"`
-	EnableIPv4CommonName *bool           `json:"enable_ipv4_common_name,omitempty"`
-	Storage              json.RawMessage `json:"storage,omitempty"`
-	AccountKey           string          `json:"account_key,omitempty"`
-}
-
 // app maps the validated plugin config to the acme app.
-func (c *converter) app(cfg *value) (*appConfig, error) {
-	a := &appConfig{AccountEmail: caddyString(cfg.get("account_email"))}
+func (c *converter) app(cfg *value) (*appconfig.Config, error) {
+	a := &appconfig.Config{AccountEmail: caddyString(cfg.get("account_email"))}
 
 	api := defaultAPI
 	if v := cfg.get("api_uri"); v != nil {
@@ -396,11 +379,20 @@ func (c *converter) app(cfg *value) (*appConfig, error) {
 		if v == nil {
 			continue
 		}
-		if v.num < 0 {
-			return nil, c.errorf(v.line, "%s: config.%s: caddy-acme needs a number of at least 0, got %s", c.subject(), f.name, show(v))
-		}
 		n := v.num
 		*f.out = &n
+	}
+	// caddy-acme's own limits (Kong has none), as the app checks them
+	for _, f := range []struct {
+		name string
+		only appconfig.Config
+	}{
+		{"renew_threshold_days", appconfig.Config{RenewThresholdDays: a.RenewThresholdDays}},
+		{"fail_backoff_minutes", appconfig.Config{FailBackoffMinutes: a.FailBackoffMinutes}},
+	} {
+		if err := f.only.CheckFields(); err != nil {
+			return nil, c.errorf(lineOf(cfg, f.name), "%s: config.%v", c.subject(), err)
+		}
 	}
 	if v := cfg.get("allow_any_domain"); v != nil {
 		a.AllowAnyDomain = v.b
@@ -416,12 +408,21 @@ func (c *converter) app(cfg *value) (*appConfig, error) {
 	domains := cfg.get("domains")
 	if domains != nil {
 		ipv4 := a.EnableIPv4CommonName == nil || *a.EnableIPv4CommonName
+		for _, d := range domains.arr {
+			a.Domains = append(a.Domains, d.str)
+		}
+		if err := (&appconfig.Config{Domains: a.Domains}).CheckFields(); err != nil {
+			line := domains.line // that of the first entry the app refuses
+			for _, d := range domains.arr {
+				if (&appconfig.Config{Domains: []string{d.str}}).CheckFields() != nil {
+					line = d.line
+					break
+				}
+			}
+			return nil, c.errorf(line, "%s: config.%v: Kong accepts this entry, caddy-acme does not (no certificate can be obtained for it): correct or remove it", c.subject(), err)
+		}
 		for i, d := range domains.arr {
 			path := fmt.Sprintf("config.domains.%d", i+1)
-			if err := allowlist.Validate(d.str); err != nil {
-				return nil, c.errorf(d.line, "%s: %s: %v: Kong accepts this entry, caddy-acme does not (no certificate can be obtained for it): correct or remove it", c.subject(), path, err)
-			}
-			a.Domains = append(a.Domains, d.str)
 			switch {
 			case strings.HasSuffix(d.str, ".*"):
 				c.warn(d.line, path, "%q never matched anything in Kong; caddy-acme matches it (%s under any top-level domain, e.g. %s.com), so certificates are obtained for those names", d.str, strings.TrimSuffix(d.str, ".*"), strings.TrimSuffix(d.str, ".*"))
@@ -455,11 +456,11 @@ func (c *converter) app(cfg *value) (*appConfig, error) {
 	if err := c.accountKey(cfg, a); err != nil {
 		return nil, err
 	}
-	st, err := c.storage(cfg)
+	mod, raw, err := c.storage(cfg)
 	if err != nil {
 		return nil, err
 	}
-	a.Storage = st
+	a.StorageRaw, c.adaptedStorage = raw, mod
 	return a, nil
 }
 
@@ -504,7 +505,7 @@ func caddyString(v *value) string {
 }
 
 // caddyConfig assembles the whole config: the app and the site wiring.
-func (c *converter) caddyConfig(a *appConfig) ([]byte, error) {
+func (c *converter) caddyConfig(a *appconfig.Config) ([]byte, error) {
 	route := func(handlers ...map[string]any) map[string]any { return map[string]any{"handle": handlers} }
 	cfg := map[string]any{
 		"apps": map[string]any{

@@ -23,6 +23,8 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
+
+	"github.com/acmekit/caddy-acme/issuance"
 )
 
 func init() {
@@ -255,7 +257,7 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	}
 	m.note(mode)
 	m.note(fmt.Sprintf("from Kong (%s): %s", opts.From, m.describeKong()))
-	m.note(fmt.Sprintf("to %s: %s, CA %s (issuer key %s), account_email %s", targetName, m.t.storageName, m.t.directory, m.t.issuer.IssuerKey(), m.t.email))
+	m.note(fmt.Sprintf("to %s: %s, CA %s (issuer key %s), account_email %s", targetName, m.t.storageName, m.t.set.Directory, m.t.issuer.IssuerKey(), m.t.set.Email))
 	if m.kong.dbNote != "" {
 		m.note(m.kong.dbNote)
 	}
@@ -385,8 +387,8 @@ func (m *migration) account(ctx context.Context) string {
 		m.add(it)
 		return ""
 	}
-	if m.t.accountKey != "" {
-		appKey, err := certmagic.PEMDecodePrivateKey([]byte(m.t.accountKey))
+	if m.t.set.AccountKey != "" {
+		appKey, err := certmagic.PEMDecodePrivateKey([]byte(m.t.set.AccountKey))
 		if err != nil || !samePublicKey(appKey, priv) {
 			it.Action, it.Reason = ActionSkip, "the app's account_key is another key: the app uses that key's account, so Kong's is not copied (remove account_key, or set it to Kong's key, to keep Kong's account)"
 			m.add(it)
@@ -412,12 +414,12 @@ func (m *migration) account(ctx context.Context) string {
 		m.add(it)
 		return acct.Location
 	case state == accountOther:
-		it.Action, it.Reason = ActionSkip, fmt.Sprintf("the target already holds another account for %s at %s: it is kept, and renews the certificates as well (to use Kong's account instead, set the app's account_key to Kong's key: --account-key-file writes it)", m.t.email, m.t.directory)
+		it.Action, it.Reason = ActionSkip, fmt.Sprintf("the target already holds another account for %s at %s: it is kept, and renews the certificates as well (to use Kong's account instead, set the app's account_key to Kong's key: --account-key-file writes it)", m.t.set.Email, m.t.set.Directory)
 		m.add(it)
 		return ""
 	}
 	if !m.opts.Apply {
-		it.Action, it.Reason = ActionCopy, fmt.Sprintf("Kong's account key; with --apply the account is looked up at %s with it (the CA's newAccount with onlyReturnExisting) and saved for account_email %s", m.t.directory, m.t.email)
+		it.Action, it.Reason = ActionCopy, fmt.Sprintf("Kong's account key; with --apply the account is looked up at %s with it (the CA's newAccount with onlyReturnExisting) and saved for account_email %s", m.t.set.Directory, m.t.set.Email)
 		m.add(it)
 		return ""
 	}
@@ -432,9 +434,9 @@ func (m *migration) account(ctx context.Context) string {
 	}
 	if err != nil {
 		if strings.Contains(err.Error(), acme.ProblemTypeAccountDoesNotExist) {
-			it.Action, it.Reason = ActionSkip, fmt.Sprintf("%s has no account with Kong's key (Kong registers it at its first order, so it never ordered there): the app registers an account of its own", m.t.directory)
+			it.Action, it.Reason = ActionSkip, fmt.Sprintf("%s has no account with Kong's key (Kong registers it at its first order, so it never ordered there): the app registers an account of its own", m.t.set.Directory)
 		} else {
-			it.Action, it.Reason = ActionFail, fmt.Sprintf("looking the account up at %s with Kong's key failed: %v; the certificates are copied without it: run again with --apply once the CA can be reached, or make the app use Kong's account by setting its account_key to Kong's key (--account-key-file writes it to a file)", m.t.directory, err)
+			it.Action, it.Reason = ActionFail, fmt.Sprintf("looking the account up at %s with Kong's key failed: %v; the certificates are copied without it: run again with --apply once the CA can be reached, or make the app use Kong's account by setting its account_key to Kong's key (--account-key-file writes it to a file)", m.t.set.Directory, err)
 		}
 		m.add(it)
 		return ""
@@ -445,17 +447,17 @@ func (m *migration) account(ctx context.Context) string {
 		values[i] = buf.writes[k]
 	}
 	note := ""
-	if contact := primaryContact(acct); !lowerEqual(contact, m.t.email) {
+	if contact := primaryContact(acct); !lowerEqual(contact, m.t.set.Email) {
 		if contact == "" {
 			contact = "none"
 		}
-		note = fmt.Sprintf(" (its contact at the CA: %s; saved for the app's account_email %s)", contact, m.t.email)
+		note = fmt.Sprintf(" (its contact at the CA: %s; saved for the app's account_email %s)", contact, m.t.set.Email)
 		// certmagic saved it under the contact the CA returned (another
 		// email, or none: CAs need not return or keep one), but the app
 		// looks its account up by account_email: save it where certmagic
 		// looked (the key certmagic read first, its registration beside
 		// it); the second probe below checks that certmagic finds it there
-		acct.Contact = []string{"mailto:" + m.t.email}
+		acct.Contact = []string{"mailto:" + m.t.set.Email}
 		reg, err := json.MarshalIndent(acct, "", "\t")
 		if err != nil {
 			it.Action, it.Reason = ActionFail, "encoding the account: "+err.Error()
@@ -472,7 +474,7 @@ func (m *migration) account(ctx context.Context) string {
 		return ""
 	}
 	if state, _, _, err := m.probeAccount(ctx, keyPEM); err != nil || state != accountSame {
-		it.Action, it.Reason = ActionFail, fmt.Sprintf("saved the account, but certmagic does not find it for account_email %s (%v): set the app's account_key to Kong's key instead", m.t.email, err)
+		it.Action, it.Reason = ActionFail, fmt.Sprintf("saved the account, but certmagic does not find it for account_email %s (%v): set the app's account_key to Kong's key instead", m.t.set.Email, err)
 		m.add(it)
 		return ""
 	}
@@ -683,7 +685,7 @@ func (m *migration) host(ctx context.Context, host string, cands []*kongCert, ac
 	}
 	it := MigrateItem{Kind: "certificate", Name: host, From: best.from}
 	expires := best.leaf.NotAfter.UTC().Format(time.RFC3339)
-	if !m.t.allowed(host) {
+	if m.t.set.Allow(host) != nil {
 		it.Action, it.Reason = ActionSkip, "not allowed by the app's domains (it would never be served): add it to domains and run again to copy it"
 		m.add(it)
 		return
@@ -711,8 +713,8 @@ func (m *migration) host(ctx context.Context, host string, cands []*kongCert, ac
 // compare decides against what the target holds for host: copy (with a
 // reason if it replaces a certificate), or skip.
 func (m *migration) compare(ctx context.Context, host string, c *kongCert) (string, string, error) {
-	ik := m.t.issuer.IssuerKey()
-	data, err := m.t.storage.Load(ctx, certmagic.StorageKeys.SiteCert(ik, host))
+	keys := issuance.Site(m.t.issuer.IssuerKey(), host)
+	data, err := m.t.storage.Load(ctx, keys.Cert)
 	if errors.Is(err, fs.ErrNotExist) {
 		return ActionCopy, "", nil
 	}
@@ -728,8 +730,7 @@ func (m *migration) compare(ctx context.Context, host string, c *kongCert) (stri
 	case have == nil:
 		return ActionCopy, "expires " + c.leaf.NotAfter.UTC().Format(time.RFC3339) + "; replaces an unreadable certificate in the target", nil
 	case have.Equal(c.leaf):
-		complete := m.t.storage.Exists(ctx, certmagic.StorageKeys.SitePrivateKey(ik, host)) &&
-			m.t.storage.Exists(ctx, certmagic.StorageKeys.SiteMeta(ik, host))
+		complete := m.t.storage.Exists(ctx, keys.Key) && m.t.storage.Exists(ctx, keys.Meta)
 		if complete {
 			return ActionSkip, "already migrated", nil
 		}
@@ -748,7 +749,7 @@ func (m *migration) compare(ctx context.Context, host string, c *kongCert) (stri
 // no node orders it meanwhile; the target is compared again under the
 // lock.
 func (m *migration) write(ctx context.Context, host string, c *kongCert, accountURL string) (string, string, error) {
-	lockName := "issue_cert_" + host // certmagic's lock for obtaining or renewing host
+	lockName := issuance.IssueLockKey(host) // certmagic's lock for obtaining or renewing host
 	lctx, cancel := context.WithTimeout(ctx, time.Minute)
 	err := m.t.storage.Lock(lctx, lockName)
 	cancel()
@@ -759,7 +760,7 @@ func (m *migration) write(ctx context.Context, host string, c *kongCert, account
 	if action, reason, err := m.compare(ctx, host, c); err != nil || action != ActionCopy {
 		return action, reason, err
 	}
-	issuerData, err := json.Marshal(acme.Certificate{CA: m.t.directory, Account: accountURL})
+	issuerData, err := json.Marshal(acme.Certificate{CA: m.t.set.Directory, Account: accountURL})
 	if err != nil {
 		return "", "", err
 	}
@@ -768,13 +769,8 @@ func (m *migration) write(ctx context.Context, host string, c *kongCert, account
 	if err != nil {
 		return "", "", err
 	}
-	ik := m.t.issuer.IssuerKey()
-	keys := []string{
-		certmagic.StorageKeys.SitePrivateKey(ik, res.NamesKey()),
-		certmagic.StorageKeys.SiteCert(ik, res.NamesKey()),
-		certmagic.StorageKeys.SiteMeta(ik, res.NamesKey()),
-	}
-	if err := storeAll(ctx, m.t.storage, keys, [][]byte{c.keyPEM, c.chainPEM, meta}); err != nil {
+	keys := issuance.Site(m.t.issuer.IssuerKey(), res.NamesKey())
+	if err := storeAll(ctx, m.t.storage, []string{keys.Key, keys.Cert, keys.Meta}, [][]byte{c.keyPEM, c.chainPEM, meta}); err != nil {
 		return "", "", err
 	}
 	return ActionCopy, "", nil

@@ -3,12 +3,15 @@ package kongcompat
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
 
-	"github.com/caddyserver/caddy/v2"
+	"github.com/acmekit/caddy-acme/internal/placeholder"
+	"github.com/acmekit/caddy-acme/storage/consul"
+	"github.com/acmekit/caddy-acme/storage/kong"
+	"github.com/acmekit/caddy-acme/storage/redis"
+	"github.com/acmekit/caddy-acme/storage/vault"
 )
 
 // Kong's storage keys (kong/plugins/acme/reserved_words.lua, client.lua).
@@ -35,13 +38,13 @@ type kongSide struct {
 	apiURI string // config.api_uri exactly as configured: part of the account key
 	email  string // config.account_email, placeholders expanded
 
-	storage    string          // shm, kong, redis, consul, vault
-	storageRaw json.RawMessage // the adapted storage module
+	storage    string // shm, kong, redis, consul, vault
+	storageMod any    // the adapted storage module (nil for shm)
 
 	// db is Kong's PostgreSQL database, when the migration reads it:
 	// `kong` storage (the acme_storage table) or database mode (the
 	// certificates and snis tables).
-	db     *kongStorage
+	db     *kong.Storage
 	dbMode bool   // Kong in traditional database mode: certificates are Kong entities
 	dbNote string // why database-mode certificates are not read, when Kong may have had them
 }
@@ -60,14 +63,14 @@ func loadKongSide(from, kongConf string, lookup func(string) (string, bool)) (*k
 	if err != nil {
 		return nil, err
 	}
-	k := &kongSide{file: from, adapted: out, storageRaw: c.adapted.Storage}
+	k := &kongSide{file: from, adapted: out, storageMod: c.adaptedStorage}
 	cfg := c.plugin.v.get("config")
 	k.storage = c.storageName(cfg)
 	k.apiURI = c.adapted.APIURI
 	if k.apiURI == "" {
 		k.apiURI = defaultAPI // Kong fills the default into the plugin's config
 	}
-	if k.email, err = expand("account_email", c.adapted.AccountEmail); err != nil {
+	if k.email, err = placeholder.Expand("account_email", c.adapted.AccountEmail); err != nil {
 		return nil, err
 	}
 
@@ -80,18 +83,14 @@ func loadKongSide(from, kongConf string, lookup func(string) (string, bool)) (*k
 	}
 	switch {
 	case k.storage == "kong":
-		k.db = new(kongStorage)
-		if err := json.Unmarshal(k.storageRaw, k.db); err != nil {
-			return nil, fmt.Errorf("reading the adapted kong storage: %w", err)
-		}
+		k.db = c.adaptedStorage.(*kong.Storage)
 	case k.dbMode && (c.databaseSet || pgGiven):
 		n := len(c.warnings)
-		mod, err := c.kong(cfg) // kong.conf's pg_* settings, as for `kong` storage
+		k.db, err = c.kong(cfg) // kong.conf's pg_* settings, as for `kong` storage
 		c.warnings = c.warnings[:n]
 		if err != nil {
 			return nil, err
 		}
-		k.db = mod.(*kongStorage)
 	}
 	switch {
 	case !k.dbMode:
@@ -100,16 +99,6 @@ func loadKongSide(from, kongConf string, lookup func(string) (string, bool)) (*k
 		k.dbNote = "Kong's database is not read: in database mode Kong kept its certificates there (certificates and snis tagged managed-by-acme), but no kong.conf (--kong-conf, KONG_CONF) or KONG_PG_* variable says where it is"
 	}
 	return k, nil
-}
-
-// expand replaces the placeholders of a value the adapter produced (and
-// unescapes its literal braces), as the modules reading it do.
-func expand(field, v string) (string, error) {
-	out, err := caddy.NewReplacer().ReplaceOrErr(v, true, true)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", field, err)
-	}
-	return out, nil
 }
 
 // kongStore reads the storage lua-resty-acme wrote for Kong, with its
@@ -130,29 +119,17 @@ type kongStore interface {
 // openKongStore connects to the store Kong's storage setting names (nil
 // for shm: shared memory cannot be read from outside Kong).
 func (k *kongSide) openKongStore(ctx context.Context) (kongStore, error) {
-	var err error
-	switch k.storage {
-	case "redis":
-		var s redisStorage
-		if err = json.Unmarshal(k.storageRaw, &s); err == nil {
-			return newRedisSource(&s)
-		}
-	case "consul":
-		var s consulStorage
-		if err = json.Unmarshal(k.storageRaw, &s); err == nil {
-			return newConsulSource(&s)
-		}
-	case "vault":
-		var s vaultStorage
-		if err = json.Unmarshal(k.storageRaw, &s); err == nil {
-			return newVaultSource(ctx, &s)
-		}
-	case "kong":
-		return newPostgresSource(ctx, k.db)
-	default:
-		return nil, nil
+	switch s := k.storageMod.(type) {
+	case *redis.Storage:
+		return newRedisSource(s)
+	case *consul.Storage:
+		return newConsulSource(s)
+	case *vault.Storage:
+		return newVaultSource(ctx, s)
+	case *kong.Storage:
+		return newPostgresSource(ctx, s)
 	}
-	return nil, fmt.Errorf("reading the adapted %s storage: %w", k.storage, err)
+	return nil, nil
 }
 
 // mangle is lua-resty-acme's key encoding for Consul and Vault: every /

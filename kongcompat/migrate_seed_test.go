@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -108,8 +109,9 @@ func newTestIssuer(t testing.TB) *testIssuer {
 
 var serial int64 = 100
 
-// issue returns a chain (leaf, then the CA) for host, valid until
-// notAfter, and its P-256 key as PKCS #8 PEM, as Kong stores them.
+// issue returns a chain (leaf, then the CA) for host (a name, or an IP
+// address), valid until notAfter, and its P-256 key as PKCS #8 PEM, as
+// Kong stores them.
 func (ca *testIssuer) issue(t testing.TB, host string, notAfter time.Time) (chainPEM, keyPEM string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -120,11 +122,15 @@ func (ca *testIssuer) issue(t testing.TB, host string, notAfter time.Time) (chai
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(serial),
 		Subject:      pkix.Name{CommonName: host},
-		DNSNames:     []string{host},
 		NotBefore:    notAfter.Add(-90 * 24 * time.Hour),
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		tmpl.IPAddresses = []net.IP{ip}
+	} else {
+		tmpl.DNSNames = []string{host}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
 	if err != nil {

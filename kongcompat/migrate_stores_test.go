@@ -354,7 +354,10 @@ plugins:
 		"no acme app":   {MigrateOptions{From: kongYAML, ConfigJSON: []byte(`{"apps":{}}`)}, "has no acme app"},
 		"invalid kong":  {MigrateOptions{From: writeFile(t, "bad.yml", "_format_version: \"3.0\"\nplugins:\n- name: acme\n  config:\n    account_email: notaemail\n")}, "invalid value: notaemail"},
 		"bad api_uri":   {MigrateOptions{From: kongYAML, ConfigJSON: []byte(`{"apps":{"acme":{"account_email":"a@b.c","api_uri":"ftp://x"}}}`)}, "api_uri: invalid URL"},
-		"unknown store": {MigrateOptions{From: kongYAML, ConfigJSON: []byte(`{"apps":{"acme":{"account_email":"a@b.c","storage":{"module":"nope"}}}}`)}, "loading the target storage"},
+		"unknown store": {MigrateOptions{From: kongYAML, ConfigJSON: []byte(`{"apps":{"acme":{"account_email":"a@b.c","tos_accepted":true,"storage":{"module":"nope"}}}}`)}, "loading the target storage"},
+		// the target's settings are checked as the app checks them
+		"terms not accepted": {MigrateOptions{From: kongYAML, ConfigJSON: []byte(`{"apps":{"acme":{"account_email":"a@b.c"}}}`)}, "acme app: tos_accepted: terms of service must be accepted"},
+		"bad domain":         {MigrateOptions{From: kongYAML, ConfigJSON: []byte(`{"apps":{"acme":{"account_email":"a@b.c","tos_accepted":true,"domains":["a_b.example.com"]}}}`)}, "acme app: domains: domains[0]: domain \"a_b.example.com\""},
 	} {
 		t.Run(name, func(t *testing.T) {
 			tc.opts.LookupEnv = envWith(nil)

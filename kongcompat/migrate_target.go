@@ -2,13 +2,10 @@ package kongcompat
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
-	"os"
 	"strings"
 	"sync"
 
@@ -16,98 +13,48 @@ import (
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
-	"github.com/acmekit/caddy-acme/internal/allowlist"
-	"github.com/acmekit/caddy-acme/internal/directory"
+	"github.com/acmekit/caddy-acme/internal/appconfig"
 )
 
-// targetConfig is the part of a Caddy config the migration reads: the
-// global storage and the acme app.
-type targetConfig struct {
-	StorageRaw json.RawMessage `json:"storage,omitempty" caddy:"namespace=caddy.storage inline_key=module"`
-	Apps       struct {
-		ACME *targetApp `json:"acme"`
-	} `json:"apps"`
-}
-
-// targetApp is the part of the acme app (caddyacme.App) the migration
-// reads.
-type targetApp struct {
-	AccountEmail         string          `json:"account_email"`
-	APIURI               string          `json:"api_uri,omitempty"`
-	Domains              []string        `json:"domains,omitempty"`
-	AllowAnyDomain       bool            `json:"allow_any_domain,omitempty"`
-	EnableIPv4CommonName *bool           `json:"enable_ipv4_common_name,omitempty"`
-	AccountKey           string          `json:"account_key,omitempty"`
-	TrustedRoots         []string        `json:"trusted_roots,omitempty"`
-	StorageRaw           json.RawMessage `json:"storage,omitempty" caddy:"namespace=caddy.storage inline_key=module"`
-}
-
 // target is the acme app the data goes to: its storage, provisioned as
-// Caddy provisions it, and the certmagic ACME issuer its settings give,
-// whose IssuerKey decides the storage keys.
+// Caddy provisions it, its settings, and the ACME issuer the app makes of
+// them, whose IssuerKey decides the storage keys.
 type target struct {
 	storage     certmagic.Storage
 	storageName string // for the report
-	directory   string
-	email       string
-	accountKey  string // the app's account_key, placeholders expanded ("" if unset)
-	roots       *x509.CertPool
-	matcher     *allowlist.Matcher
-	allowAny    bool
-	ipv4        bool
+	set         appconfig.Settings
 
 	cache  *certmagic.Cache
 	issuer *certmagic.ACMEIssuer
 }
 
-// openTarget provisions the target's storage in ctx (a Caddy context
-// whose cancellation cleans the module up) and builds its issuer.
+// openTarget reads the acme app of a Caddy config as the app does,
+// provisions the target's storage in ctx (a Caddy context whose
+// cancellation cleans the module up) and builds its issuer.
 func openTarget(ctx caddy.Context, cfgJSON []byte) (*target, error) {
-	var cfg targetConfig
+	var cfg caddy.Config
 	if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
 		return nil, fmt.Errorf("reading the Caddy config: %w", err)
 	}
-	app := cfg.Apps.ACME
-	if app == nil {
+	appJSON, ok := cfg.AppsRaw["acme"]
+	if !ok {
 		return nil, errors.New("the Caddy config has no acme app (apps.acme): the migration writes into the acme app's storage, with its api_uri and account_email")
 	}
-	t := &target{allowAny: app.AllowAnyDomain, ipv4: app.EnableIPv4CommonName == nil || *app.EnableIPv4CommonName}
+	var app appconfig.Config
+	if err := json.Unmarshal(appJSON, &app); err != nil {
+		return nil, fmt.Errorf("reading the acme app: %w", err)
+	}
+	t := &target{}
 	var err error
-	if t.email, err = expand("account_email", app.AccountEmail); err != nil {
+	if t.set, err = app.Settings(); err != nil {
 		return nil, fmt.Errorf("acme app: %w", err)
-	}
-	if t.email == "" {
-		return nil, errors.New("acme app: account_email: required")
-	}
-	if t.directory, err = directory.URL(app.APIURI); err != nil {
-		return nil, fmt.Errorf("acme app: %w", err)
-	}
-	if app.AccountKey != "" {
-		if t.accountKey, err = expand("account_key", app.AccountKey); err != nil {
-			return nil, fmt.Errorf("acme app: %w", err)
-		}
-	}
-	if t.matcher, err = allowlist.New(app.Domains); err != nil {
-		return nil, fmt.Errorf("acme app: domains: %w", err)
-	}
-	if len(app.TrustedRoots) > 0 {
-		t.roots = x509.NewCertPool()
-		for _, file := range app.TrustedRoots {
-			pemBytes, err := os.ReadFile(file)
-			if err != nil {
-				return nil, fmt.Errorf("acme app: trusted_roots: %w", err)
-			}
-			if !t.roots.AppendCertsFromPEM(pemBytes) {
-				return nil, fmt.Errorf("acme app: trusted_roots: %s holds no PEM certificate", file)
-			}
-		}
 	}
 
 	// the app's storage, else Caddy's global storage, else the default
 	var holder any
 	switch {
 	case app.StorageRaw != nil:
-		holder, t.storageName = app, "the acme app's storage "+moduleName(app.StorageRaw)
+		holder, t.storageName = &app, "the acme app's storage "+moduleName(app.StorageRaw)
 	case cfg.StorageRaw != nil:
 		holder, t.storageName = &cfg, "Caddy's global storage "+moduleName(cfg.StorageRaw)
 	}
@@ -135,20 +82,12 @@ func openTarget(ctx caddy.Context, cfgJSON []byte) (*target, error) {
 	return t, nil
 }
 
-// newIssuer returns the app's ACME issuer over storage s (the target's,
-// or a wrapper of it), with its account email set as certmagic sets it
-// before it looks an account up (PreCheck).
+// newIssuer returns the app's ACME issuer (appconfig.NewIssuer) over
+// storage s (the target's, or a wrapper of it), with its account email set
+// as certmagic sets it before it looks an account up (PreCheck).
 func (t *target) newIssuer(ctx context.Context, s certmagic.Storage) (*certmagic.ACMEIssuer, error) {
 	magic := certmagic.New(t.cache, certmagic.Config{Storage: s, Logger: zap.NewNop()})
-	iss := certmagic.NewACMEIssuer(magic, certmagic.ACMEIssuer{
-		CA:                      t.directory,
-		TestCA:                  t.directory,
-		Email:                   t.email,
-		Agreed:                  true,
-		TrustedRoots:            t.roots,
-		DisableTLSALPNChallenge: true,
-		Logger:                  zap.NewNop(),
-	})
+	iss := appconfig.NewIssuer(magic, t.set, zap.NewNop())
 	if err := iss.PreCheck(ctx, nil, false); err != nil {
 		return nil, fmt.Errorf("preparing the ACME issuer: %w", err)
 	}
@@ -159,15 +98,6 @@ func (t *target) close() {
 	if t.cache != nil {
 		t.cache.Stop()
 	}
-}
-
-// allowed reports whether the app serves host, as its handshakes decide:
-// the IPv4 rule, then allow_any_domain, then domains.
-func (t *target) allowed(host string) bool {
-	if ip := net.ParseIP(host); ip != nil && ip.To4() != nil && !t.ipv4 {
-		return false
-	}
-	return t.allowAny || t.matcher.Match(host)
 }
 
 func moduleName(raw json.RawMessage) string {

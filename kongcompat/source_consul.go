@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"github.com/acmekit/caddy-acme/internal/placeholder"
+	"github.com/acmekit/caddy-acme/storage/consul"
 )
 
 // consulSource reads Kong's keys in Consul KV (lua-resty-acme
@@ -23,20 +26,20 @@ type consulSource struct {
 	now    func() time.Time
 }
 
-func newConsulSource(s *consulStorage) (*consulSource, error) {
-	addr, err := expand("address", s.Address)
+func newConsulSource(s *consul.Storage) (*consulSource, error) {
+	addr, err := placeholder.Expand("address", s.Address)
 	if err != nil {
 		return nil, err
 	}
-	token, err := expand("token", s.Token)
+	token, err := placeholder.ExpandSecret("token", s.Token)
 	if err != nil {
 		return nil, err
 	}
-	prefix, err := expand("key_prefix", s.KeyPrefix)
+	prefix, err := placeholder.Expand("key_prefix", s.KeyPrefix)
 	if err != nil {
 		return nil, err
 	}
-	tlsCfg, err := s.TLS.clientConfig()
+	tlsCfg, _, err := s.TLS.ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("consul tls: %w", err)
 	}
@@ -45,10 +48,8 @@ func newConsulSource(s *consulStorage) (*consulSource, error) {
 		scheme = "http"
 	}
 	timeout := 2 * time.Second // lua-resty-acme's default
-	if s.Timeout != "" {
-		if timeout, err = time.ParseDuration(s.Timeout); err != nil {
-			return nil, fmt.Errorf("consul timeout %q: %w", s.Timeout, err)
-		}
+	if s.Timeout > 0 {
+		timeout = time.Duration(s.Timeout)
 	}
 	transport := &http.Transport{TLSClientConfig: tlsCfg, Proxy: http.ProxyFromEnvironment}
 	client, err := api.NewClient(&api.Config{

@@ -11,6 +11,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/acmekit/caddy-acme/internal/placeholder"
+	"github.com/acmekit/caddy-acme/storage/kong"
 )
 
 // postgresSource reads Kong's PostgreSQL database: the acme_storage table
@@ -27,20 +30,23 @@ type postgresSource struct {
 // mapped (pg_host, pg_port, pg_user, pg_password, pg_database,
 // pg_schema, pg_ssl, pg_ssl_verify, pg_ssl_cert, pg_ssl_cert_key,
 // pg_timeout and lua_ssl_trusted_certificate as sslrootcert).
-func newPostgresSource(ctx context.Context, s *kongStorage) (*postgresSource, error) {
+func newPostgresSource(ctx context.Context, s *kong.Storage) (*postgresSource, error) {
 	var host, user, password, database, schema, rootCert, cert, key string
 	var err error
 	for _, f := range []struct {
 		name, in string
 		out      *string
 	}{
-		{"pg_host", s.PgHost, &host}, {"pg_user", s.PgUser, &user}, {"pg_password", s.PgPassword, &password},
+		{"pg_host", s.PgHost, &host}, {"pg_user", s.PgUser, &user},
 		{"pg_database", s.PgDatabase, &database}, {"pg_schema", s.PgSchema, &schema},
 		{"sslrootcert", s.SSLRootCert, &rootCert}, {"pg_ssl_cert", s.PgSSLCert, &cert}, {"pg_ssl_cert_key", s.PgSSLCertKey, &key},
 	} {
-		if *f.out, err = expand(f.name, f.in); err != nil {
+		if *f.out, err = placeholder.Expand(f.name, f.in); err != nil {
 			return nil, err
 		}
+	}
+	if password, err = placeholder.ExpandSecret("pg_password", s.PgPassword); err != nil {
+		return nil, err
 	}
 	port := s.PgPort
 	if port == 0 {

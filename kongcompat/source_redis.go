@@ -2,15 +2,15 @@ package kongcompat
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/acmekit/caddy-acme/internal/placeholder"
+	"github.com/acmekit/caddy-acme/storage/redis"
 )
 
 // redisSource reads Kong's keys in Redis: <namespace><key>, plain
@@ -21,51 +21,44 @@ type redisSource struct {
 	addr string
 }
 
-func newRedisSource(s *redisStorage) (*redisSource, error) {
+func newRedisSource(s *redis.Storage) (*redisSource, error) {
 	opts := &goredis.UniversalOptions{
 		MasterName:            s.MasterName,
 		IsClusterMode:         s.Cluster,
 		DB:                    s.DB,
+		DialTimeout:           time.Duration(s.DialTimeout),
+		ReadTimeout:           time.Duration(s.ReadTimeout),
+		WriteTimeout:          time.Duration(s.WriteTimeout),
 		ContextTimeoutEnabled: true,
 		DisableIdentity:       true,
 		ClientName:            "caddy-acme-migrate",
 	}
 	var err error
 	for _, a := range s.Addresses {
-		addr, err := expand("addresses", a)
+		addr, err := placeholder.Expand("addresses", a)
 		if err != nil {
 			return nil, err
 		}
 		opts.Addrs = append(opts.Addrs, addr)
 	}
 	for _, f := range []struct {
-		name string
-		in   string
-		out  *string
+		name, in string
+		out      *string
+		expand   func(field, v string) (string, error)
 	}{
-		{"username", s.Username, &opts.Username},
-		{"password", s.Password, &opts.Password},
-		{"sentinel_username", s.SentinelUsername, &opts.SentinelUsername},
-		{"sentinel_password", s.SentinelPassword, &opts.SentinelPassword},
+		{"username", s.Username, &opts.Username, placeholder.Expand},
+		{"password", s.Password, &opts.Password, placeholder.ExpandSecret},
+		{"sentinel_username", s.SentinelUsername, &opts.SentinelUsername, placeholder.Expand},
+		{"sentinel_password", s.SentinelPassword, &opts.SentinelPassword, placeholder.ExpandSecret},
 	} {
-		if *f.out, err = expand(f.name, f.in); err != nil {
+		if *f.out, err = f.expand(f.name, f.in); err != nil {
 			return nil, err
 		}
 	}
-	for _, d := range []struct {
-		in  string
-		out *time.Duration
-	}{{s.DialTimeout, &opts.DialTimeout}, {s.ReadTimeout, &opts.ReadTimeout}, {s.WriteTimeout, &opts.WriteTimeout}} {
-		if d.in != "" {
-			if *d.out, err = time.ParseDuration(d.in); err != nil {
-				return nil, fmt.Errorf("redis timeout %q: %w", d.in, err)
-			}
-		}
-	}
-	if opts.TLSConfig, err = s.TLS.clientConfig(); err != nil {
+	if opts.TLSConfig, _, err = s.TLS.ClientConfig(); err != nil {
 		return nil, fmt.Errorf("redis tls: %w", err)
 	}
-	ns, err := expand("key_prefix", s.KeyPrefix)
+	ns, err := placeholder.Expand("key_prefix", s.KeyPrefix)
 	if err != nil {
 		return nil, err
 	}
@@ -126,30 +119,4 @@ func (r *redisSource) close() { _ = r.c.Close() }
 // globEscape quotes the characters SCAN MATCH patterns interpret.
 func globEscape(s string) string {
 	return strings.NewReplacer(`\`, `\\`, `*`, `\*`, `?`, `\?`, `[`, `\[`, `]`, `\]`).Replace(s)
-}
-
-// clientConfig builds the TLS client configuration of an adapted tls
-// object (nil: no TLS).
-func (t *tlsConfig) clientConfig() (*tls.Config, error) {
-	if t == nil {
-		return nil, nil
-	}
-	serverName, err := expand("tls.server_name", t.ServerName)
-	if err != nil {
-		return nil, err
-	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName, InsecureSkipVerify: t.InsecureSkipVerify}
-	caFile, err := expand("tls.ca_file", t.CAFile)
-	if err != nil || caFile == "" {
-		return cfg, err
-	}
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("tls.ca_file: %w", err)
-	}
-	cfg.RootCAs = x509.NewCertPool()
-	if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("tls.ca_file: no PEM certificate in %s", caFile)
-	}
-	return cfg, nil
 }

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/acmekit/caddy-acme/internal/placeholder"
+	"github.com/acmekit/caddy-acme/storage/vault"
 )
 
 // vaultSource reads Kong's keys in Vault KV version 2 (lua-resty-acme
@@ -22,27 +25,25 @@ type vaultSource struct {
 	addr  string
 }
 
-func newVaultSource(ctx context.Context, s *vaultStorage) (*vaultSource, error) {
+func newVaultSource(ctx context.Context, s *vault.Storage) (*vaultSource, error) {
 	var err error
 	v := &vaultSource{}
 	for _, f := range []struct {
 		name, in string
 		out      *string
 	}{{"address", s.Address, &v.addr}, {"mount", s.Mount, &v.mount}, {"path_prefix", s.PathPrefix, &v.path}} {
-		if *f.out, err = expand(f.name, f.in); err != nil {
+		if *f.out, err = placeholder.Expand(f.name, f.in); err != nil {
 			return nil, err
 		}
 	}
 	v.mount, v.path = strings.Trim(v.mount, "/"), strings.Trim(v.path, "/")
-	tlsCfg, err := s.TLS.clientConfig()
+	tlsCfg, _, err := s.TLS.ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("vault tls: %w", err)
 	}
 	timeout := 2 * time.Second // lua-resty-acme's default
-	if s.Timeout != "" {
-		if timeout, err = time.ParseDuration(s.Timeout); err != nil {
-			return nil, fmt.Errorf("vault timeout %q: %w", s.Timeout, err)
-		}
+	if s.Timeout > 0 {
+		timeout = time.Duration(s.Timeout)
 	}
 	v.c, err = api.NewClient(&api.Config{
 		Address:    v.addr,
@@ -60,7 +61,7 @@ func newVaultSource(ctx context.Context, s *vaultStorage) (*vaultSource, error) 
 			return nil, err
 		}
 	default:
-		token, err := expand("token", s.Token)
+		token, err := placeholder.ExpandSecret("token", s.Token)
 		if err != nil {
 			return nil, err
 		}
@@ -71,19 +72,19 @@ func newVaultSource(ctx context.Context, s *vaultStorage) (*vaultSource, error) 
 
 // kubernetesLogin logs in as Kong does: POST auth/<auth_path>/login with
 // the role and the service account's JWT.
-func (v *vaultSource) kubernetesLogin(ctx context.Context, s *vaultStorage) error {
+func (v *vaultSource) kubernetesLogin(ctx context.Context, s *vault.Storage) error {
 	jwtPath, mount := "/var/run/secrets/kubernetes.io/serviceaccount/token", "kubernetes"
-	role, err := expand("role", s.Role)
+	role, err := placeholder.Expand("role", s.Role)
 	if err != nil {
 		return err
 	}
 	if s.JWTPath != "" {
-		if jwtPath, err = expand("jwt_path", s.JWTPath); err != nil {
+		if jwtPath, err = placeholder.Expand("jwt_path", s.JWTPath); err != nil {
 			return err
 		}
 	}
 	if s.AuthMount != "" {
-		if mount, err = expand("auth_mount", s.AuthMount); err != nil {
+		if mount, err = placeholder.Expand("auth_mount", s.AuthMount); err != nil {
 			return err
 		}
 	}

@@ -7,75 +7,21 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/acmekit/caddy-acme/storage/consul"
+	"github.com/acmekit/caddy-acme/storage/kong"
+	"github.com/acmekit/caddy-acme/storage/redis"
+	"github.com/acmekit/caddy-acme/storage/vault"
 )
 
-// The storage modules' JSON, with the fields this adapter sets (see
-// storage/redis, storage/consul, storage/vault and storage/kong for their
-// documentation).
-type (
-	tlsConfig struct {
-		CAFile             string `json:"ca_file,omitempty"`
-		ServerName         string `json:"server_name,omitempty"`
-		InsecureSkipVerify bool   `json:"insecure_skip_verify,omitempty"`
-	}
-	redisStorage struct {
-		Module           string     `json:"module"`
-		Addresses        []string   `json:"addresses,omitempty"`
-		MasterName       string     `json:"master_name,omitempty"`
-		Cluster          bool       `json:"cluster,omitempty"`
-		Username         string     `json:"username,omitempty"`
-		Password         string     `json:"password,omitempty"`
-		SentinelUsername string     `json:"sentinel_username,omitempty"`
-		SentinelPassword string     `json:"sentinel_password,omitempty"`
-		DB               int        `json:"db,omitempty"`
-		KeyPrefix        string     `json:"key_prefix,omitempty"`
-		TLS              *tlsConfig `json:"tls,omitempty"`
-		DialTimeout      string     `json:"dial_timeout,omitempty"`
-		ReadTimeout      string     `json:"read_timeout,omitempty"`
-		WriteTimeout     string     `json:"write_timeout,omitempty"`
-	}
-	consulStorage struct {
-		Module    string     `json:"module"`
-		Address   string     `json:"address,omitempty"`
-		Scheme    string     `json:"scheme,omitempty"`
-		Token     string     `json:"token,omitempty"`
-		KeyPrefix string     `json:"key_prefix,omitempty"`
-		TLS       *tlsConfig `json:"tls,omitempty"`
-		Timeout   string     `json:"timeout,omitempty"`
-	}
-	vaultStorage struct {
-		Module     string     `json:"module"`
-		Address    string     `json:"address"`
-		Mount      string     `json:"mount,omitempty"`
-		PathPrefix string     `json:"path_prefix,omitempty"`
-		AuthMethod string     `json:"auth_method,omitempty"`
-		Token      string     `json:"token,omitempty"`
-		Role       string     `json:"role,omitempty"`
-		JWTPath    string     `json:"jwt_path,omitempty"`
-		AuthMount  string     `json:"auth_mount,omitempty"`
-		TLS        *tlsConfig `json:"tls,omitempty"`
-		Timeout    string     `json:"timeout,omitempty"`
-	}
-	kongStorage struct {
-		Module       string `json:"module"`
-		PgHost       string `json:"pg_host,omitempty"`
-		PgPort       int    `json:"pg_port,omitempty"`
-		PgUser       string `json:"pg_user,omitempty"`
-		PgPassword   string `json:"pg_password,omitempty"`
-		PgDatabase   string `json:"pg_database,omitempty"`
-		PgSchema     string `json:"pg_schema,omitempty"`
-		PgSSL        *bool  `json:"pg_ssl,omitempty"`
-		PgSSLVerify  *bool  `json:"pg_ssl_verify,omitempty"`
-		SSLRootCert  string `json:"sslrootcert,omitempty"`
-		PgSSLCert    string `json:"pg_ssl_cert,omitempty"`
-		PgSSLCertKey string `json:"pg_ssl_cert_key,omitempty"`
-		PgTimeout    int    `json:"pg_timeout,omitempty"`
-	}
-)
-
-// storage maps storage and storage_config to a storage module, or nil
-// for Caddy's default storage.
-func (c *converter) storage(cfg *value) (json.RawMessage, error) {
+// storage maps storage and storage_config to a storage module: the
+// module's own struct (for the data migration, which reads Kong's store
+// with the same settings) and its JSON, made as Caddy's Caddyfile adapters
+// make a module's; nil, nil for Caddy's default storage.
+func (c *converter) storage(cfg *value) (any, json.RawMessage, error) {
 	name := c.storageName(cfg)
 	sc := cfg.get("storage_config")
 	var mod any
@@ -84,7 +30,7 @@ func (c *converter) storage(cfg *value) (json.RawMessage, error) {
 	case "shm":
 		c.warn(lineOf(cfg, "storage"), "config.storage",
 			"storage shm: Kong kept the ACME account, certificates and challenges in a shared memory zone, which is lost on restart and not shared between nodes; the adapted config uses Caddy's default storage (the file system, or the global storage), which persists; for a cluster, choose redis, consul, vault or kong storage")
-		return nil, nil
+		return nil, nil, nil
 	case "redis":
 		mod, err = c.redis(sc.get("redis"))
 	case "consul":
@@ -95,13 +41,18 @@ func (c *converter) storage(cfg *value) (json.RawMessage, error) {
 		mod, err = c.kong(cfg)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out, err := json.Marshal(mod)
-	if err != nil {
-		return nil, fmt.Errorf("encoding the storage: %w", err)
+	var warnings []caddyconfig.Warning
+	raw := caddyconfig.JSONModuleObject(mod, "module", "acme_"+name, &warnings)
+	if raw == nil {
+		msg := "unknown error"
+		if len(warnings) > 0 {
+			msg = warnings[0].Message
+		}
+		return nil, nil, fmt.Errorf("encoding the storage: %s", msg)
 	}
-	return out, nil
+	return mod, raw, nil
 }
 
 // hostPort joins a host and a port that may be placeholders.
@@ -119,15 +70,15 @@ func hostPort(host, port *value, def int) string {
 	return net.JoinHostPort(escapeBraces(host.str), p)
 }
 
-// millis returns a Kong timeout in milliseconds as a Caddy duration, ""
+// millis returns a Kong timeout in milliseconds as a Caddy duration, 0
 // for 0 (the module's default); longer than 2^31-2 ms (Kong's limit for
 // Redis timeouts, about 24 days) counts as that.
-func millis(v *value) string {
+func millis(v *value) caddy.Duration {
 	if v == nil || v.num <= 0 {
-		return ""
+		return 0
 	}
 	ms := min(v.num, 1<<31-2)
-	return (time.Duration(ms * float64(time.Millisecond))).String()
+	return caddy.Duration(ms * float64(time.Millisecond))
 }
 
 // caFile returns the CA file of lua_ssl_trusted_certificate for a TLS
@@ -144,12 +95,12 @@ func (c *converter) caFile(path string, line int) string {
 	return ""
 }
 
-func (c *converter) redis(r *value) (any, error) {
+func (c *converter) redis(r *value) (*redis.Storage, error) {
 	const path = "config.storage_config.redis"
 	if r == nil {
 		r = &value{kind: kObject}
 	}
-	s := &redisStorage{Module: "acme_redis"}
+	s := &redis.Storage{}
 	if ca := r.get("cloud_authentication"); ca != nil && ca.get("auth_provider") != nil {
 		return nil, c.errorf(ca.line, "%s: %s.cloud_authentication: cloud authentication (%s IAM) is not supported by caddy-acme's acme_redis yet: connect with a Redis user and password (username, password) instead",
 			c.subject(), path, strings.ToUpper(ca.get("auth_provider").text()))
@@ -214,7 +165,7 @@ func (c *converter) redis(r *value) (any, error) {
 		s.KeyPrefix = caddyString(ns)
 	}
 	if ssl := r.get("ssl"); ssl != nil && ssl.b {
-		s.TLS = &tlsConfig{ServerName: caddyString(r.get("server_name"))}
+		s.TLS = &redis.TLS{ServerName: caddyString(r.get("server_name"))}
 		if v := r.get("ssl_verify"); v != nil && !v.b {
 			s.TLS.InsecureSkipVerify = true
 			c.warn(v.line, path+".ssl_verify", "ssl_verify is false: the adapted config does not verify the Redis server's certificate either (tls.insecure_skip_verify); set ssl_verify to true, with the CA in kong.conf's lua_ssl_trusted_certificate or the storage's tls.ca_file")
@@ -222,8 +173,8 @@ func (c *converter) redis(r *value) (any, error) {
 			s.TLS.CAFile = c.caFile(path+".ssl_verify", r.line)
 		}
 	}
-	timeoutOr := func(name string) string {
-		if v := millis(r.get(name)); v != "" {
+	timeoutOr := func(name string) caddy.Duration {
+		if v := millis(r.get(name)); v != 0 {
 			return v
 		}
 		return millis(r.get("timeout"))
@@ -237,12 +188,12 @@ func (c *converter) redis(r *value) (any, error) {
 	return s, nil
 }
 
-func (c *converter) consul(v *value) any {
+func (c *converter) consul(v *value) *consul.Storage {
 	const path = "config.storage_config.consul"
 	if v == nil {
 		v = &value{kind: kObject}
 	}
-	s := &consulStorage{Module: "acme_consul"}
+	s := &consul.Storage{}
 	host := v.get("host")
 	if host == nil {
 		host = &value{kind: kString, str: "127.0.0.1"}
@@ -251,7 +202,7 @@ func (c *converter) consul(v *value) any {
 	if h := v.get("https"); h != nil && h.b {
 		s.Scheme = "https"
 		if ca := c.caFile(path+".https", h.line); ca != "" {
-			s.TLS = &tlsConfig{CAFile: ca}
+			s.TLS = &consul.TLS{CAFile: ca}
 		}
 	}
 	s.Token = caddyString(v.get("token"))
@@ -268,12 +219,12 @@ func (c *converter) consul(v *value) any {
 	return s
 }
 
-func (c *converter) vault(v *value) (any, error) {
+func (c *converter) vault(v *value) (*vault.Storage, error) {
 	const path = "config.storage_config.vault"
 	if v == nil {
 		v = &value{kind: kObject}
 	}
-	s := &vaultStorage{Module: "acme_vault"}
+	s := &vault.Storage{}
 	host := v.get("host")
 	if host == nil {
 		host = &value{kind: kString, str: "127.0.0.1"}
@@ -318,7 +269,7 @@ func (c *converter) vault(v *value) (any, error) {
 		s.Token = caddyString(tok)
 	}
 	if https {
-		t := &tlsConfig{}
+		t := &vault.TLS{}
 		if n := v.get("tls_server_name"); n != nil {
 			t.ServerName = escapeBraces(n.str)
 		}
@@ -328,7 +279,7 @@ func (c *converter) vault(v *value) (any, error) {
 		} else {
 			t.CAFile = c.caFile(path+".tls_verify", v.line)
 		}
-		if *t != (tlsConfig{}) {
+		if *t != (vault.TLS{}) {
 			s.TLS = t
 		}
 	}
@@ -338,9 +289,9 @@ func (c *converter) vault(v *value) (any, error) {
 
 // kong maps `kong` storage: Kong's own PostgreSQL database, connected to
 // with kong.conf's pg_* settings and Kong's defaults for those not set.
-func (c *converter) kong(cfg *value) (any, error) {
+func (c *converter) kong(cfg *value) (*kong.Storage, error) {
 	line := lineOf(cfg, "storage")
-	s := &kongStorage{Module: "acme_kong", PgHost: "127.0.0.1", PgPort: 5432, PgUser: "kong", PgDatabase: "kong"}
+	s := &kong.Storage{PgHost: "127.0.0.1", PgPort: 5432, PgUser: "kong", PgDatabase: "kong"}
 	given := false
 	for _, f := range []struct {
 		key string
