@@ -374,8 +374,10 @@ type connSettings struct {
 // key returns the pool key: a hash, so the token is not kept in it.
 func (c connSettings) key() string {
 	h := sha256.New()
-	for _, f := range []string{c.address, c.scheme, c.token, c.datacenter, c.namespace, c.partition,
-		c.tlsKey, c.timeout.String()} {
+	for _, f := range []string{
+		c.address, c.scheme, c.token, c.datacenter, c.namespace, c.partition,
+		c.tlsKey, c.timeout.String(),
+	} {
 		h.Write([]byte(strconv.Itoa(len(f))))
 		h.Write([]byte{':'})
 		h.Write([]byte(f))

@@ -47,7 +47,7 @@ func (s *Storage) storeChunked(ctx context.Context, k string, sealed []byte, pla
 		return fmt.Errorf("storing %s: value of %d bytes is larger than consul storage's limit of %d bytes", k, plainLen, maxChunks*chunkSize)
 	}
 	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
+	for range 5 {
 		gen := newGen()
 		ops := make(api.TxnOps, 0, n+2)
 		for i := range n {
@@ -605,7 +605,7 @@ func validGen(g string) bool {
 		return false
 	}
 	for _, c := range g {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || c == '-') {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && c != '-' {
 			return false
 		}
 	}

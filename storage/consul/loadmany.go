@@ -106,8 +106,10 @@ func (s *Storage) loadTxn(ctx context.Context, ks []string, values [][]byte, err
 		// The namespace and partition go into each operation as well: by
 		// Consul's txn API, an operation without them is in the token's
 		// namespace, where Get uses the request's (?ns=, ?partition=).
-		ops[j] = &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetOrEmpty, Key: s.dataKey(k),
-			Namespace: s.conn.namespace, Partition: s.conn.partition}}
+		ops[j] = &api.TxnOp{KV: &api.KVTxnOp{
+			Verb: api.KVGetOrEmpty, Key: s.dataKey(k),
+			Namespace: s.conn.namespace, Partition: s.conn.partition,
+		}}
 	}
 	tctx, cancel := context.WithTimeout(ctx, s.timeout)
 	ok, resp, _, err := s.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(tctx))

@@ -157,8 +157,10 @@ func TestCaddyfileKeywordsAreJSONKeys(t *testing.T) {
 	if err := json.Unmarshal(data, &keys); err != nil {
 		t.Fatal(err)
 	}
-	values := map[string]string{"port": "1", "pg_port": "1", "pool_size": "1", "pg_timeout": "1",
-		"connect_timeout": "1s", "lock_lease": "1m", "lock_refresh": "1s", "pg_ssl": "on", "pg_ssl_verify": "on"}
+	values := map[string]string{
+		"port": "1", "pg_port": "1", "pool_size": "1", "pg_timeout": "1",
+		"connect_timeout": "1s", "lock_lease": "1m", "lock_refresh": "1s", "pg_ssl": "on", "pg_ssl_verify": "on",
+	}
 	for key := range keys {
 		v := values[key]
 		if v == "" {

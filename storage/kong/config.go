@@ -141,9 +141,14 @@ func (s *Storage) resolveConn() (conn, error) {
 			name string
 			set  bool
 		}{
-			{"host", c.host != ""}, {"port", c.port != 0}, {"user", c.user != ""},
-			{"database", c.database != ""}, {"sslmode", c.sslmode != ""},
-			{"sslrootcert", c.sslrootcert != ""}, {"sslcert", c.sslcert != ""}, {"sslkey", c.sslkey != ""},
+			{"host", c.host != ""},
+			{"port", c.port != 0},
+			{"user", c.user != ""},
+			{"database", c.database != ""},
+			{"sslmode", c.sslmode != ""},
+			{"sslrootcert", c.sslrootcert != ""},
+			{"sslcert", c.sslcert != ""},
+			{"sslkey", c.sslkey != ""},
 		} {
 			if f.set {
 				both = append(both, f.name)
@@ -273,8 +278,7 @@ func setDefaultParam(params map[string]string, name, value string) {
 // whose redaction pgx does on a best-effort basis only.
 func parseError(err error, c conn) string {
 	msg := "invalid connection settings"
-	var pce *pgconn.ParseConfigError
-	if errors.As(err, &pce) {
+	if pce, ok := errors.AsType[*pgconn.ParseConfigError](err); ok {
 		// "cannot parse `<conn string>`: <msg> (<cause>)"
 		text := pce.Error()
 		if i := strings.LastIndex(text, "`: "); i >= 0 {

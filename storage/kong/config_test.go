@@ -194,8 +194,10 @@ func TestSharedPool(t *testing.T) {
 func TestStringRedacted(t *testing.T) {
 	cases := map[string]*Storage{
 		"dsn": {DSN: "postgres://kong:" + testPassword + "@db.internal:6432/kong?sslmode=require", Options: backend.Options{EncryptionKey: testKey}},
-		"fields": {Host: "db.internal", Port: 6432, User: "kong", Password: testPassword, Database: "kong",
-			KeyPrefix: "prod", Options: backend.Options{EncryptionKey: testKey}},
+		"fields": {
+			Host: "db.internal", Port: 6432, User: "kong", Password: testPassword, Database: "kong",
+			KeyPrefix: "prod", Options: backend.Options{EncryptionKey: testKey},
+		},
 		"kong": {PgHost: "db.internal", PgPassword: testPassword, Options: backend.Options{EncryptionKey: testKey}},
 	}
 	for name, s := range cases {

@@ -358,8 +358,10 @@ func TestTLS(t *testing.T) {
 	ok := map[string]*Storage{
 		"dsn":    {DSN: nodeDSN(t, pg.DSN)},
 		"fields": fields(),
-		"kong aliases": {PgHost: "localhost", PgPort: pg.Port, PgUser: pg.User, PgPassword: password, PgDatabase: pg.Database,
-			PgSSL: &yes, PgSSLVerify: &yes, SSLRootCert: pg.CAFile},
+		"kong aliases": {
+			PgHost: "localhost", PgPort: pg.Port, PgUser: pg.User, PgPassword: password, PgDatabase: pg.Database,
+			PgSSL: &yes, PgSSLVerify: &yes, SSLRootCert: pg.CAFile,
+		},
 		"tls_server_name": func() *Storage { s := fields(); s.TLSServerName = "localhost"; return s }(),
 	}
 	for name, s := range ok {

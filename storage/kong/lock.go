@@ -155,7 +155,7 @@ func (s *Storage) acquire(ctx context.Context, pool *pgxpool.Pool, key, token st
 	case err != nil:
 		if ctx.Err() != nil {
 			go func() {
-				cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 				defer cancel()
 				rows, err := pool.Query(cctx, sqlRelease, key, token)
 				if err == nil {
@@ -193,10 +193,4 @@ func (s *Storage) extend(ctx context.Context, name, token string, lease time.Dur
 		return errLockLost
 	}
 	return nil
-}
-
-// crash makes s behave as a process that died holding its locks: their
-// leases are no longer refreshed and nothing is unlocked (tests).
-func (s *Storage) crash() {
-	s.held.Abandon()
 }

@@ -53,6 +53,7 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value, created_at = excluded.cr
 	// (of an encoded one: the marker and 28 base64 characters, 21 bytes;
 	// decodedHead) and its time, else one row of NULLs when it is a
 	// directory, else nothing.
+	//nolint:dupword // SQL: a row of NULLs
 	sqlStat = `(SELECT octet_length(value), substr(value, 1, 33), created_at FROM acme_storage WHERE key = $1 AND ` + live + `)
 UNION ALL
 (SELECT NULL, NULL, NULL WHERE ` + sqlFirstBelow + ` IS NOT NULL)

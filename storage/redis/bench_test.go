@@ -76,20 +76,28 @@ func BenchmarkPaired(b *testing.B) {
 		name       string
 		raw, store func() error
 	}{
-		{"Store-vs-SET",
+		{
+			"Store-vs-SET",
 			func() error { return c.Set(ctx, "bench:raw", value, 0).Err() },
-			func() error { i++; return s.Store(ctx, "bench/store/"+strconv.Itoa(i%64), value) }},
+			func() error { i++; return s.Store(ctx, "bench/store/"+strconv.Itoa(i%64), value) },
+		},
 		// a key in directories this instance has not written lately:
 		// every index field is written (a pipeline of four commands)
-		{"StoreNewDirs-vs-SET",
+		{
+			"StoreNewDirs-vs-SET",
 			func() error { return c.Set(ctx, "bench:raw", value, 0).Err() },
-			func() error { i++; return s.Store(ctx, "bench/new"+strconv.Itoa(i)+"/x/key", value) }},
-		{"Load-vs-GET",
+			func() error { i++; return s.Store(ctx, "bench/new"+strconv.Itoa(i)+"/x/key", value) },
+		},
+		{
+			"Load-vs-GET",
 			func() error { return c.Get(ctx, "bench:raw").Err() },
-			func() error { _, err := s.Load(ctx, "bench/load/key"); return err }},
-		{"Stat-vs-GET",
+			func() error { _, err := s.Load(ctx, "bench/load/key"); return err },
+		},
+		{
+			"Stat-vs-GET",
 			func() error { return c.Get(ctx, "bench:raw").Err() },
-			func() error { _, err := s.Stat(ctx, "bench/load/key"); return err }},
+			func() error { _, err := s.Stat(ctx, "bench/load/key"); return err },
+		},
 	} {
 		b.Run(pair.name, func(b *testing.B) {
 			var raw, stored []time.Duration

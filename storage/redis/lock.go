@@ -124,12 +124,6 @@ func (s *Storage) Unlock(ctx context.Context, name string) error {
 	return nil
 }
 
-// crash makes s behave as if its process had died holding its locks: their
-// leases are no longer refreshed and nothing is unlocked. For tests.
-func (s *Storage) crash() {
-	s.held.Abandon()
-}
-
 // lockErr reports a failure to lock, as the context's error if it ended.
 func (s *Storage) lockErr(ctx context.Context, name, doing string, err error) error {
 	if ctx.Err() != nil {

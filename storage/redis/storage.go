@@ -639,6 +639,8 @@ func (s *Storage) pruneFields(ctx context.Context, fields map[string][]string) e
 
 // pruneScript removes fields (ARGV[2..]) from an index (KEYS[1]) if they
 // were written at least ARGV[1] ms ago by the server's clock.
+//
+//nolint:dupword // Lua: "end end" closes two blocks
 var pruneScript = goredis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

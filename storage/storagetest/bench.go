@@ -3,6 +3,7 @@ package storagetest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -44,7 +45,7 @@ func Bench(b *testing.B, open Opener) {
 	b.Run("Exists", func(b *testing.B) {
 		Timed(b, func() error {
 			if !s.Exists(ctx, "bench/load/key") {
-				return fmt.Errorf("Exists is false")
+				return errors.New("exists returned false")
 			}
 			return nil
 		})

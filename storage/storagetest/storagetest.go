@@ -393,30 +393,26 @@ func testConcurrent(t *testing.T, a, b certmagic.Storage) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
 	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			s := []certmagic.Storage{a, b}[w%2]
 			for r := range rounds {
 				if err := s.Store(ctx, "race/key", value(w, r)); err != nil {
-					errs <- fmt.Errorf("Store: %w", err)
+					errs <- fmt.Errorf("storing: %w", err)
 					return
 				}
 			}
-		}()
+		})
 	}
 	var reads atomic.Int64
 	var rg sync.WaitGroup
 	for i := range 2 {
-		rg.Add(1)
-		go func() {
-			defer rg.Done()
+		rg.Go(func() {
 			s := []certmagic.Storage{a, b}[i]
 			for ctx.Err() == nil {
 				v, err := s.Load(ctx, "race/key")
 				if err != nil {
 					if ctx.Err() == nil {
-						errs <- fmt.Errorf("Load: %w", err)
+						errs <- fmt.Errorf("loading: %w", err)
 					}
 					return
 				}
@@ -426,7 +422,7 @@ func testConcurrent(t *testing.T, a, b certmagic.Storage) {
 				}
 				reads.Add(1)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	cancel()
@@ -511,9 +507,7 @@ func testLocks(t *testing.T, open Opener, opts Options) {
 		var wg sync.WaitGroup
 		errs := make(chan error, len(n)*4)
 		for _, s := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				for range 4 {
 					ctx, cancel := context.WithTimeout(bg, within)
 					err := s.Lock(ctx, "contended")
@@ -532,7 +526,7 @@ func testLocks(t *testing.T, open Opener, opts Options) {
 						return
 					}
 				}
-			}()
+			})
 		}
 		wg.Wait()
 		close(errs)
@@ -550,7 +544,7 @@ func testLocks(t *testing.T, open Opener, opts Options) {
 		if err := a.Lock(bg, "held"); err != nil {
 			t.Fatal(err)
 		}
-		defer a.Unlock(bg, "held")
+		defer func() { _ = a.Unlock(bg, "held") }()
 		ctx, cancel := context.WithTimeout(bg, 200*time.Millisecond)
 		defer cancel()
 		done := make(chan error, 1)

@@ -168,8 +168,7 @@ func (c *client) call(ctx context.Context, method, path string, params map[strin
 		defer resp.Body.Close()
 	}
 	if err != nil {
-		var re *api.ResponseError
-		if errors.As(err, &re) {
+		if re, ok := errors.AsType[*api.ResponseError](err); ok {
 			if re.StatusCode == http.StatusNotFound && len(re.Errors) == 0 {
 				if out != nil && resp != nil {
 					_ = json.NewDecoder(resp.Body).Decode(out)
@@ -280,8 +279,7 @@ func (c *client) authenticateLocked(ctx context.Context) (*api.Secret, error) {
 	defer cancel()
 	secret, err := c.login.Logical().WriteWithContext(ctx, path, data)
 	if err != nil {
-		var re *api.ResponseError
-		if errors.As(err, &re) {
+		if re, ok := errors.AsType[*api.ResponseError](err); ok {
 			err = &responseError{status: re.StatusCode, errs: re.Errors, err: err}
 		}
 		return nil, fmt.Errorf("vault auth: %s login at %s: %w", c.auth.method, path, err)

@@ -104,12 +104,6 @@ func (s *Storage) refresh(ctx context.Context, name, token string) error {
 	return s.writeOwn(ctx, name, token, lockData{Token: token, Holder: s.holder})
 }
 
-// abandon stops refreshing every held lock without releasing any, as a
-// crashed process would (for tests).
-func (s *Storage) abandon() {
-	s.held.Abandon()
-}
-
 // tryAcquire makes one attempt at taking the lock name for token.
 func (s *Storage) tryAcquire(ctx context.Context, name, token string) (bool, error) {
 	st, err := s.readLock(ctx, name)
@@ -297,7 +291,7 @@ func (s *Storage) writeLock(ctx context.Context, name string, cas int, data lock
 func (s *Storage) pollInterval(waited time.Duration) time.Duration {
 	hi := min(s.rt.Lease/10, maxPoll)
 	d := min(max(waited/10, minPoll), hi)
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64())) //nolint:gosec // a jitter, not a secret
 }
 
 // lockData is the data of a lock secret's version.

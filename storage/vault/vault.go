@@ -419,7 +419,7 @@ func checkNonEmpty(key string) error {
 
 // checkPath rejects Vault paths with empty, `.` or `..` components.
 func checkPath(field, p string) error {
-	for _, c := range strings.Split(p, "/") {
+	for c := range strings.SplitSeq(p, "/") {
 		if c == "" || c == "." || c == ".." {
 			return fmt.Errorf("%s: %q has an empty, '.' or '..' path component", field, p)
 		}
