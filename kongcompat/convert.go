@@ -195,7 +195,7 @@ func (c *converter) validate(p *value) error {
 		}
 		return c.errorf(p.line, "%s: %s", c.subject(), msg)
 	}
-	if pv := p.get("partials"); pv != nil && !(pv.kind == kArray && len(pv.arr) == 0) {
+	if pv := p.get("partials"); pv != nil && (pv.kind != kArray || len(pv.arr) != 0) {
 		return c.errorf(pv.line, "%s: partials: Kong partials are not supported: write the Redis settings into storage_config.redis", c.subject())
 	}
 	if pv := p.get("_config"); pv != nil {
@@ -220,7 +220,7 @@ func (c *converter) entityChecks(cfg *value, vs *violations) {
 		api = a.str
 	}
 	tos := cfg.get("tos_accepted")
-	if (api == leProd || api == leStaging) && !(tos != nil && tos.kind == kBool && tos.b) {
+	if (api == leProd || api == leStaging) && (tos == nil || tos.kind != kBool || !tos.b) {
 		vs.entity = append(vs.entity, tosMessage)
 		vs.field("config.tos_accepted", "value must be true")
 	}
@@ -319,6 +319,7 @@ func sameValue(a, b *value) bool {
 		return a.num == b.num
 	case kBool:
 		return a.b == b.b
+	case kNull, kArray, kObject:
 	}
 	return false
 }
@@ -332,6 +333,7 @@ func show(v *value) string {
 		return strconv.FormatFloat(v.num, 'f', -1, 64)
 	case kBool:
 		return strconv.FormatBool(v.b)
+	case kNull, kArray, kObject:
 	}
 	return v.kind.String()
 }

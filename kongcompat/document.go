@@ -204,6 +204,7 @@ func (inv *inventory) findKey(keyID, keySet string) *value {
 				if set == "" {
 					set = ref.get("id").text()
 				}
+			case kNull, kBool, kNumber, kArray:
 			}
 		}
 		if name, ok := inv.keySets[set]; ok {

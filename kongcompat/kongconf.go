@@ -186,7 +186,7 @@ func (kc *kongConf) caCertFiles() []string {
 		return nil
 	}
 	var files []string
-	for _, f := range strings.Split(v.val, ",") {
+	for f := range strings.SplitSeq(v.val, ",") {
 		if f = strings.TrimSpace(f); f != "" && f != "system" {
 			files = append(files, f)
 		}

@@ -151,22 +151,38 @@ func TestKongConf(t *testing.T) {
 				}
 			},
 		},
-		{name: "DB-less by environment", env: map[string]string{"KONG_DATABASE": "off"}, input: kongStoragePlugin,
-			err: `acme plugin: schema violation ("kong" storage can't be used with dbless mode)`},
-		{name: "hybrid control plane with shm", conf: "role = control_plane\n", input: `{"name":"acme","config":{"account_email":"a@b"}}`,
-			err: `acme plugin: schema violation ("shm" storage can't be used in Hybrid mode)`},
-		{name: "unknown database", conf: "database = cassandra\n", input: kongStoragePlugin,
-			err: "kong.conf:1: database has an invalid value: 'cassandra' (postgres, off)"},
-		{name: "unknown role", env: map[string]string{"KONG_ROLE": "edge"}, input: kongStoragePlugin,
-			err: "KONG_ROLE has an invalid value: 'edge' (traditional, data_plane, control_plane)"},
-		{name: "pg_ssl not a boolean", conf: "pg_ssl = maybe\n", input: kongStoragePlugin,
-			err: "kong.conf:1: pg_ssl is not a boolean: 'maybe' (on, off)"},
-		{name: "pg_port not a number", env: map[string]string{"KONG_PG_PORT": "http"}, input: kongStoragePlugin,
-			err: "KONG_PG_PORT is not a valid number: 'http' (1 to 65535)"},
-		{name: "not name = value", conf: "pg_host\n", input: kongStoragePlugin,
-			err: "kong.conf:1: expected name = value"},
-		{name: "vault reference to another vault", conf: "pg_password = {vault://hcv/kong/pg}\n", input: kongStoragePlugin,
-			err: "pg_password: Kong vault reference {vault://hcv/...} (a vault of type hcv): caddy-acme reads secrets only from environment variables (Kong's env vault, translated to {env.NAME} placeholders); put the secret in an environment variable and reference it as {vault://env/NAME}"},
+		{
+			name: "DB-less by environment", env: map[string]string{"KONG_DATABASE": "off"}, input: kongStoragePlugin,
+			err: `acme plugin: schema violation ("kong" storage can't be used with dbless mode)`,
+		},
+		{
+			name: "hybrid control plane with shm", conf: "role = control_plane\n", input: `{"name":"acme","config":{"account_email":"a@b"}}`,
+			err: `acme plugin: schema violation ("shm" storage can't be used in Hybrid mode)`,
+		},
+		{
+			name: "unknown database", conf: "database = cassandra\n", input: kongStoragePlugin,
+			err: "kong.conf:1: database has an invalid value: 'cassandra' (postgres, off)",
+		},
+		{
+			name: "unknown role", env: map[string]string{"KONG_ROLE": "edge"}, input: kongStoragePlugin,
+			err: "KONG_ROLE has an invalid value: 'edge' (traditional, data_plane, control_plane)",
+		},
+		{
+			name: "pg_ssl not a boolean", conf: "pg_ssl = maybe\n", input: kongStoragePlugin,
+			err: "kong.conf:1: pg_ssl is not a boolean: 'maybe' (on, off)",
+		},
+		{
+			name: "pg_port not a number", env: map[string]string{"KONG_PG_PORT": "http"}, input: kongStoragePlugin,
+			err: "KONG_PG_PORT is not a valid number: 'http' (1 to 65535)",
+		},
+		{
+			name: "not name = value", conf: "pg_host\n", input: kongStoragePlugin,
+			err: "kong.conf:1: expected name = value",
+		},
+		{
+			name: "vault reference to another vault", conf: "pg_password = {vault://hcv/kong/pg}\n", input: kongStoragePlugin,
+			err: "pg_password: Kong vault reference {vault://hcv/...} (a vault of type hcv): caddy-acme reads secrets only from environment variables (Kong's env vault, translated to {env.NAME} placeholders); put the secret in an environment variable and reference it as {vault://env/NAME}",
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			opts := map[string]any{"filename": "in"}

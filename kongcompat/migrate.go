@@ -565,8 +565,10 @@ func (m *migration) certificates(ctx context.Context, accountURL string) error {
 		}
 		for _, r := range rows {
 			if r.hasNoSNI {
-				m.add(MigrateItem{Kind: "certificate", Name: "(id " + r.id + ")", Action: ActionSkip,
-					Reason: "tagged managed-by-acme but no SNI names it, so Kong did not serve it", From: m.db.describeEntity(r, false)})
+				m.add(MigrateItem{
+					Kind: "certificate", Name: "(id " + r.id + ")", Action: ActionSkip,
+					Reason: "tagged managed-by-acme but no SNI names it, so Kong did not serve it", From: m.db.describeEntity(r, false),
+				})
 				continue
 			}
 			certs = append(certs, &kongCert{host: r.sni, from: m.db.describeEntity(r, false), cert: r.cert, key: r.key})
@@ -597,8 +599,10 @@ func (m *migration) certificates(ctx context.Context, accountURL string) error {
 	for _, h := range hosts {
 		cands := byHost[h]
 		if len(cands) == 0 {
-			m.add(MigrateItem{Kind: "certificate", Name: h, Action: ActionSkip, From: renewHosts[h],
-				Reason: "Kong has a renew config for it but no certificate (Kong drops it at its next renewal run)"})
+			m.add(MigrateItem{
+				Kind: "certificate", Name: h, Action: ActionSkip, From: renewHosts[h],
+				Reason: "Kong has a renew config for it but no certificate (Kong drops it at its next renewal run)",
+			})
 			continue
 		}
 		m.host(ctx, h, cands, accountURL)

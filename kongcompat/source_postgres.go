@@ -37,9 +37,13 @@ func newPostgresSource(ctx context.Context, s *kong.Storage) (*postgresSource, e
 		name, in string
 		out      *string
 	}{
-		{"pg_host", s.PgHost, &host}, {"pg_user", s.PgUser, &user},
-		{"pg_database", s.PgDatabase, &database}, {"pg_schema", s.PgSchema, &schema},
-		{"sslrootcert", s.SSLRootCert, &rootCert}, {"pg_ssl_cert", s.PgSSLCert, &cert}, {"pg_ssl_cert_key", s.PgSSLCertKey, &key},
+		{"pg_host", s.PgHost, &host},
+		{"pg_user", s.PgUser, &user},
+		{"pg_database", s.PgDatabase, &database},
+		{"pg_schema", s.PgSchema, &schema},
+		{"sslrootcert", s.SSLRootCert, &rootCert},
+		{"pg_ssl_cert", s.PgSSLCert, &cert},
+		{"pg_ssl_cert_key", s.PgSSLCertKey, &key},
 	} {
 		if *f.out, err = placeholder.Expand(f.name, f.in); err != nil {
 			return nil, err

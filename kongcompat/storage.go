@@ -297,8 +297,12 @@ func (c *converter) kong(cfg *value) (*kong.Storage, error) {
 		key string
 		out *string
 	}{
-		{"pg_host", &s.PgHost}, {"pg_user", &s.PgUser}, {"pg_database", &s.PgDatabase},
-		{"pg_schema", &s.PgSchema}, {"pg_ssl_cert", &s.PgSSLCert}, {"pg_ssl_cert_key", &s.PgSSLCertKey},
+		{"pg_host", &s.PgHost},
+		{"pg_user", &s.PgUser},
+		{"pg_database", &s.PgDatabase},
+		{"pg_schema", &s.PgSchema},
+		{"pg_ssl_cert", &s.PgSSLCert},
+		{"pg_ssl_cert_key", &s.PgSSLCertKey},
 	} {
 		v, ok := c.kc.get(f.key)
 		if !ok {

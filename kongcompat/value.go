@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -237,14 +238,7 @@ func nonEmpty(v *value) bool {
 	return true
 }
 
-func (v *value) has(key string) bool {
-	for _, k := range v.keys {
-		if k == key {
-			return true
-		}
-	}
-	return false
-}
+func (v *value) has(key string) bool { return slices.Contains(v.keys, key) }
 
 // scalar converts a YAML scalar by its resolved tag. Timestamps, binary
 // and custom tags stay strings, as written.
@@ -413,8 +407,7 @@ func (p *jsonParser) syntaxError(err error) error {
 	if errors.Is(err, io.EOF) {
 		return fmt.Errorf("parsing JSON: line %d: unexpected end of input", line)
 	}
-	var se *json.SyntaxError
-	if errors.As(err, &se) {
+	if se, ok := errors.AsType[*json.SyntaxError](err); ok {
 		line = p.lineAt(se.Offset)
 	}
 	return fmt.Errorf("parsing JSON: line %d: %w", line, err)
