@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -312,14 +311,7 @@ func (r *Runtime) replaceCached(ctx context.Context, name string) error {
 func (l *changeLog) start() {
 	logger := l.r.logger.Named("cache_sync")
 	ctx := l.r.ctx
-	go func() {
-		defer func() {
-			if p := recover(); p != nil {
-				logger.Error("panic applying certificate changes; they reach this node at its renewal scans until the next config load",
-					zap.Any("panic", p),
-					zap.ByteString("stack", debug.Stack()))
-			}
-		}()
+	goRecover(logger, "panic applying certificate changes; they reach this node at its renewal scans until the next config load", func() {
 		ticker := time.NewTicker(l.r.opts.CacheSyncInterval)
 		defer ticker.Stop()
 		for {
@@ -336,15 +328,8 @@ func (l *changeLog) start() {
 			case <-ticker.C:
 			}
 		}
-	}()
-	go func() {
-		defer func() {
-			if p := recover(); p != nil {
-				logger.Error("panic telling other nodes about renewals; they pick them up at their renewal scans until the next config load",
-					zap.Any("panic", p),
-					zap.ByteString("stack", debug.Stack()))
-			}
-		}()
+	})
+	goRecover(logger, "panic telling other nodes about renewals; they pick them up at their renewal scans until the next config load", func() {
 		for {
 			select {
 			case <-ctx.Done():
@@ -353,5 +338,5 @@ func (l *changeLog) start() {
 				l.publishPending(ctx)
 			}
 		}
-	}()
+	})
 }

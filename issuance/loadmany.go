@@ -16,11 +16,11 @@ type ManyLoader interface {
 	LoadMany(ctx context.Context, keys []string) (values [][]byte, errs []error)
 }
 
-// loadManyParallel is LoadMany for a storage without it: one Load per key,
-// at most loadManyParallelism at once.
-func loadManyParallel(ctx context.Context, s certmagic.Storage, keys []string) ([][]byte, []error) {
+// LoadParallel is LoadMany for a storage without it: one Load per key,
+// at most LoadParallelism at once.
+func LoadParallel(ctx context.Context, s certmagic.Storage, keys []string) ([][]byte, []error) {
 	values, errs := make([][]byte, len(keys)), make([]error, len(keys))
-	sem := make(chan struct{}, loadManyParallelism)
+	sem := make(chan struct{}, LoadParallelism)
 	var wg sync.WaitGroup
 	for i, key := range keys {
 		sem <- struct{}{}
@@ -33,8 +33,8 @@ func loadManyParallel(ctx context.Context, s certmagic.Storage, keys []string) (
 	return values, errs
 }
 
-// loadManyParallelism bounds the Loads of loadManyParallel in flight.
-const loadManyParallelism = 16
+// LoadParallelism bounds the Loads of LoadParallel in flight.
+const LoadParallelism = 16
 
 // LoadMany loads keys from s in one batch when s can (ManyLoader), else
 // with parallel Loads. values[i] and errs[i] are keys[i]'s.
@@ -42,5 +42,5 @@ func LoadMany(ctx context.Context, s certmagic.Storage, keys []string) ([][]byte
 	if ml, ok := s.(ManyLoader); ok {
 		return ml.LoadMany(ctx, keys)
 	}
-	return loadManyParallel(ctx, s, keys)
+	return LoadParallel(ctx, s, keys)
 }

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io/fs"
 	"path"
-	"runtime/debug"
 	"sync"
 
 	"github.com/caddyserver/certmagic"
@@ -323,17 +322,9 @@ func (r *Runtime) newRunner() *renew.Runner {
 // startRenewal starts the periodic renewal scans; they end with the
 // runtime's context.
 func (r *Runtime) startRenewal() {
-	logger := r.renewLog
-	go func() {
-		defer func() {
-			if p := recover(); p != nil {
-				logger.Error("panic in renewal scans; they stop until the next config load",
-					zap.Any("panic", p),
-					zap.ByteString("stack", debug.Stack()))
-			}
-		}()
+	goRecover(r.renewLog, "panic in renewal scans; they stop until the next config load", func() {
 		r.runner.Run(r.ctx)
-	}()
+	})
 }
 
 // Scan runs one renewal scan now, as the periodic ones do, and returns its

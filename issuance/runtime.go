@@ -25,6 +25,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -281,6 +282,19 @@ func (r *Runtime) backoffDenied(name string, err error) {
 	if r.opts.OnBackoffDenied != nil {
 		r.opts.OnBackoffDenied(name, err)
 	}
+}
+
+// goRecover runs fn, a long-lived loop of the runtime, in a goroutine; a
+// panic is logged as msg with its stack, and ends only that loop.
+func goRecover(logger *zap.Logger, msg string, fn func()) {
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				logger.Error(msg, zap.Any("panic", p), zap.ByteString("stack", debug.Stack()))
+			}
+		}()
+		fn()
+	}()
 }
 
 // policy is when certificates are renewed.

@@ -129,7 +129,7 @@ func (s *instrumentedStorage) Load(ctx context.Context, key string) ([]byte, err
 func (s *instrumentedStorage) LoadMany(ctx context.Context, keys []string) ([][]byte, []error) {
 	ml, ok := s.inner.(ManyLoader)
 	if !ok {
-		return loadManyParallel(ctx, s, keys)
+		return LoadParallel(ctx, s, keys)
 	}
 	start := time.Now()
 	values, errs := ml.LoadMany(ctx, keys)
