@@ -71,7 +71,9 @@ type Options struct {
 	// no backoff.
 	FailBackoff time.Duration
 	// Renew when less than this remains (capped at half the lifetime, see
-	// renew.Policy). Default: 14 days.
+	// renew.Policy); 0 renews at expiry or in the CA's ARI window (Kong's
+	// renew_threshold_days 0). The app passes its setting (default 14
+	// days); there is no default here.
 	RenewThreshold time.Duration
 	// How often the renewal scan runs. Default: renew.Runner's, 24h.
 	RenewInterval time.Duration
@@ -135,9 +137,6 @@ func New(ctx context.Context, opts Options) *Runtime {
 	}
 	if opts.IssueTimeout <= 0 {
 		opts.IssueTimeout = 90 * time.Second
-	}
-	if opts.RenewThreshold == 0 {
-		opts.RenewThreshold = 14 * 24 * time.Hour
 	}
 	if opts.FirstScanDelay <= 0 {
 		opts.FirstScanDelay = time.Minute
