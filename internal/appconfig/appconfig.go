@@ -194,27 +194,34 @@ type Settings struct {
 // can check a config where it is written. Errors name the field and say
 // how to fix it.
 func (c *Config) CheckFields() error {
-	if _, err := directory.URL(c.APIURI); err != nil {
-		return err
+	_, _, err := c.check()
+	return err
+}
+
+// check is CheckFields, returning the directory URL and the domains
+// matcher it made on the way, for Settings.
+func (c *Config) check() (dir string, matcher *allowlist.Matcher, err error) {
+	if dir, err = directory.URL(c.APIURI); err != nil {
+		return "", nil, err
 	}
 	if c.CertType != "" && c.CertType != "rsa" && c.CertType != "ecc" {
-		return fmt.Errorf(`cert_type: expected "rsa" or "ecc", got %q`, c.CertType)
+		return "", nil, fmt.Errorf(`cert_type: expected "rsa" or "ecc", got %q`, c.CertType)
 	}
 	if n := c.RSAKeySize; n != 0 && n != 2048 && n != 3072 && n != 4096 {
-		return fmt.Errorf("rsa_key_size: expected 2048, 3072 or 4096, got %d", n)
+		return "", nil, fmt.Errorf("rsa_key_size: expected 2048, 3072 or 4096, got %d", n)
 	}
 	if d := c.RenewThresholdDays; d != nil {
 		if err := checkNumber("renew_threshold_days", *d, ""); err != nil {
-			return err
+			return "", nil, err
 		}
 	}
 	if m := c.FailBackoffMinutes; m != nil {
 		if err := checkNumber("fail_backoff_minutes", *m, " (0 disables the backoff)"); err != nil {
-			return err
+			return "", nil, err
 		}
 	}
 	if c.HTTPPort < 0 || c.HTTPPort > 65535 {
-		return fmt.Errorf("http_port: expected a port between 1 and 65535, got %d", c.HTTPPort)
+		return "", nil, fmt.Errorf("http_port: expected a port between 1 and 65535, got %d", c.HTTPPort)
 	}
 	for _, d := range []struct {
 		name string
@@ -226,16 +233,16 @@ func (c *Config) CheckFields() error {
 		{"renew_first_delay", c.RenewFirstDelay},
 	} {
 		if d.d < 0 {
-			return fmt.Errorf("%s: must not be negative, got %s", d.name, time.Duration(d.d))
+			return "", nil, fmt.Errorf("%s: must not be negative, got %s", d.name, time.Duration(d.d))
 		}
 	}
 	if c.CacheCapacity < 0 {
-		return fmt.Errorf("cache_capacity: must not be negative (0 means the default, %d), got %d", DefaultCacheCapacity, c.CacheCapacity)
+		return "", nil, fmt.Errorf("cache_capacity: must not be negative (0 means the default, %d), got %d", DefaultCacheCapacity, c.CacheCapacity)
 	}
-	if _, err := allowlist.New(c.Domains); err != nil {
-		return fmt.Errorf("domains: %w", err)
+	if matcher, err = allowlist.New(c.Domains); err != nil {
+		return "", nil, fmt.Errorf("domains: %w", err)
 	}
-	return nil
+	return dir, matcher, nil
 }
 
 // checkNumber checks a count of days or minutes: 0 or more, and at most
@@ -257,7 +264,8 @@ func checkNumber(field string, v float64, zero string) error {
 // it; secrets never appear in them.
 func (c *Config) Settings() (Settings, error) {
 	var s Settings
-	if err := c.CheckFields(); err != nil {
+	var err error
+	if s.Directory, s.Matcher, err = c.check(); err != nil {
 		return s, err
 	}
 
@@ -273,7 +281,6 @@ func (c *Config) Settings() (Settings, error) {
 	}
 	s.Email = email
 
-	s.Directory, _ = directory.URL(c.APIURI) // checked by CheckFields
 	if IsLetsEncrypt(s.Directory) && !c.TOSAccepted {
 		return s, fmt.Errorf("tos_accepted: terms of service must be accepted, see https://letsencrypt.org/repository/ (set tos_accepted to true to use %s)", s.Directory)
 	}
@@ -304,7 +311,6 @@ func (c *Config) Settings() (Settings, error) {
 		rsaBits = 4096
 	}
 	s.Keys = keyGenerator{ecc: c.CertType == "ecc", rsaBits: rsaBits}
-	s.Matcher, _ = allowlist.New(c.Domains) // checked by CheckFields
 	if c.PreferredChain != "" {
 		s.Chains = certmagic.ChainPreference{RootCommonName: []string{c.PreferredChain}}
 	}
@@ -365,7 +371,7 @@ func durationOr(d caddy.Duration, def time.Duration) time.Duration {
 // Allow reports whether a certificate may be served or obtained for name
 // (already normalised): the IPv4 rule, then allow_any_domain, then the
 // allowlist. Its cost does not depend on the number of domains.
-func (s Settings) Allow(name string) error {
+func (s *Settings) Allow(name string) error {
 	if name == "" {
 		return errors.New("no server name")
 	}
