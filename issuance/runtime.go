@@ -100,6 +100,33 @@ type Options struct {
 	// Called for a handshake refused because its name is in backoff (the
 	// app emits an event); may be nil.
 	OnBackoffDenied func(name string, err error)
+
+	// Ask is consulted before ordering a name that Allow refused only
+	// because it is not listed (its error wraps ErrNotListed) and that has
+	// no certificate in storage: nil allows it (Caddy's tls.permission
+	// modules). Its answers are cached briefly. Default: nil, such names
+	// are refused.
+	Ask func(ctx context.Context, name string) error
+
+	// PrepareOrder runs before every order (e.g. registering the
+	// configured account key with the CA); its error fails the order
+	// without a backoff. May be nil.
+	PrepareOrder func(ctx context.Context) error
+
+	// The most new certificates per registered domain (public suffix
+	// list) in BudgetWindow, cluster-wide; renewals do not count. 0: no
+	// limit. The app passes its setting (default 50 per 7 days, Let's
+	// Encrypt's limit).
+	Budget       int
+	BudgetWindow time.Duration
+	// Called for a handshake or order refused because its registered
+	// domain is over budget (the app emits an event); may be nil.
+	OnBudgetDenied func(name string, err error)
+
+	// The most names waiting for an order on this node (queued, not yet at
+	// the CA); past it a handshake for a new name fails at once. Default:
+	// 200.
+	MaxPending int
 }
 
 // Runtime runs the issuance of one app configuration: make it with New,
