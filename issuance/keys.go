@@ -29,6 +29,16 @@ func BackoffKey(name string) string {
 	return "caddy-acme/fail_backoff/" + certmagic.StorageKeys.Safe(name)
 }
 
+// BudgetKey is the storage key of the record of the new certificates
+// counted against the budget of a registered domain (see
+// RegisteredDomain) at the CA whose issuer key is caKey: a JSON object
+// {"domain", "certificates": [{"name", "time", "reserved", "token"}]}
+// that every node reads and writes under the storage lock
+// caddy_acme_budget_<domain> (see budget.go).
+func BudgetKey(caKey, domain string) string {
+	return "caddy-acme/budget/" + caKey + "/" + certmagic.StorageKeys.Safe(domain) + ".json"
+}
+
 // IssueLockKey is the name of the storage lock certmagic holds while it
 // orders name's certificate (certmagic's Config.lockKey of its
 // certIssueLockOp "issue_cert"; a test pins it).

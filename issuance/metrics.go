@@ -32,6 +32,7 @@ var metrics = struct {
 	renewals         *prometheus.CounterVec
 	issuanceDuration *prometheus.HistogramVec
 	backoffDenials   prometheus.Counter
+	budgetDenials    prometheus.Counter
 	storageDuration  *prometheus.HistogramVec
 	storageErrors    *prometheus.CounterVec
 }{
@@ -55,6 +56,11 @@ var metrics = struct {
 		Namespace: metricsNamespace,
 		Name:      "backoff_denials_total",
 		Help:      "TLS handshakes refused because their name is in backoff after a failed order (fail_backoff_minutes).",
+	}),
+	budgetDenials: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: metricsNamespace,
+		Name:      "budget_denials_total",
+		Help:      "TLS handshakes and orders refused because their registered domain had its budget of new certificates (domain_budget).",
 	}),
 	storageDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: metricsNamespace,
@@ -88,6 +94,7 @@ func RegisterMetrics(reg prometheus.Registerer, r *Runtime) error {
 		metrics.renewals,
 		metrics.issuanceDuration,
 		metrics.backoffDenials,
+		metrics.budgetDenials,
 		metrics.storageDuration,
 		metrics.storageErrors,
 	}
