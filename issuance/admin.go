@@ -41,7 +41,8 @@ func (r *Runtime) TriggerScan() { r.runner.Trigger() }
 // the backoff like a failed handshake-time order.
 func (r *Runtime) Order(ctx context.Context, host string) error {
 	host = NormalizeHost(host)
-	if err := r.opts.Allow(host); err != nil {
+	ask, err := r.allow(host)
+	if err != nil {
 		return fmt.Errorf("%w: %v", ErrNotAllowed, err)
 	}
 	if err := r.checkBackoff(ctx, host); err != nil {
@@ -52,21 +53,22 @@ func (r *Runtime) Order(ctx context.Context, host string) error {
 	}
 
 	// handshakes for host wait for this job, as for one they started
-	j, isNew := r.jobs.claim(host)
+	j, isNew := r.jobs.claim(host, false)
 	if !isNew {
 		return fmt.Errorf("%w: a certificate for host %s is already being obtained", ErrConflict, host)
 	}
 	defer r.jobs.finish(host, j)
+	j.ask = ask
 
 	if !r.storage.Exists(ctx, Site(r.issuer.IssuerKey(), host).Cert) {
-		j.cert, j.err = r.loadOrObtain(host)
+		j.cert, j.err = r.loadOrObtain(j, host)
 		return j.err
 	}
 	rctx, cancel := context.WithTimeout(r.ctx, r.opts.IssueTimeout)
 	defer cancel()
 	if v, err := r.renew(rctx, host); err != nil {
 		if v.refused {
-			r.setBackoff(host, err)
+			r.setBackoff(host, v.reason)
 		}
 		j.err = fmt.Errorf("renewing certificate for %s: %w", host, err)
 		return j.err
@@ -89,7 +91,7 @@ func (r *Runtime) Order(ctx context.Context, host string) error {
 // this Caddy from another server on that address.
 func (r *Runtime) SanityCheck(ctx context.Context, host string) error {
 	host = NormalizeHost(host)
-	if err := r.opts.Allow(host); err != nil {
+	if _, err := r.allow(host); err != nil {
 		return fmt.Errorf("%w: %v", ErrNotAllowed, err)
 	}
 	token := make([]byte, 16)

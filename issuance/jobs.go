@@ -18,7 +18,7 @@ import (
 
 // jobs are the loads and orders in progress, one per name.
 type jobs struct {
-	mu      sync.Mutex // protects running
+	mu      sync.Mutex // protects running and the jobs' waiters, pinned, atCA, dropped, cancelWait
 	running map[string]*job
 }
 
@@ -28,38 +28,100 @@ type job struct {
 	done chan struct{} // closed when cert and err are set
 	cert certmagic.Certificate
 	err  error
+
+	ask        bool               // Allow refused the name as not listed: Options.Ask decides
+	waiters    int                // handshakes waiting for it
+	pinned     bool               // POST /acme: never dropped
+	atCA       bool               // out of the queue: never dropped
+	dropped    bool               // every handshake gave up while it was queued
+	cancelWait context.CancelFunc // ends its wait in the queue
 }
 
 // claim returns the job running for name (isNew false), or registers a
-// new one (isNew true) that the caller runs and then ends with finish.
-func (t *jobs) claim(name string) (j *job, isNew bool) {
+// new one (isNew true) that the caller runs and then ends with finish. A
+// handshake counts itself in as a waiter and must call leave; a new job
+// claimed by anything else (POST /acme) is pinned: never dropped.
+func (t *jobs) claim(name string, handshake bool) (j *job, isNew bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if j, ok := t.running[name]; ok {
-		return j, false
+	j, ok := t.running[name]
+	if !ok {
+		j = &job{done: make(chan struct{}), pinned: !handshake}
+		t.running[name] = j
 	}
-	j = &job{done: make(chan struct{})}
-	t.running[name] = j
-	return j, true
+	if handshake {
+		j.waiters++
+	}
+	return j, !ok
+}
+
+// leave counts a handshake out of j. When the last one leaves a job still
+// waiting for its turn (not POST /acme's), the job is dropped: it leaves
+// the queue without an order, and the next handshake for the name starts
+// a new one.
+func (t *jobs) leave(name string, j *job) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	j.waiters--
+	if j.waiters > 0 || j.pinned || j.atCA || j.dropped || j.cancelWait == nil {
+		return
+	}
+	j.dropped = true
+	j.cancelWait()
+	if t.running[name] == j {
+		delete(t.running, name)
+	}
+}
+
+// waiting registers cancel as the end of j's wait in the queue, or
+// reports false if j was dropped already.
+func (t *jobs) waiting(j *job, cancel context.CancelFunc) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if j.dropped || (j.waiters == 0 && !j.pinned) {
+		j.dropped = true
+		return false
+	}
+	j.cancelWait = cancel
+	return true
+}
+
+// leaveQueue marks j out of the queue (at the CA, never dropped), or
+// reports false if it was dropped meanwhile.
+func (t *jobs) leaveQueue(j *job) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	j.cancelWait = nil
+	if j.dropped {
+		return false
+	}
+	j.atCA = true
+	return true
 }
 
 // finish ends name's job j, whose cert and err are set: it is removed and
 // its waiters are woken.
 func (t *jobs) finish(name string, j *job) {
 	t.mu.Lock()
-	delete(t.running, name)
+	if t.running[name] == j {
+		delete(t.running, name)
+	}
 	t.mu.Unlock()
 	close(j.done)
 }
 
-// startJob returns the running job for name, or starts one. The job runs
-// apart from the handshake that started it, so a client that gives up does
-// not cancel an order: the next handshake gets the certificate.
-func (r *Runtime) startJob(name string) *job {
-	j, isNew := r.jobs.claim(name)
+// startJob returns the running job for name, or starts one, counting the
+// calling handshake in (it must call r.jobs.leave). The job runs apart
+// from the handshake that started it, so a client that gives up does not
+// cancel an order that reached the CA: the next handshake gets the
+// certificate. ask: Allow refused name as not listed, Options.Ask decides
+// before an order.
+func (r *Runtime) startJob(name string, ask bool) *job {
+	j, isNew := r.jobs.claim(name, true)
 	if !isNew {
 		return j
 	}
+	j.ask = ask
 	go func() {
 		defer r.jobs.finish(name, j)
 		defer func() {
@@ -71,7 +133,7 @@ func (r *Runtime) startJob(name string) *job {
 					zap.ByteString("stack", debug.Stack()))
 			}
 		}()
-		j.cert, j.err = r.loadOrObtain(name)
+		j.cert, j.err = r.loadOrObtain(j, name)
 	}()
 	return j
 }
@@ -89,44 +151,131 @@ func (r *Runtime) cached(name string) (certmagic.Certificate, bool) {
 }
 
 // loadOrObtain loads name's certificate from storage into the cache, or
-// orders it unless the name is in backoff. certmagic holds the storage lock
-// IssueLockKey(name) for the whole order, so nodes sharing the storage
-// never order the same name at once, and a node that waited for another's
-// order finds the certificate in storage instead of ordering again.
+// orders it. certmagic holds the storage lock IssueLockKey(name) for the
+// whole order, so nodes sharing the storage never order the same name at
+// once, and a node that waited for another's order finds the certificate
+// in storage instead of ordering again.
 //
-// An order first waits for its turn in the node's queue (orderQueue), with
-// no deadline but the runtime's life; IssueTimeout counts from when it
-// leaves the queue. So a burst of new names is ordered at certmagic's pace
-// without any of them running out of time (or into backoff) while queued.
-func (r *Runtime) loadOrObtain(name string) (certmagic.Certificate, error) {
+// Before an order, the checks that cost nothing come first (the CA pause,
+// the budget's memory, the backoff), so that a flood is refused at once;
+// then the order waits for its turn in the node's queue (orderQueue),
+// bounded by the intake, with no deadline but the runtime's life and its
+// handshakes' patience: when every handshake waiting for it has given up,
+// it is dropped. IssueTimeout counts from when it leaves the queue, so a
+// burst of new names is ordered at certmagic's pace without any of them
+// running out of time while queued.
+func (r *Runtime) loadOrObtain(j *job, name string) (certmagic.Certificate, error) {
 	ctx, cancel := context.WithTimeout(r.ctx, r.opts.IssueTimeout)
 	cert, err := r.magic.CacheManagedCertificate(ctx, name)
-	cancel()
 	if err == nil {
+		cancel()
 		return cert, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
+		cancel()
 		return cert, fmt.Errorf("loading certificate for %s from storage: %w", name, err)
+	}
+	err = r.mayOrder(ctx, j, name)
+	cancel()
+	if err != nil {
+		return cert, err
 	}
 
 	if !r.orderingElsewhere(name) {
-		if err := r.queue.wait(r.ctx); err != nil {
-			return cert, fmt.Errorf("obtaining certificate for %s: stopped while waiting for its turn: %w", name, err)
+		domain := RegisteredDomain(name)
+		if err := r.intake.enter(domain, j.pinned); err != nil {
+			return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
 		}
+		waitCtx, stopWait := context.WithCancel(r.ctx)
+		err := errDropped
+		if r.jobs.waiting(j, stopWait) {
+			err = r.queue.wait(waitCtx)
+		}
+		stopWait()
+		r.intake.leave(domain)
+		if !r.jobs.leaveQueue(j) {
+			err = errDropped
+		}
+		if err != nil {
+			if errors.Is(err, errDropped) {
+				metrics.dropped.Inc()
+			}
+			return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
+		}
+	} else if !r.jobs.leaveQueue(j) {
+		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, errDropped)
 	}
+
 	ctx, cancel = context.WithTimeout(r.ctx, r.opts.IssueTimeout)
 	defer cancel()
 	if err := r.checkBackoff(ctx, name); err != nil {
 		return cert, err
 	}
-	v, err := watch(ctx, name, func(ctx context.Context) error { return r.magic.ObtainCertSync(ctx, name) })
+	if err := r.checkRateLimit(ctx, name); err != nil {
+		return cert, err
+	}
+	if r.opts.PrepareOrder != nil {
+		if err := r.opts.PrepareOrder(ctx); err != nil {
+			return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
+		}
+	}
+	release, err := r.budget.reserve(ctx, name)
 	if err != nil {
-		if v.refused {
-			r.setBackoff(name, err)
+		if _, ok := errors.AsType[BudgetError](err); ok {
+			r.budgetDenied(name, err)
 		}
 		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
 	}
+	v, err := watch(ctx, name, func(ctx context.Context) error { return r.magic.ObtainCertSync(ctx, name) })
+	release(err == nil)
+	if err != nil {
+		r.orderFailed(name, v)
+		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
+	}
+	r.caAnswered()
 	return r.magic.CacheManagedCertificate(ctx, name)
+}
+
+// errDropped is the error of an order dropped from the queue because every
+// handshake waiting for it gave up.
+var errDropped = errors.New("dropped from the queue before reaching the CA: every handshake waiting for it gave up")
+
+// mayOrder returns why name may not be ordered now, with no storage write
+// and no order: the CA pause, the budget (both in memory), the backoff,
+// and, for a name Allow refused as not listed, Options.Ask.
+func (r *Runtime) mayOrder(ctx context.Context, j *job, name string) error {
+	if err := r.pause.check(r.caKey()); err != nil {
+		return err
+	}
+	if err := r.budget.check(name); err != nil {
+		r.budgetDenied(name, err)
+		return err
+	}
+	if err := r.checkBackoff(ctx, name); err != nil {
+		return err
+	}
+	if j.ask {
+		if err := r.asks.ask(ctx, name, r.opts.Ask); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// orderFailed acts on the CA's verdict on a failed order of name: a
+// backoff for the name's fault only; a node-wide pause when the CA could
+// not be reached; a cluster-wide pause in the scope of a rate limit.
+func (r *Runtime) orderFailed(name string, v watched) {
+	switch {
+	case v.refused:
+		r.caAnswered()
+		r.setBackoff(name, v.reason)
+	case v.rateLimited != nil:
+		r.caAnswered()
+		r.setRateLimit(name, v.rateLimited, v.retryAfter)
+	case v.unreachable != nil:
+		r.caUnreachable(name, v.unreachable)
+	}
 }
 
 // orderingElsewhere reports whether another node (or job) holds certmagic's

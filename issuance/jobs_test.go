@@ -112,7 +112,7 @@ func TestBurstQueuedBeyondIssueTimeout(t *testing.T) {
 	}
 	for _, name := range names {
 		r.mustGet(t, name)
-		if _, err := r.storage.Load(t.Context(), BackoffKey(name)); !errors.Is(err, fs.ErrNotExist) {
+		if _, err := r.storage.Load(t.Context(), BackoffKey(r.caKey(), name)); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("backoff of %s after a queued order: %v, want none", name, err)
 		}
 	}

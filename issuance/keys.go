@@ -20,13 +20,32 @@ const (
 
 	// cacheChangesLock serialises appends to that log across nodes.
 	cacheChangesLock = "caddy_acme_cache_changes"
+
+	// DomainsKey holds the domains added at run time through the admin
+	// API (/acme/domains), which every node adds to the configured
+	// domains: a JSON object {"domains": [...]} of normalised entries,
+	// sorted (see AddDomains).
+	DomainsKey = "caddy-acme/domains.json"
+
+	// domainsLock serialises changes of that list across nodes.
+	domainsLock = "caddy_acme_domains"
 )
 
-// BackoffKey is the storage key of name's backoff record: a JSON object
-// {"host", "until", "error"} written after the CA refused an order, which
-// every node honours until "until".
-func BackoffKey(name string) string {
-	return "caddy-acme/fail_backoff/" + certmagic.StorageKeys.Safe(name)
+// BackoffKey is the storage key of name's backoff record at the CA whose
+// issuer key is caKey: a JSON object {"host", "ca", "failed_at", "until",
+// "error"} written after the CA refused an order, which every node
+// honours until failed_at + fail_backoff_minutes (the setting in force
+// when it is read). Keyed by CA, so changing api_uri starts clean.
+func BackoffKey(caKey, name string) string {
+	return "caddy-acme/fail_backoff/" + caKey + "/" + certmagic.StorageKeys.Safe(name)
+}
+
+// RateLimitKey is the storage key of the pause of new orders to the CA
+// whose issuer key is caKey in scope ("account" or a registered domain)
+// after the CA answered rateLimited: a JSON object {"scope", "until",
+// "error"} every node honours until "until".
+func RateLimitKey(caKey, scope string) string {
+	return "caddy-acme/rate_limited/" + caKey + "/" + certmagic.StorageKeys.Safe(scope)
 }
 
 // BudgetKey is the storage key of the record of the new certificates

@@ -33,6 +33,8 @@ var metrics = struct {
 	issuanceDuration *prometheus.HistogramVec
 	backoffDenials   prometheus.Counter
 	budgetDenials    prometheus.Counter
+	intakeRefusals   prometheus.Counter
+	dropped          prometheus.Counter
 	storageDuration  *prometheus.HistogramVec
 	storageErrors    *prometheus.CounterVec
 }{
@@ -61,6 +63,16 @@ var metrics = struct {
 		Namespace: metricsNamespace,
 		Name:      "budget_denials_total",
 		Help:      "TLS handshakes and orders refused because their registered domain had its budget of new certificates (domain_budget).",
+	}),
+	intakeRefusals: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: metricsNamespace,
+		Name:      "intake_refusals_total",
+		Help:      "TLS handshakes refused at once because too many names were waiting for an order on the node (max_pending_orders).",
+	}),
+	dropped: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: metricsNamespace,
+		Name:      "orders_dropped_total",
+		Help:      "Queued orders dropped before reaching the CA because every TLS handshake waiting for them gave up.",
 	}),
 	storageDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: metricsNamespace,
@@ -94,6 +106,8 @@ func RegisterMetrics(reg prometheus.Registerer, r *Runtime) error {
 		metrics.renewals,
 		metrics.issuanceDuration,
 		metrics.backoffDenials,
+		metrics.intakeRefusals,
+		metrics.dropped,
 		metrics.budgetDenials,
 		metrics.storageDuration,
 		metrics.storageErrors,

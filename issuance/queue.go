@@ -2,7 +2,9 @@ package issuance
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -56,4 +58,68 @@ func (q *orderQueue) notReady(name string, d time.Duration) error {
 		}
 	}
 	return fmt.Errorf("certificate for %s is not ready after %s (issue_timeout); it is still being obtained", name, d)
+}
+
+// intake bounds the names waiting for an order on a node (queued, not
+// yet at the CA): at most max in all, and at most perDomain under one
+// registered domain, so that a flood of names under one domain cannot
+// keep the others out. perDomain is the budget when there is one (more
+// names than the budget could never be ordered), else max.
+type intake struct {
+	max, perDomain int
+
+	mu      sync.Mutex // protects n and domains
+	n       int
+	domains map[string]int // waiting names by registered domain, only those > 0
+}
+
+// newIntake returns a node's intake bound.
+func newIntake(max, budget int) *intake {
+	perDomain := max
+	if budget > 0 && budget < max {
+		perDomain = budget
+	}
+	return &intake{max: max, perDomain: perDomain, domains: make(map[string]int)}
+}
+
+// ErrIntakeFull is wrapped by the error of a handshake refused because too
+// many names are waiting for an order on this node.
+var ErrIntakeFull = errors.New("too many names are waiting for a certificate order on this node")
+
+// enter counts a name of domain in, or returns ErrIntakeFull (wrapped)
+// past the bound. pinned (POST /acme) is always counted in.
+func (in *intake) enter(domain string, pinned bool) error {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if !pinned {
+		if in.n >= in.max {
+			metrics.intakeRefusals.Inc()
+			return fmt.Errorf("%w (%d, max_pending_orders); try again later", ErrIntakeFull, in.max)
+		}
+		if in.domains[domain] >= in.perDomain {
+			metrics.intakeRefusals.Inc()
+			return fmt.Errorf("%w: %d names under %s already wait (at most %d per registered domain: max_pending_orders, or domain_budget when lower); try again later",
+				ErrIntakeFull, in.domains[domain], domain, in.perDomain)
+		}
+	}
+	in.n++
+	in.domains[domain]++
+	return nil
+}
+
+// leave counts a name of domain out.
+func (in *intake) leave(domain string) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.n--
+	if in.domains[domain]--; in.domains[domain] <= 0 {
+		delete(in.domains, domain)
+	}
+}
+
+// waiting is how many names wait.
+func (in *intake) waiting() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.n
 }

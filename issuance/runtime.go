@@ -24,6 +24,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"os"
 	"runtime/debug"
 	"time"
@@ -143,8 +144,13 @@ type Runtime struct {
 
 	jobs     jobs
 	queue    *orderQueue // nil: orders are not paced
+	intake   *intake
+	pause    caPause
+	budget   *budget // nil: no budget
+	asks     *askCache
 	clock    *issuanceClock
 	changes  *changeLog
+	domains  *domainList
 	hosts    hostsSnapshot
 	status   statusCache
 	scanner  *renew.Scanner
@@ -183,6 +189,19 @@ func New(ctx context.Context, opts Options) *Runtime {
 	if opts.Storage == nil {
 		opts.Storage = opts.Magic.Storage
 	}
+	if opts.MaxPending <= 0 {
+		opts.MaxPending = 200
+	}
+	if opts.BudgetWindow <= 0 {
+		opts.BudgetWindow = 7 * 24 * time.Hour
+	}
+	if iss, ok := opts.Issuer.(*certmagic.ACMEIssuer); ok {
+		// the CA's answers are read as they pass (caclient.go); an issuer
+		// whose client cannot be reached is still used, as before
+		if err := ObserveCA(iss, opts.IssueTimeout/2); err != nil {
+			opts.Logger.Error("the CA's answers to orders cannot be read: orders that stay pending run to issue_timeout", zap.Error(err))
+		}
+	}
 	if opts.OrderEvents == 0 && opts.OrderWindow == 0 {
 		opts.OrderEvents, opts.OrderWindow = certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow
 	}
@@ -196,10 +215,14 @@ func New(ctx context.Context, opts Options) *Runtime {
 		storage:  opts.Storage,
 		jobs:     jobs{running: make(map[string]*job)},
 		queue:    newOrderQueue(opts.OrderEvents, opts.OrderWindow),
+		intake:   newIntake(opts.MaxPending, opts.Budget),
+		budget:   newBudget(opts.Storage, opts.Issuer.IssuerKey(), opts.Budget, opts.BudgetWindow, opts.Logger),
+		asks:     newAskCache(),
 		clock:    newIssuanceClock(),
 		renewLog: opts.Logger.Named("renew"),
 	}
 	r.changes = newChangeLog(r)
+	r.domains = new(domainList)
 	r.scanner = &renew.Scanner{
 		Store:  renewStore{r},
 		Policy: r.policy(),
@@ -212,8 +235,10 @@ func New(ctx context.Context, opts Options) *Runtime {
 
 // Start starts the background work: the periodic renewal scans, the
 // cache sync and the publishing of certmagic's own renewals to the other
-// nodes. It all ends with the context given to New.
+// nodes. It all ends with the context given to New. It first reads the
+// domains added at run time (see AddDomains) from storage.
 func (r *Runtime) Start() {
+	r.refreshDomains(r.ctx)
 	r.startRenewal()
 	r.changes.start()
 }
@@ -225,33 +250,60 @@ func (r *Runtime) Stop() {
 
 // Certificate returns the certificate for the ClientHello's name, from
 // memory, else from storage, else by ordering it from the CA. A name Allow
-// refuses gets that error. The handshake waits up to IssueTimeout.
+// refuses gets that error (unless it is only not listed, and added
+// through AddDomains or allowed by Ask). The handshake waits up to
+// IssueTimeout, or until its client hangs up.
 func (r *Runtime) Certificate(ctx context.Context, hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	name := ServerName(hello)
-	if err := r.opts.Allow(name); err != nil {
+	ask, err := r.allow(name)
+	if err != nil {
 		return nil, err
 	}
 	if cert, ok := r.cached(name); ok {
 		return &cert.Certificate, nil
 	}
 
-	j := r.startJob(name)
+	j := r.startJob(name, ask)
+	defer r.jobs.leave(name, j)
 	timer := time.NewTimer(r.opts.IssueTimeout)
 	defer timer.Stop()
-	select {
-	case <-j.done:
-		if j.err != nil {
-			if _, ok := errors.AsType[BackoffError](j.err); ok {
-				r.backoffDenied(name, j.err)
+	peer := newPeerWatch(hello.Conn)
+	for {
+		select {
+		case <-j.done:
+			if j.err != nil {
+				if _, ok := errors.AsType[BackoffError](j.err); ok {
+					r.backoffDenied(name, j.err)
+				}
+				return nil, j.err
 			}
-			return nil, j.err
+			return &j.cert.Certificate, nil
+		case <-timer.C:
+			return nil, r.queue.notReady(name, r.opts.IssueTimeout)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-peer.tick():
+			if peer.gone() {
+				return nil, fmt.Errorf("certificate for %s: the client closed the connection while it was being obtained", name)
+			}
 		}
-		return &j.cert.Certificate, nil
-	case <-timer.C:
-		return nil, r.queue.notReady(name, r.opts.IssueTimeout)
-	case <-ctx.Done():
-		return nil, ctx.Err()
 	}
+}
+
+// allow returns Allow's verdict on name, with the names added through
+// AddDomains: nil, or ask true when only Options.Ask may allow it.
+func (r *Runtime) allow(name string) (ask bool, err error) {
+	err = r.opts.Allow(name)
+	if err == nil || !errors.Is(err, ErrNotListed) {
+		return false, err
+	}
+	if r.domainListed(name) {
+		return false, nil
+	}
+	if r.opts.Ask != nil {
+		return true, nil
+	}
+	return false, err
 }
 
 // Running reports whether a load or order of name's certificate is in
@@ -278,14 +330,13 @@ func (r *Runtime) HandleEvent(ctx context.Context, name string, data map[string]
 		r.clock.start(key, time.Now())
 	case "cert_obtained":
 		r.clock.stop(key, time.Now(), true)
-		if renewal && identifier != "" && !noteVerdict(ctx, identifier, outcomeRenewed) {
+		if renewal && identifier != "" && !noteRenewed(ctx, identifier) {
 			// certmagic's own maintenance renewed it: published by the
 			// change log's goroutine, not here
 			r.changes.publishLater(identifier)
 		}
 	case "cert_failed":
 		r.clock.stop(key, time.Now(), false)
-		noteVerdict(ctx, identifier, outcomeRefused)
 	case "cached_managed_cert":
 		sans, _ := data["sans"].([]string)
 		for _, name := range sans {

@@ -12,18 +12,18 @@ import (
 	"github.com/caddyserver/certmagic"
 )
 
-// TestBackoffOnlyWhenTheCARefuses: an order that fails before reaching the
-// CA (the issue lock, storage) or because its own deadline passed sets no
-// backoff; one the CA refuses (certmagic's cert_failed) does. The CA's side
-// is shown end to end by the root package's TestBackoffAfterFailedValidation,
-// the deadline by TestBurstQueuedBeyondIssueTimeout.
+// TestBackoffOnlyWhenTheCARefuses: only an order the CA refused for the
+// name (what the CA transport notes: a failed challenge, a rejected
+// identifier) is a refusal; a failure before the order (the issue lock,
+// storage), one whose context ended, or certmagic's cert_failed event
+// alone (it also follows account errors and unreachable CAs) is not. The
+// CA's side is shown end to end by the root package's
+// TestBackoffAfterFailedValidation and the caclient tests.
 func TestBackoffOnlyWhenTheCARefuses(t *testing.T) {
 	r := buildRuntime(t, noCA, nil, Options{})
-	refusal := func(name string) func(context.Context) error {
-		return func(ctx context.Context) error {
-			r.HandleEvent(ctx, "cert_failed", map[string]any{"identifier": name, "renewal": false})
-			return errors.New("urn:ietf:params:acme:error:rejectedIdentifier")
-		}
+	refusal := func(ctx context.Context) error {
+		ctx.Value(verdictKey{}).(*verdict).noteRefused("urn:ietf:params:acme:error:rejectedIdentifier")
+		return errors.New("urn:ietf:params:acme:error:rejectedIdentifier")
 	}
 	v, err := watch(t.Context(), "lock.example.com", func(context.Context) error {
 		return errors.New("unable to acquire lock 'issue_cert_lock.example.com': connection refused")
@@ -31,29 +31,20 @@ func TestBackoffOnlyWhenTheCARefuses(t *testing.T) {
 	if err == nil || v.refused {
 		t.Fatalf("failure before the order: refused %v, err %v; want not refused", v.refused, err)
 	}
-	v, err = watch(t.Context(), "ca.example.com", refusal("ca.example.com"))
-	if err == nil || !v.refused {
-		t.Fatalf("the CA's refusal: refused %v, err %v; want refused", v.refused, err)
+	v, err = watch(t.Context(), "ca.example.com", refusal)
+	if err == nil || !v.refused || v.reason != "urn:ietf:params:acme:error:rejectedIdentifier" {
+		t.Fatalf("the CA's refusal: refused %v (%q), err %v; want refused with the CA's reason", v.refused, v.reason, err)
 	}
-	// certmagic reports cert_failed also when the order's context ends
-	// (e.g. in its rate limiter): that is not the CA's refusal
-	expired, cancel := context.WithTimeout(t.Context(), time.Nanosecond)
-	defer cancel()
-	<-expired.Done()
-	v, err = watch(expired, "late.example.com", refusal("late.example.com"))
-	if err == nil || v.refused {
-		t.Fatalf("failure after the deadline: refused %v, err %v; want not refused", v.refused, err)
-	}
-	// another name's refusal, or one outside a watch, is not this order's
-	v, _ = watch(t.Context(), "other.example.com", func(ctx context.Context) error {
-		r.HandleEvent(ctx, "cert_failed", map[string]any{"identifier": "ca.example.com"})
-		return errors.New("failed")
+	// certmagic's cert_failed alone (an account error, an unreachable CA)
+	v, _ = watch(t.Context(), "acct.example.com", func(ctx context.Context) error {
+		r.HandleEvent(ctx, "cert_failed", map[string]any{"identifier": "acct.example.com"})
+		return errors.New("getting ACME account: urn:ietf:params:acme:error:accountDoesNotExist")
 	})
 	if v.refused {
-		t.Fatal("another name's refusal counted")
+		t.Fatal("cert_failed alone counted as the CA's refusal of the name")
 	}
-	if noteVerdict(t.Context(), "ca.example.com", outcomeRefused) {
-		t.Fatal("a refusal outside any order found a verdict to mark")
+	if noteRenewed(t.Context(), "ca.example.com") {
+		t.Fatal("a renewal outside any order found a verdict to mark")
 	}
 }
 

@@ -1,0 +1,290 @@
+package issuance
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
+)
+
+// The runtime reads the CA's answers to an order as they pass: a
+// transport wrapped around the HTTP client of certmagic's ACME issuer sees
+// every response of a request whose context carries an order's verdict
+// (verdict.go), and notes there what the CA said: a challenge error, a
+// problem naming the identifier, a rate limit, or that the CA could not be
+// reached. So the order's outcome is the CA's answer, not a guess from
+// certmagic's error text, and a backoff is written only for the name's
+// fault.
+//
+// Two answers are also acted on while the order runs, because acmez (the
+// ACME client under certmagic) does not:
+//
+//   - an authorization still "pending" whose challenge carries an "error"
+//     (step-ca, Caddy's acme_server and Vault keep retrying a failed
+//     validation that way, RFC 8555 §8.2) is handed to acmez as "invalid",
+//     so the order ends at once with the CA's error instead of polling
+//     until issue_timeout; as is one whose validation has run longer than
+//     the validation bound, with our own error;
+//   - a "pending" authorization without a Retry-After gets one, growing
+//     from 1 s to 8 s, so that polling backs off instead of asking every
+//     250 ms.
+//
+// Upstream, acmez's PollAuthorization would read the challenges' error
+// while pending and back off on its own, and certmagic's ACMEIssuer would
+// take an http.RoundTripper (its HTTP client is unexported, which is why
+// ObserveCA reaches it by reflection, pinned by a test).
+
+// ObserveCA wraps the transport of iss's HTTP client so that the runtime
+// sees the CA's answers to its orders. iss must come from
+// certmagic.NewACMEIssuer and not be in use yet. validation bounds how
+// long a challenge may stay pending before the order counts as failed.
+func ObserveCA(iss *certmagic.ACMEIssuer, validation time.Duration) error {
+	hc, err := issuerHTTPClient(iss)
+	if err != nil {
+		return err
+	}
+	if _, ok := hc.Transport.(*caTransport); ok {
+		return nil
+	}
+	next := hc.Transport
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	hc.Transport = &caTransport{next: next, validation: validation}
+	return nil
+}
+
+// issuerHTTPClient returns the *http.Client certmagic made for iss (its
+// unexported field httpClient), with which acmez talks to the CA.
+func issuerHTTPClient(iss *certmagic.ACMEIssuer) (*http.Client, error) {
+	f := reflect.ValueOf(iss).Elem().FieldByName("httpClient")
+	if !f.IsValid() || f.Type() != reflect.TypeFor[*http.Client]() || f.IsNil() {
+		return nil, errors.New("certmagic.ACMEIssuer has no HTTP client to observe (field httpClient); was it made by certmagic.NewACMEIssuer?")
+	}
+	return (*http.Client)(f.UnsafePointer()), nil
+}
+
+// caTransport is the observing transport.
+type caTransport struct {
+	next       http.RoundTripper
+	validation time.Duration
+}
+
+// maxCABody bounds the CA's JSON answers read here (authorizations and
+// problems are a few KB).
+const maxCABody = 1 << 20
+
+func (t *caTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.next.RoundTrip(req)
+	v, ok := req.Context().Value(verdictKey{}).(*verdict)
+	if err != nil {
+		if ok {
+			v.noteUnreachable(fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err))
+		}
+		return resp, err
+	}
+	media, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	isJSON := media == "application/json" || media == "application/problem+json"
+	if !isJSON || resp.StatusCode < 200 || (resp.StatusCode >= 300 && resp.StatusCode < 400) {
+		if ok && resp.StatusCode >= 500 {
+			v.noteUnreachable(fmt.Errorf("%s %s: HTTP %d", req.Method, req.URL.Redacted(), resp.StatusCode))
+		}
+		return resp, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxCABody))
+	_ = resp.Body.Close()
+	if err != nil {
+		return nil, fmt.Errorf("reading the CA's answer to %s %s: %w", req.Method, req.URL.Redacted(), err)
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+
+	switch {
+	case resp.StatusCode >= 400:
+		if ok {
+			t.noteProblem(v, req, resp, body)
+		}
+	case ok && req.Method == http.MethodPost:
+		if out := t.authorization(v, resp, body); out != nil {
+			resp.Body = io.NopCloser(bytes.NewReader(out))
+			resp.ContentLength = int64(len(out))
+			resp.Header.Del("Content-Length")
+		}
+	}
+	return resp, nil
+}
+
+// The problem types that say the CA will not issue for the identifier:
+// always (identifierProblems), or when they answer a new order
+// (orderProblems; they may be about the account or the request too).
+var (
+	identifierProblems = []string{"rejectedIdentifier", "unsupportedIdentifier", "caa", "dns"}
+	orderProblems      = []string{"malformed", "compound"}
+)
+
+// noteProblem notes an error answer (a problem document, RFC 8555 §6.7).
+func (t *caTransport) noteProblem(v *verdict, req *http.Request, resp *http.Response, body []byte) {
+	var p acme.Problem
+	if err := json.Unmarshal(body, &p); err != nil || p.Type == "" {
+		if resp.StatusCode >= 500 {
+			v.noteUnreachable(fmt.Errorf("%s %s: HTTP %d", req.Method, req.URL.Redacted(), resp.StatusCode))
+		}
+		return
+	}
+	if p.Status == 0 {
+		p.Status = resp.StatusCode
+	}
+	kind := strings.TrimPrefix(p.Type, acme.ProblemTypeNamespace)
+	switch {
+	case kind == "rateLimited":
+		v.noteRateLimited(p, retryAfter(resp.Header.Get("Retry-After")))
+	case kind == "badNonce":
+		// acmez retries it
+	case resp.StatusCode >= 500 || kind == "serverInternal":
+		v.noteUnreachable(fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), p))
+	case slices.Contains(identifierProblems, kind),
+		slices.Contains(orderProblems, kind) && isNewOrder(req):
+		v.noteRefused(p.Error())
+	}
+}
+
+// isNewOrder reports whether req is a new order: its JWS payload lists
+// identifiers (RFC 8555 §7.4).
+func isNewOrder(req *http.Request) bool {
+	if req.GetBody == nil {
+		return false
+	}
+	rc, err := req.GetBody()
+	if err != nil {
+		return false
+	}
+	defer rc.Close()
+	var jws struct {
+		Payload string `json:"payload"`
+	}
+	if json.NewDecoder(io.LimitReader(rc, maxCABody)).Decode(&jws) != nil {
+		return false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(jws.Payload)
+	if err != nil {
+		return false
+	}
+	var order struct {
+		Identifiers []acme.Identifier `json:"identifiers"`
+	}
+	return json.Unmarshal(payload, &order) == nil && len(order.Identifiers) > 0
+}
+
+// retryAfter parses a Retry-After header (seconds or an HTTP date); zero
+// when absent or unreadable.
+func retryAfter(h string) time.Time {
+	if h == "" {
+		return time.Time{}
+	}
+	if s, err := strconv.Atoi(h); err == nil && s >= 0 {
+		return time.Now().Add(time.Duration(s) * time.Second)
+	}
+	if at, err := http.ParseTime(h); err == nil {
+		return at
+	}
+	return time.Time{}
+}
+
+// authz is what the transport reads of an authorization.
+type authz struct {
+	Status     string         `json:"status"`
+	Identifier acme.Identifier `json:"identifier"`
+	Challenges []struct {
+		Type   string        `json:"type"`
+		Status string        `json:"status"`
+		Error  *acme.Problem `json:"error"`
+	} `json:"challenges"`
+}
+
+// authorization reads a POST answer that is an authorization: a failed
+// challenge is noted as the CA's refusal; a pending one with an error, or
+// pending past the validation bound, is returned as the body to hand to
+// acmez (status "invalid"); a pending one gets a Retry-After. It returns
+// nil to pass the body on unchanged.
+func (t *caTransport) authorization(v *verdict, resp *http.Response, body []byte) []byte {
+	if !bytes.Contains(body, []byte(`"challenges"`)) {
+		return nil
+	}
+	var a authz
+	if err := json.Unmarshal(body, &a); err != nil || a.Identifier.Value == "" {
+		return nil
+	}
+	var failed *acme.Problem
+	for _, c := range a.Challenges {
+		if c.Error != nil && (c.Status == acme.StatusInvalid || a.Status == acme.StatusPending || a.Status == acme.StatusInvalid) {
+			failed = c.Error
+			break
+		}
+	}
+	switch a.Status {
+	case acme.StatusInvalid:
+		if failed != nil {
+			v.noteRefused(fmt.Sprintf("the CA could not validate %s: %v", a.Identifier.Value, *failed))
+		} else {
+			v.noteRefused(fmt.Sprintf("the CA marked the authorization of %s invalid", a.Identifier.Value))
+		}
+		return nil
+	case acme.StatusPending:
+	default:
+		return nil
+	}
+
+	polls, since := v.notePending()
+	var reason string
+	switch {
+	case failed != nil:
+		reason = fmt.Sprintf("the CA could not validate %s: %v", a.Identifier.Value, *failed)
+	case t.validation > 0 && since > t.validation:
+		reason = fmt.Sprintf("the CA did not validate %s within %s (it still says pending); counted as a failed validation", a.Identifier.Value, t.validation.Round(time.Second))
+	default:
+		if resp.Header.Get("Retry-After") == "" {
+			resp.Header.Set("Retry-After", strconv.Itoa(min(1<<(polls/2), 8)))
+		}
+		return nil
+	}
+	v.noteRefused(reason)
+	return invalidated(body, reason)
+}
+
+// invalidated returns the authorization body with its status and its
+// pending challenges' status "invalid" (a challenge without an error gets
+// reason as its error), for acmez to end the order on.
+func invalidated(body []byte, reason string) []byte {
+	var m map[string]any
+	if json.Unmarshal(body, &m) != nil {
+		return nil
+	}
+	m["status"] = acme.StatusInvalid
+	chals, _ := m["challenges"].([]any)
+	for _, c := range chals {
+		c, ok := c.(map[string]any)
+		if !ok || c["status"] != acme.StatusPending {
+			continue
+		}
+		c["status"] = acme.StatusInvalid
+		if _, ok := c["error"]; !ok {
+			c["error"] = map[string]any{"type": "about:blank", "detail": reason}
+		}
+	}
+	out, err := json.Marshal(m)
+	if err != nil {
+		return nil
+	}
+	return out
+}
