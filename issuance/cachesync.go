@@ -326,6 +326,7 @@ func (l *changeLog) start() {
 			case <-ctx.Done():
 				return
 			case <-ticker.C:
+				l.r.refreshDomains(ctx)
 			}
 		}
 	})
