@@ -240,15 +240,16 @@ func TestAdminAPI(t *testing.T) {
 	mustCall(t, "POST", base+"/acme", "application/json", `{"host":"`+strings.Repeat("a", 70000)+`"}`, 413)
 }
 
-// storeBackoff records a backoff of name for d, as a node whose order the
-// CA refused does.
+// storeBackoff records a backoff of name for d (from now, with the app's
+// fail_backoff_minutes), as a node whose order the CA refused does.
 func storeBackoff(t *testing.T, app *App, name string, d time.Duration) {
 	t.Helper()
-	data, err := json.Marshal(map[string]any{"host": name, "until": time.Now().Add(d).UTC(), "error": "test failure"})
+	failed := time.Now().Add(d - app.set.FailBackoff).UTC()
+	data, err := json.Marshal(map[string]any{"host": name, "failed_at": failed, "until": time.Now().Add(d).UTC(), "error": "test failure"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := app.storage.Store(t.Context(), issuance.BackoffKey(name), data); err != nil {
+	if err := app.storage.Store(t.Context(), issuance.BackoffKey(app.issuer.IssuerKey(), name), data); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 )
 
 func init() {
@@ -72,7 +73,16 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		http_port <port>
 //		issue_timeout <duration>
 //		cache_capacity <count>
+//		permission <module> [...]
+//		ask <endpoint>
+//		max_pending_orders <count>
+//		domain_budget <count>
+//		domain_budget_window <duration>
 //	}
+//
+// permission takes any tls.permission module as Caddy's on_demand_tls
+// does (e.g. `permission http <url>`); `ask <endpoint>` is
+// short for `permission http <endpoint>`. Only one of them may be given.
 //
 // domains and trusted_roots may be repeated; their values add up. Any other
 // subdirective may appear once.
@@ -170,6 +180,39 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = flag(d, &a.DisableARI)
 		case "cache_capacity":
 			err = oneInt(d, &a.CacheCapacity)
+		case "permission", "ask":
+			if a.PermissionRaw != nil {
+				return d.Err("permission (or ask) already specified: give one permission module")
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if key == "ask" {
+				perm := caddytls.PermissionByHTTP{Endpoint: d.Val()}
+				if d.NextArg() {
+					return d.ArgErr()
+				}
+				a.PermissionRaw = caddyconfig.JSONModuleObject(perm, "module", "http", nil)
+				break
+			}
+			name := d.Val()
+			unm, err := caddyfile.UnmarshalModule(d, "tls.permission."+name)
+			if err != nil {
+				return err
+			}
+			if _, ok := unm.(caddytls.OnDemandPermission); !ok {
+				return d.Errf("module tls.permission.%s (%T) is not a permission module", name, unm)
+			}
+			a.PermissionRaw = caddyconfig.JSONModuleObject(unm, "module", name, nil)
+		case "max_pending_orders":
+			err = oneInt(d, &a.MaxPendingOrders)
+		case "domain_budget":
+			var n int
+			if err = oneInt(d, &n); err == nil {
+				a.DomainBudget = &n
+			}
+		case "domain_budget_window":
+			err = oneDuration(d, &a.DomainBudgetWindow)
 		default:
 			return d.Errf("unrecognized subdirective '%s'", key)
 		}

@@ -15,13 +15,19 @@ import (
 // them to the runtime (which times orders and renewals, takes the CA's
 // verdict and notes the names cached), then to Caddy's events app with the
 // acme app as their origin, so that `events { on cert_obtained … }`
-// subscriptions see the app's certificates too. The app adds one event of
-// its own, eventBackoffDenied.
+// subscriptions see the app's certificates too. The app adds events of
+// its own: eventBackoffDenied and eventBudgetDenied.
 
 // eventBackoffDenied is emitted when a TLS handshake is refused because its
 // name is in backoff after a failed order. Data: "identifier" (the name)
 // and "error" (Kong's message, with the seconds left).
 const eventBackoffDenied = "cert_backoff_denied"
+
+// eventBudgetDenied is emitted when a handshake or order is refused
+// because its registered domain has had its budget of new certificates
+// (domain_budget). Data: "identifier" (the name) and "error" (naming the
+// domain, the budget and when the next certificate may be ordered).
+const eventBudgetDenied = "cert_budget_denied"
 
 // provisionEvents finds Caddy's events app, loading it if the config has
 // none, as Caddy's tls app does.
@@ -70,5 +76,13 @@ func (a *App) shouldEmit(name string) bool {
 func (a *App) backoffDenied(name string, err error) {
 	if a.events != nil && a.events.ShouldEmit(eventBackoffDenied) {
 		a.events.Emit(a.ctx, eventBackoffDenied, map[string]any{"identifier": name, "error": err})
+	}
+}
+
+// budgetDenied emits eventBudgetDenied for name, refused by the budget of
+// its registered domain (the runtime counts it).
+func (a *App) budgetDenied(name string, err error) {
+	if a.events != nil && a.events.ShouldEmit(eventBudgetDenied) {
+		a.events.Emit(a.ctx, eventBudgetDenied, map[string]any{"identifier": name, "error": err})
 	}
 }

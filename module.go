@@ -8,11 +8,13 @@
 package caddyacme
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
@@ -47,6 +49,7 @@ type App struct {
 	cache   *certmagic.Cache
 	events  *caddyevents.App // nil when not provisioned by a config load
 	rt      *issuance.Runtime
+	perm    caddytls.OnDemandPermission // nil: no permission module
 }
 
 // CaddyModule returns the Caddy module information.
@@ -84,6 +87,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.storage = ctx.Storage()
 	}
 	a.storage = issuance.InstrumentStorage(a.storage, storageBackend(storageModule, a.storage))
+	if a.PermissionRaw != nil {
+		val, err := ctx.LoadModule(a, "PermissionRaw")
+		if err != nil {
+			return fmt.Errorf("permission: loading module: %w", err)
+		}
+		a.perm = val.(caddytls.OnDemandPermission)
+	}
 	if err := a.provisionEvents(ctx); err != nil {
 		return err
 	}
@@ -128,6 +138,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		DisableARI:        s.DisableARI,
 		HTTPPort:          s.HTTPPort,
 		OnBackoffDenied:   a.backoffDenied,
+		PrepareOrder:      newAccountSetup(a.issuer, &a.set).prepareOrder,
 	})
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
 		if err := issuance.RegisterMetrics(reg, a.rt); err != nil {
@@ -140,11 +151,21 @@ func (a *App) Provision(ctx caddy.Context) error {
 // Start starts the renewal scans and the cache sync, and warns about a
 // configuration that serves nothing.
 func (a *App) Start() error {
-	if !a.AllowAnyDomain && a.set.Matcher.Len() == 0 {
-		a.logger.Warn("no certificate will be obtained: domains is empty and allow_any_domain is false")
+	if !a.AllowAnyDomain && a.set.Matcher.Len() == 0 && a.perm == nil {
+		a.logger.Warn("no certificate will be obtained but for the domains added through the admin API (/acme/domains): domains is empty, allow_any_domain is false and there is no permission module")
 	}
 	a.rt.Start()
 	return nil
+}
+
+// ask returns the runtime's Ask: the permission module, if any.
+func (a *App) ask() func(context.Context, string) error {
+	if a.perm == nil {
+		return nil
+	}
+	return func(ctx context.Context, name string) error {
+		return a.perm.CertificateAllowed(ctx, name)
+	}
 }
 
 // Stop does nothing: orders in progress end with the config's context.

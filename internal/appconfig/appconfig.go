@@ -30,6 +30,7 @@ import (
 	"github.com/acmekit/caddy-acme/internal/allowlist"
 	"github.com/acmekit/caddy-acme/internal/directory"
 	"github.com/acmekit/caddy-acme/internal/placeholder"
+	"github.com/acmekit/caddy-acme/issuance"
 )
 
 // Config is the `acme` app's JSON: Kong's ACME plugin configuration (same
@@ -162,6 +163,37 @@ type Config struct {
 	// are evicted and loaded from storage again when needed. 0 means the
 	// default. Default: 10000.
 	CacheCapacity int `json:"cache_capacity,omitempty"`
+
+	// Who else may get a certificate, decided at run time: any of Caddy's
+	// `tls.permission.*` modules, e.g. `{"module": "http", "endpoint":
+	// "http://127.0.0.1:9000/allowed"}` (Caddy's `ask`: a 2xx answer to
+	// `GET <endpoint>?domain=<name>` allows the name). It is asked about a
+	// name that domains (and the domains added through the admin API) do
+	// not allow and that has no certificate in storage, before it is
+	// ordered; its answers are kept for a minute (a refusal for 10 s). An
+	// endpoint that cannot be reached refuses. To decide every name with
+	// it, leave domains empty. Default: none.
+	PermissionRaw json.RawMessage `json:"permission,omitempty" caddy:"namespace=tls.permission inline_key=module"`
+
+	// The most names waiting for an order on one node (queued behind the
+	// node's pace of 10 orders per 10 s, not yet at the CA), and at most
+	// domain_budget of them under one registered domain. Past it a TLS
+	// handshake for a new name fails at once; a queued name whose every
+	// handshake gave up is dropped. Default: 200.
+	MaxPendingOrders int `json:"max_pending_orders,omitempty"`
+
+	// The most new certificates per registered domain (per the public
+	// suffix list: shop.example.co.uk counts for example.co.uk) in
+	// domain_budget_window, counted for the whole cluster in the storage.
+	// Renewals do not count. Over it, a name is refused without an order.
+	// The default mirrors Let's Encrypt's limit of 50 new certificates per
+	// registered domain per 7 days, which a scan of random names under an
+	// allowed `*.example.com` would otherwise use up, locking every name
+	// under it out for a week. 0 means no limit. Default: 50.
+	DomainBudget *int `json:"domain_budget,omitempty"`
+
+	// The window of domain_budget. Default: 168h (7 days).
+	DomainBudgetWindow caddy.Duration `json:"domain_budget_window,omitempty"`
 }
 
 // Settings is a Config checked, with its placeholders expanded, its files
@@ -187,6 +219,9 @@ type Settings struct {
 	RenewFirstDelay   time.Duration
 	CacheSyncInterval time.Duration
 	CacheCapacity     int
+	MaxPending        int
+	Budget            int // 0: no budget
+	BudgetWindow      time.Duration
 }
 
 // CheckFields checks every field that needs neither its placeholders
@@ -235,6 +270,15 @@ func (c *Config) check() (dir string, matcher *allowlist.Matcher, err error) {
 		if d.d < 0 {
 			return "", nil, fmt.Errorf("%s: must not be negative, got %s", d.name, time.Duration(d.d))
 		}
+	}
+	if c.MaxPendingOrders < 0 {
+		return "", nil, fmt.Errorf("max_pending_orders: must not be negative (0 means the default, %d), got %d", DefaultMaxPending, c.MaxPendingOrders)
+	}
+	if b := c.DomainBudget; b != nil && *b < 0 {
+		return "", nil, fmt.Errorf("domain_budget: must not be negative (0 disables the budget), got %d", *b)
+	}
+	if c.DomainBudgetWindow < 0 {
+		return "", nil, fmt.Errorf("domain_budget_window: must not be negative, got %s", time.Duration(c.DomainBudgetWindow))
 	}
 	if c.CacheCapacity < 0 {
 		return "", nil, fmt.Errorf("cache_capacity: must not be negative (0 means the default, %d), got %d", DefaultCacheCapacity, c.CacheCapacity)
@@ -358,6 +402,15 @@ func (c *Config) Settings() (Settings, error) {
 	if s.CacheCapacity == 0 {
 		s.CacheCapacity = DefaultCacheCapacity
 	}
+	s.MaxPending = c.MaxPendingOrders
+	if s.MaxPending == 0 {
+		s.MaxPending = DefaultMaxPending
+	}
+	s.Budget = DefaultBudget
+	if c.DomainBudget != nil {
+		s.Budget = *c.DomainBudget
+	}
+	s.BudgetWindow = durationOr(c.DomainBudgetWindow, 7*24*time.Hour)
 	return s, nil
 }
 
@@ -369,14 +422,20 @@ func durationOr(d caddy.Duration, def time.Duration) time.Duration {
 }
 
 // Allow reports whether a certificate may be served or obtained for name
-// (already normalised): the IPv4 rule, then allow_any_domain, then the
-// allowlist. Its cost does not depend on the number of domains.
+// (already normalised): the IPv4 rule, the public CA's rule, then
+// allow_any_domain, then the allowlist (whose refusal wraps ErrNotAllowed
+// and issuance.ErrNotListed: the domains added through the admin API and
+// the permission module may still allow the name). Its cost does not
+// depend on the number of domains.
 func (s *Settings) Allow(name string) error {
 	if name == "" {
 		return errors.New("no server name")
 	}
 	if ip := net.ParseIP(name); ip != nil && ip.To4() != nil && !s.IPv4 {
 		return fmt.Errorf("%s: IPv4 addresses are not served (enable_ipv4_common_name is false)", name)
+	}
+	if s.Roots == nil && !certmagic.SubjectQualifiesForPublicCert(name) {
+		return fmt.Errorf("%s: %w", name, ErrNotPublic)
 	}
 	if s.AllowAny || s.Matcher.Match(name) {
 		return nil
@@ -421,5 +480,27 @@ func IsLetsEncrypt(directory string) bool {
 // DefaultCacheCapacity is cache_capacity's default.
 const DefaultCacheCapacity = 10000
 
+// The defaults of max_pending_orders and domain_budget.
+const (
+	DefaultMaxPending = 200
+	DefaultBudget     = 50
+)
+
 // ErrNotAllowed is returned (wrapped) for a name the app does not serve.
-var ErrNotAllowed = errors.New("not allowed by domains (add it to domains or set allow_any_domain)")
+// It wraps issuance.ErrNotListed.
+var ErrNotAllowed error = notAllowed{}
+
+type notAllowed struct{}
+
+func (notAllowed) Error() string {
+	return "not allowed by domains (add it to domains, POST it to /acme/domains, or set allow_any_domain or permission)"
+}
+
+func (notAllowed) Unwrap() error { return issuance.ErrNotListed }
+
+// ErrNotPublic is returned (wrapped) for a name no public CA issues a
+// certificate for (certmagic.SubjectQualifiesForPublicCert: a single
+// label, localhost, .local, .internal, .home.arpa, a private, loopback,
+// link-local, unspecified or broadcast address) when the CA is public
+// (trusted_roots is not set).
+var ErrNotPublic = errors.New("a public CA does not issue certificates for this name (local name or non-public address); with a private CA, set trusted_roots")
