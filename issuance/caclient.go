@@ -203,7 +203,7 @@ func retryAfter(h string) time.Time {
 
 // authz is what the transport reads of an authorization.
 type authz struct {
-	Status     string         `json:"status"`
+	Status     string          `json:"status"`
 	Identifier acme.Identifier `json:"identifier"`
 	Challenges []struct {
 		Type   string        `json:"type"`
