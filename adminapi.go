@@ -59,5 +59,20 @@ func (a *App) Delete(ctx context.Context, host string, revoke bool) error {
 // Status is the last renewal scan's status, with this node's next scan.
 func (a *App) Status(ctx context.Context) (json.RawMessage, error) { return a.rt.Status(ctx) }
 
+// ListDomains lists the domains added at run time, as GET /acme/domains.
+func (a *App) ListDomains(ctx context.Context) ([]string, error) { return a.rt.Domains(ctx) }
+
+// AddDomains adds entries to the domains added at run time, as POST
+// /acme/domains.
+func (a *App) AddDomains(ctx context.Context, entries []string) ([]string, error) {
+	return a.rt.AddDomains(ctx, entries)
+}
+
+// RemoveDomain removes one entry of the domains added at run time, as
+// DELETE /acme/domains/{entry}.
+func (a *App) RemoveDomain(ctx context.Context, entry string) error {
+	return a.rt.RemoveDomain(ctx, entry)
+}
+
 // Interface guards
 var _ admin.App = (*App)(nil)

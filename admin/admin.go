@@ -13,9 +13,13 @@
 //	GET    /acme/certificates              list (?invalid_only, ?limit, ?after)
 //	GET    /acme/certificates/{host}       one certificate
 //	DELETE /acme/certificates/{host}       delete it (?revoke=true revokes too)
+//	GET    /acme/domains                   the domains added at run time
+//	POST   /acme/domains                   add some ({"domains": [...]})
+//	DELETE /acme/domains/{entry}           remove one (URL-escaped: %2A.example.com)
 package admin
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -78,6 +82,16 @@ type App interface {
 	Delete(ctx context.Context, host string, revoke bool) error
 	// Status is the last renewal scan's status (JSON); nil if none ran.
 	Status(ctx context.Context) (json.RawMessage, error)
+	// ListDomains lists the domains added at run time (normalised entries of
+	// the `domains` field's forms), sorted, as stored now.
+	ListDomains(ctx context.Context) ([]string, error)
+	// AddDomains adds entries to them, all or none, and returns the whole
+	// list, sorted. Its errors wrap ErrInvalidDomain or ErrTooManyDomains
+	// when they are the cause.
+	AddDomains(ctx context.Context, entries []string) ([]string, error)
+	// RemoveDomain removes one entry; ErrDomainNotFound (wrapped) when it
+	// is not listed, ErrInvalidDomain when it is not a valid entry.
+	RemoveDomain(ctx context.Context, entry string) error
 }
 
 // Errors an App wraps to choose the status code.
@@ -85,6 +99,10 @@ var (
 	ErrBadHost    = errors.New("bad host") // 400
 	ErrNotAllowed = issuance.ErrNotAllowed // 400
 	ErrConflict   = issuance.ErrConflict   // 409
+
+	ErrInvalidDomain  = issuance.ErrInvalidDomain  // 400
+	ErrTooManyDomains = issuance.ErrTooManyDomains // 400
+	ErrDomainNotFound = issuance.ErrDomainNotFound // 404
 )
 
 // CertInfo is one certificate as GET /acme/certificates shows it: Kong's
@@ -200,6 +218,10 @@ func (a *adminAPI) Routes() []caddy.AdminRoute {
 // maxBody is the largest request body accepted.
 const maxBody = 64 << 10
 
+// maxDomainsBody is the largest POST /acme/domains body accepted: room
+// for a list of issuance.MaxDomains entries of common length at once.
+const maxDomainsBody = 8 << 20
+
 // Pagination of GET /acme/certificates.
 const (
 	defaultLimit = 1000
@@ -260,8 +282,83 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return reply(w, http.StatusOK, message(fmt.Sprintf("certificate for host %s is deleted", host)))
 		}
 		return methodNotAllowed(w, r, "GET, DELETE")
+	case p == "/acme/domains" || p == "/acme/domains/":
+		switch r.Method {
+		case http.MethodGet:
+			list, err := m.ListDomains(r.Context())
+			if err != nil {
+				return apiErr(http.StatusInternalServerError, fmt.Errorf("listing domains: %v", err))
+			}
+			return reply(w, http.StatusOK, domainList{Data: list})
+		case http.MethodPost:
+			return handleAddDomains(w, r, m)
+		}
+		return methodNotAllowed(w, r, "GET, POST")
+	case strings.HasPrefix(p, "/acme/domains/") && !strings.Contains(p[len("/acme/domains/"):], "/"):
+		if r.Method != http.MethodDelete {
+			return methodNotAllowed(w, r, "DELETE")
+		}
+		entry := p[len("/acme/domains/"):]
+		err := m.RemoveDomain(r.Context(), entry)
+		switch {
+		case err == nil:
+			return reply(w, http.StatusOK, message(fmt.Sprintf("domain %s is removed", entry)))
+		case errors.Is(err, ErrDomainNotFound):
+			return apiErr(http.StatusNotFound, err)
+		case errors.Is(err, ErrInvalidDomain):
+			return apiErr(http.StatusBadRequest, err)
+		}
+		return apiErr(http.StatusInternalServerError, fmt.Errorf("removing domain %s: %v", entry, err))
 	}
 	return apiErr(http.StatusNotFound, fmt.Errorf("resource not found: %s", p))
+}
+
+// domainList is GET and POST /acme/domains's reply.
+type domainList struct {
+	Data []string `json:"data"`
+}
+
+// domainsRequest is POST /acme/domains's body.
+type domainsRequest struct {
+	Domains []string `json:"domains"`
+}
+
+// handleAddDomains adds the entries of a JSON body {"domains": [...]}:
+// every entry is checked first, and one bad entry refuses them all.
+func handleAddDomains(w http.ResponseWriter, r *http.Request, m App) error {
+	r.Body = http.MaxBytesReader(w, r.Body, maxDomainsBody)
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return apiErr(http.StatusRequestEntityTooLarge, fmt.Errorf("request body larger than %d bytes", maxDomainsBody))
+		}
+		return apiErr(http.StatusBadRequest, fmt.Errorf("reading request body: %v", err))
+	}
+	var req domainsRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return apiErr(http.StatusBadRequest, fmt.Errorf(`malformed JSON body, want {"domains": ["example.com", ...]}: %v`, err))
+	}
+	if dec.More() {
+		return apiErr(http.StatusBadRequest, errors.New("malformed JSON body: more than one JSON value"))
+	}
+	if len(req.Domains) == 0 {
+		return apiErr(http.StatusBadRequest, errors.New(`domains must be a non-empty list: {"domains": ["example.com", ...]}`))
+	}
+	for i, entry := range req.Domains {
+		if err := allowlist.Validate(entry); err != nil {
+			return apiErr(http.StatusBadRequest, fmt.Errorf("domains[%d]: %v; nothing was added", i, err))
+		}
+	}
+	list, err := m.AddDomains(r.Context(), req.Domains)
+	switch {
+	case err == nil:
+		return reply(w, http.StatusCreated, domainList{Data: list})
+	case errors.Is(err, ErrInvalidDomain), errors.Is(err, ErrTooManyDomains):
+		return apiErr(http.StatusBadRequest, fmt.Errorf("%v; nothing was added", err))
+	}
+	return apiErr(http.StatusInternalServerError, fmt.Errorf("adding domains: %v", err))
 }
 
 // orderRequest is POST /acme's body, JSON or form as Kong.

@@ -58,8 +58,9 @@ func token(s string) bool {
 // answers the input also picks. Every response has a documented status, a
 // JSON Content-Type and one valid JSON document as its body; handler
 // errors are caddy.APIError; a 405 says what is allowed; a POST /acme body
-// over 64 KiB is 413; and nothing reaches Order or SanityCheck but a
-// single valid host name.
+// over 64 KiB is 413; nothing reaches Order or SanityCheck but a single
+// valid host name, and nothing reaches AddDomains but a non-empty list of
+// valid entries.
 func FuzzHandler(f *testing.F) {
 	for _, s := range []struct {
 		method, path, query, ct, body string
@@ -86,6 +87,13 @@ func FuzzHandler(f *testing.F) {
 		{"PUT", "/acme", "", "", ""},
 		{"GET", "/acme/nope", "", "", ""},
 		{"GET", "/acme/certificates/%2F", "", "", ""},
+		{"GET", "/acme/domains", "", "", ""},
+		{"POST", "/acme/domains", "", "application/json", `{"domains":["new.example.com","*.t.example","example.*"]}`},
+		{"POST", "/acme/domains/", "", "", `{"domains":["Bücher.Example.","a.*.b"]}`},
+		{"POST", "/acme/domains", "", "application/json", `{"domains":[]}`},
+		{"DELETE", "/acme/domains/%2A.tenant.example.net", "", "", ""},
+		{"DELETE", "/acme/domains/absent.example", "", "", ""},
+		{"PATCH", "/acme/domains/x", "", "", ""},
 	} {
 		for mode := range uint8(4) {
 			f.Add(s.method, s.path, s.query, s.ct, []byte(s.body), mode == 3, mode*37)
@@ -104,6 +112,9 @@ func FuzzHandler(f *testing.F) {
 			fake.sanityErr = errors.New("timeout")
 		}
 		fake.status = []json.RawMessage{nil, json.RawMessage(`{"checked":4}`), json.RawMessage(`{`)}[mode/16%3]
+		if mode&4 != 0 {
+			fake.domainErr = []error{ErrTooManyDomains, ErrDomainNotFound, ErrInvalidDomain, errors.New("unreadable")}[mode/4%4]
+		}
 		m := &recordingApp{fakeApp: fake}
 		a := &adminAPI{find: func() (App, error) { return m, nil }}
 		if mode >= 240 {
@@ -163,6 +174,16 @@ func FuzzHandler(f *testing.F) {
 		for _, host := range append(fake.orders, m.sanity...) {
 			if !singleName(host) {
 				t.Fatalf("%s with body %q: the host %q reached the app", what, body, host)
+			}
+		}
+		for _, entries := range fake.added {
+			if len(entries) == 0 {
+				t.Fatalf("%s with body %q: an empty list reached AddDomains", what, body)
+			}
+			for _, e := range entries {
+				if allowlist.Validate(e) != nil {
+					t.Fatalf("%s with body %q: the invalid entry %q reached AddDomains", what, body, e)
+				}
 			}
 		}
 	})

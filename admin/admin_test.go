@@ -35,6 +35,10 @@ type fakeApp struct {
 	status    json.RawMessage
 	batches   []int    // sizes of the Certificates calls
 	hosts     []string // Hosts' answer if set, else the names of certs
+	domains   []string // the domain list, sorted
+	added     [][]string
+	removed   []string
+	domainErr error // the answer of the domain operations if set
 }
 
 func (f *fakeApp) TriggerScan() { f.mu.Lock(); f.scans++; f.mu.Unlock() }
@@ -89,6 +93,46 @@ func (f *fakeApp) Delete(_ context.Context, host string, revoke bool) error {
 
 func (f *fakeApp) Status(context.Context) (json.RawMessage, error) { return f.status, nil }
 
+func (f *fakeApp) ListDomains(context.Context) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.domainErr != nil {
+		return nil, f.domainErr
+	}
+	return append([]string{}, f.domains...), nil
+}
+
+func (f *fakeApp) AddDomains(_ context.Context, entries []string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.added = append(f.added, entries)
+	if f.domainErr != nil {
+		return nil, f.domainErr
+	}
+	for _, e := range entries {
+		if !slices.Contains(f.domains, e) {
+			f.domains = append(f.domains, e)
+		}
+	}
+	slices.Sort(f.domains)
+	return append([]string{}, f.domains...), nil
+}
+
+func (f *fakeApp) RemoveDomain(_ context.Context, entry string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.removed = append(f.removed, entry)
+	if f.domainErr != nil {
+		return f.domainErr
+	}
+	i := slices.Index(f.domains, entry)
+	if i < 0 {
+		return fmt.Errorf("%w: %s", ErrDomainNotFound, entry)
+	}
+	f.domains = slices.Delete(f.domains, i, i+1)
+	return nil
+}
+
 func newFake() *fakeApp {
 	now := time.Now()
 	certs := map[string]CertInfo{}
@@ -99,7 +143,7 @@ func newFake() *fakeApp {
 		}
 		certs[h] = c
 	}
-	return &fakeApp{certs: certs, deleted: map[string]bool{}}
+	return &fakeApp{certs: certs, deleted: map[string]bool{}, domains: []string{"*.tenant.example.net", "shop.example.org"}}
 }
 
 // serve runs one request through the module's handler and writes errors as
@@ -396,5 +440,97 @@ func TestNewCertInfo(t *testing.T) {
 		if !strings.Contains(string(data), `"`+f+`":`) {
 			t.Fatalf("JSON %s lacks %s", data, f)
 		}
+	}
+}
+
+// TestDomainsRoutes: GET, POST and DELETE /acme/domains answer with
+// Caddy's JSON errors and the documented statuses; a POST with any bad
+// entry is refused before the app sees it, naming the entry; DELETE takes
+// the entry URL-escaped.
+func TestDomainsRoutes(t *testing.T) {
+	big := `{"domains":["` + strings.Repeat("a", maxDomainsBody) + `"]}`
+	for _, tc := range []struct {
+		name    string
+		method  string
+		target  string
+		body    string
+		setup   func(*fakeApp)
+		status  int
+		want    string // substring of the body
+		allow   string // the Allow header of a 405
+		added   []string
+		removed string
+	}{
+		{name: "list", method: "GET", target: "/acme/domains", status: 200,
+			want: `{"data":["*.tenant.example.net","shop.example.org"]}`},
+		{name: "list slash", method: "GET", target: "/acme/domains/", status: 200, want: `"data":[`},
+		{name: "list empty", method: "GET", target: "/acme/domains", setup: func(f *fakeApp) { f.domains = nil },
+			status: 200, want: `{"data":[]}`},
+		{name: "list storage error", method: "GET", target: "/acme/domains",
+			setup:  func(f *fakeApp) { f.domainErr = errors.New("redis down") },
+			status: 500, want: `"error":"listing domains: redis down"`},
+		{name: "add", method: "POST", target: "/acme/domains", body: `{"domains":["new.example.com","*.b.example"]}`,
+			status: 201, want: `{"data":["*.b.example","*.tenant.example.net","new.example.com","shop.example.org"]}`,
+			added: []string{"new.example.com", "*.b.example"}},
+		{name: "add duplicate", method: "POST", target: "/acme/domains", body: `{"domains":["shop.example.org"]}`,
+			status: 201, want: `{"data":["*.tenant.example.net","shop.example.org"]}`, added: []string{"shop.example.org"}},
+		{name: "add bad entry", method: "POST", target: "/acme/domains", body: `{"domains":["ok.example","a.*.example"]}`,
+			status: 400, want: `"error":"domains[1]: domain \"a.*.example\": invalid wildcard: must be placed at leftmost or rightmost label; nothing was added"`},
+		{name: "add port", method: "POST", target: "/acme/domains", body: `{"domains":["shop.example.org:443"]}`,
+			status: 400, want: `must not have a port`},
+		{name: "add empty list", method: "POST", target: "/acme/domains", body: `{"domains":[]}`, status: 400, want: `non-empty list`},
+		{name: "add no body", method: "POST", target: "/acme/domains", status: 400, want: `malformed JSON body`},
+		{name: "add unknown field", method: "POST", target: "/acme/domains", body: `{"domain":["a.example"]}`,
+			status: 400, want: `unknown field`},
+		{name: "add not strings", method: "POST", target: "/acme/domains", body: `{"domains":[1]}`, status: 400, want: `malformed JSON`},
+		{name: "add two values", method: "POST", target: "/acme/domains", body: `{"domains":["a.example"]} {}`, status: 400},
+		{name: "add too large", method: "POST", target: "/acme/domains", body: big, status: 413},
+		{name: "add too many", method: "POST", target: "/acme/domains", body: `{"domains":["a.example"]}`,
+			setup:  func(f *fakeApp) { f.domainErr = fmt.Errorf("%w: at most 100000", ErrTooManyDomains) },
+			status: 400, want: `too many domain entries: at most 100000; nothing was added`, added: []string{"a.example"}},
+		{name: "add unreadable record", method: "POST", target: "/acme/domains", body: `{"domains":["a.example"]}`,
+			setup:  func(f *fakeApp) { f.domainErr = errors.New("stored domain list unreadable") },
+			status: 500, want: `adding domains: stored domain list unreadable`, added: []string{"a.example"}},
+		{name: "delete escaped wildcard", method: "DELETE", target: "/acme/domains/%2A.tenant.example.net", status: 200,
+			want: `{"message":"domain *.tenant.example.net is removed"}`, removed: "*.tenant.example.net"},
+		{name: "delete", method: "DELETE", target: "/acme/domains/shop.example.org", status: 200, removed: "shop.example.org"},
+		{name: "delete absent", method: "DELETE", target: "/acme/domains/zzz.example", status: 404,
+			want: `"error":"domain entry not found: zzz.example"`, removed: "zzz.example"},
+		{name: "delete invalid", method: "DELETE", target: "/acme/domains/a.%2A.example",
+			setup:  func(f *fakeApp) { f.domainErr = fmt.Errorf("%w: a.*.example", ErrInvalidDomain) },
+			status: 400, removed: "a.*.example"},
+		{name: "delete slash", method: "DELETE", target: "/acme/domains/a/b", status: 404},
+		{name: "wrong method on list", method: "PUT", target: "/acme/domains", status: 405, allow: "GET, POST"},
+		{name: "delete the list", method: "DELETE", target: "/acme/domains", status: 405, allow: "GET, POST"},
+		{name: "wrong method on one", method: "GET", target: "/acme/domains/shop.example.org", status: 405, allow: "DELETE"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake()
+			if tc.setup != nil {
+				tc.setup(f)
+			}
+			a := &adminAPI{find: func() (App, error) { return f, nil }}
+			req := httptest.NewRequest(tc.method, tc.target, strings.NewReader(tc.body))
+			req.Header.Set("Content-Type", "application/json")
+			rec := serve(t, a, req)
+			if rec.Code != tc.status {
+				t.Fatalf("status = %d, want %d; body %s", rec.Code, tc.status, rec.Body)
+			}
+			if ct := rec.Header().Get("Content-Type"); ct != "application/json" || !json.Valid(rec.Body.Bytes()) {
+				t.Fatalf("Content-Type %q, body %s", ct, rec.Body)
+			}
+			if !strings.Contains(rec.Body.String(), tc.want) {
+				t.Fatalf("body = %s, want it to contain %s", rec.Body, tc.want)
+			}
+			if got := rec.Header().Get("Allow"); got != tc.allow {
+				t.Fatalf("Allow = %q, want %q", got, tc.allow)
+			}
+			if tc.added == nil && len(f.added) != 0 || tc.added != nil && (len(f.added) != 1 || !slices.Equal(f.added[0], tc.added)) {
+				t.Fatalf("AddDomains got %q, want %q", f.added, tc.added)
+			}
+			if tc.removed == "" && len(f.removed) != 0 || tc.removed != "" && !slices.Equal(f.removed, []string{tc.removed}) {
+				t.Fatalf("RemoveDomain got %q, want %q", f.removed, tc.removed)
+			}
+		})
 	}
 }
