@@ -58,9 +58,13 @@ var (
 // MaxDomains is the most entries the stored domain list holds.
 const MaxDomains = 100000
 
-// domainsTimeout bounds one read or change of the domain list, storage
-// lock included.
+// domainsTimeout bounds one read or change of the domain list through the
+// API, storage lock included.
 const domainsTimeout = time.Minute
+
+// domainsRefreshTimeout bounds one refresh: Start waits for the first, and
+// each later one delays the change log's read of the same sync tick.
+const domainsRefreshTimeout = 15 * time.Second
 
 // domainsRecord is the JSON record at DomainsKey.
 type domainsRecord struct {
@@ -231,7 +235,7 @@ func (r *Runtime) changeDomains(ctx context.Context, change func(cur *allowlist.
 // A record that does not parse is logged (once per content) and the last
 // list read is kept; so is it when storage fails.
 func (r *Runtime) refreshDomains(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, domainsTimeout)
+	ctx, cancel := context.WithTimeout(ctx, domainsRefreshTimeout)
 	defer cancel()
 	d := r.domains
 	d.mu.Lock()
