@@ -434,13 +434,27 @@ func (s *Settings) Allow(name string) error {
 	if ip := net.ParseIP(name); ip != nil && ip.To4() != nil && !s.IPv4 {
 		return fmt.Errorf("%s: IPv4 addresses are not served (enable_ipv4_common_name is false)", name)
 	}
-	if s.Roots == nil && !certmagic.SubjectQualifiesForPublicCert(name) {
+	if s.Roots == nil && !qualifiesForPublicCA(name) {
 		return fmt.Errorf("%s: %w", name, ErrNotPublic)
 	}
 	if s.AllowAny || s.Matcher.Match(name) {
 		return nil
 	}
 	return fmt.Errorf("%s: %w", name, ErrNotAllowed)
+}
+
+// qualifiesForPublicCA reports whether a public CA may issue a
+// certificate for name: certmagic.SubjectQualifiesForPublicCert, which
+// lets a single label (intranet) and the broadcast address through.
+func qualifiesForPublicCA(name string) bool {
+	if ip := net.ParseIP(name); ip != nil {
+		if ip.Equal(net.IPv4bcast) {
+			return false
+		}
+	} else if !strings.Contains(name, ".") {
+		return false
+	}
+	return certmagic.SubjectQualifiesForPublicCert(name)
 }
 
 // NewIssuer returns the app's ACME issuer for s over magic (whose storage
