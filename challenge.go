@@ -57,7 +57,7 @@ func (c *Challenge) Provision(ctx caddy.Context) error {
 
 // ServeHTTP answers a challenge the app's issuer knows, else calls next.
 func (c Challenge) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if !certmagic.LooksLikeHTTPChallenge(r) || c.app.set.Allow(requestHost(r)) != nil {
+	if !certmagic.LooksLikeHTTPChallenge(r) || c.app.rt.Allowed(requestHost(r)) != nil {
 		return next.ServeHTTP(w, r)
 	}
 	if c.app.issuer.HandleHTTPChallenge(w, r) {

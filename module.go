@@ -139,6 +139,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 		HTTPPort:          s.HTTPPort,
 		OnBackoffDenied:   a.backoffDenied,
 		PrepareOrder:      newAccountSetup(a.issuer, &a.set).prepareOrder,
+		Ask:               a.ask(),
+		Budget:            s.Budget,
+		BudgetWindow:      s.BudgetWindow,
+		OnBudgetDenied:    a.budgetDenied,
+		MaxPending:        s.MaxPending,
 	})
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
 		if err := issuance.RegisterMetrics(reg, a.rt); err != nil {

@@ -290,6 +290,16 @@ func (r *Runtime) Certificate(ctx context.Context, hello *tls.ClientHelloInfo) (
 	}
 }
 
+// Allowed returns nil if a certificate may be served or ordered for name
+// on this node: Allow allows it, or the domains added through AddDomains,
+// or it is only not listed and Options.Ask decides before an order (so an
+// HTTP-01 challenge for it, which exists only if it was ordered, is
+// answered).
+func (r *Runtime) Allowed(name string) error {
+	_, err := r.allow(name)
+	return err
+}
+
 // allow returns Allow's verdict on name, with the names added through
 // AddDomains: nil, or ask true when only Options.Ask may allow it.
 func (r *Runtime) allow(name string) (ask bool, err error) {
