@@ -121,7 +121,11 @@ func TestCaddyCA(t *testing.T) {
 	// Stopped: connections are refused. Started: the same root, the same
 	// account, and the orders are still counted.
 	ca.Stop()
-	if _, err := ca.Client().Get(ca.Directory); !errors.Is(err, syscall.ECONNREFUSED) {
+	resp, err := ca.Client().Get(ca.Directory)
+	if err == nil {
+		resp.Body.Close()
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("GET directory of a stopped CA: %v, want connection refused", err)
 	}
 	ca.Start(t)
