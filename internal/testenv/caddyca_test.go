@@ -208,3 +208,17 @@ func TestLoopbackHTTPAddr(t *testing.T) {
 		ln.Close()
 	}
 }
+
+func TestMissing(t *testing.T) {
+	// Uses t.Setenv, so not parallel.
+	t.Setenv("CI", "")
+	r := &recordingTB{TB: t}
+	if missing(r, "no go"); r.skipped != "no go" || r.failed != "" {
+		t.Errorf("outside CI: skipped %q, failed %q; want a skip", r.skipped, r.failed)
+	}
+	t.Setenv("CI", "true")
+	r = &recordingTB{TB: t}
+	if missing(r, "no go"); r.skipped != "" || r.failed != "no go" {
+		t.Errorf("with CI=true: skipped %q, failed %q; want a failure", r.skipped, r.failed)
+	}
+}
