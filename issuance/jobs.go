@@ -181,29 +181,31 @@ func (r *Runtime) loadOrObtain(j *job, name string) (certmagic.Certificate, erro
 		return cert, err
 	}
 
+	// counted in before the issue lock is probed, so that a name past the
+	// bound costs nothing more (a probe may cost a goroutine for a while:
+	// certmagic's file storage keeps a lock file fresh for 5 s)
+	domain := RegisteredDomain(name)
+	if err := r.intake.enter(domain, j.pinned); err != nil {
+		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
+	}
+	err = nil
 	if !r.orderingElsewhere(name) {
-		domain := RegisteredDomain(name)
-		if err := r.intake.enter(domain, j.pinned); err != nil {
-			return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
-		}
 		waitCtx, stopWait := context.WithCancel(r.ctx)
-		err := errDropped
+		err = errDropped
 		if r.jobs.waiting(j, stopWait) {
 			err = r.queue.wait(waitCtx)
 		}
 		stopWait()
-		r.intake.leave(domain)
-		if !r.jobs.leaveQueue(j) {
-			err = errDropped
+	}
+	r.intake.leave(domain)
+	if !r.jobs.leaveQueue(j) {
+		err = errDropped
+	}
+	if err != nil {
+		if errors.Is(err, errDropped) {
+			metrics.dropped.Inc()
 		}
-		if err != nil {
-			if errors.Is(err, errDropped) {
-				metrics.dropped.Inc()
-			}
-			return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
-		}
-	} else if !r.jobs.leaveQueue(j) {
-		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, errDropped)
+		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
 	}
 
 	ctx, cancel = context.WithTimeout(r.ctx, r.opts.IssueTimeout)

@@ -116,10 +116,3 @@ func (in *intake) leave(domain string) {
 		delete(in.domains, domain)
 	}
 }
-
-// waiting is how many names wait.
-func (in *intake) waiting() int {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	return in.n
-}

@@ -502,15 +502,15 @@ const (
 
 // ErrNotAllowed is returned (wrapped) for a name the app does not serve.
 // It wraps issuance.ErrNotListed.
-var ErrNotAllowed error = notAllowed{}
+var ErrNotAllowed error = notAllowedError{}
 
-type notAllowed struct{}
+type notAllowedError struct{}
 
-func (notAllowed) Error() string {
+func (notAllowedError) Error() string {
 	return "not allowed by domains (add it to domains, POST it to /acme/domains, or set allow_any_domain or permission)"
 }
 
-func (notAllowed) Unwrap() error { return issuance.ErrNotListed }
+func (notAllowedError) Unwrap() error { return issuance.ErrNotListed }
 
 // ErrNotPublic is returned (wrapped) for a name no public CA issues a
 // certificate for (certmagic.SubjectQualifiesForPublicCert: a single
