@@ -221,6 +221,10 @@ func New(ctx context.Context, opts Options) *Runtime {
 		clock:    newIssuanceClock(),
 		renewLog: opts.Logger.Named("renew"),
 	}
+	if r.budget != nil {
+		// an order's reservation must outlive the order
+		r.budget.ttl = max(r.budget.ttl, 2*opts.IssueTimeout)
+	}
 	r.changes = newChangeLog(r)
 	r.domains = new(domainList)
 	r.scanner = &renew.Scanner{
