@@ -61,6 +61,7 @@ FUZZ_TARGETS := \
 	./internal/allowlist:FuzzMatchReference \
 	.:FuzzCaddyfile \
 	./issuance:FuzzDecodeARI \
+	./issuance:FuzzCAAnswer \
 	./kongcompat:FuzzAdapt \
 	./admin:FuzzHandler \
 	./storage/internal/backend:FuzzKeys \

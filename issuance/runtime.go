@@ -2,11 +2,18 @@
 // time between a TLS handshake, the storage and the CA, without Caddy.
 //
 //   - a handshake for a name without a certificate starts one job per name
-//     (jobs.go) that loads it from storage or orders it, waiting its turn in
-//     the node's order queue (queue.go) and honouring the cluster-wide
-//     backoff after the CA refused the name (backoff.go);
-//   - the CA's verdict on an order travels with the order's context
-//     (verdict.go), from certmagic's events back to the job;
+//     (jobs.go) that loads it from storage or orders it, after the checks
+//     that refuse at once (the CA pause and rate limits, the cluster-wide
+//     backoff after the CA refused the name: backoff.go; the budget per
+//     registered domain: budget.go; the permission module's answer:
+//     ask.go), waiting its turn in the node's order queue, bounded by the
+//     intake (queue.go) and dropped when every handshake waiting for it
+//     gave up (peer.go sees the client hang up);
+//   - the CA's answers to an order are read as they pass (caclient.go) and
+//     its verdict travels with the order's context (verdict.go): only the
+//     name's fault backs off;
+//   - the domains added through the admin API are kept in storage and
+//     matched on every node (domains.go);
 //   - certificates renewed or deleted on one node reach the memory of the
 //     others through a change log in storage (cachesync.go);
 //   - the renewal scan of package renew reads the stored certificates in
