@@ -89,16 +89,17 @@ const maxCABody = 1 << 20
 func (t *caTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.next.RoundTrip(req)
 	v, ok := req.Context().Value(verdictKey{}).(*verdict)
+	if !ok {
+		return resp, err // not an order's request (ARI, revocation, …)
+	}
 	if err != nil {
-		if ok {
-			v.noteUnreachable(fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err))
-		}
+		v.noteUnreachable(fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err))
 		return resp, err
 	}
 	media, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	isJSON := media == "application/json" || media == "application/problem+json"
 	if !isJSON || resp.StatusCode < 200 || (resp.StatusCode >= 300 && resp.StatusCode < 400) {
-		if ok && resp.StatusCode >= 500 {
+		if resp.StatusCode >= 500 {
 			v.noteUnreachable(fmt.Errorf("%s %s: HTTP %d", req.Method, req.URL.Redacted(), resp.StatusCode))
 		}
 		return resp, nil
@@ -112,10 +113,8 @@ func (t *caTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 	switch {
 	case resp.StatusCode >= 400:
-		if ok {
-			t.noteProblem(v, req, resp, body)
-		}
-	case ok && req.Method == http.MethodPost:
+		t.noteProblem(v, req, resp, body)
+	case req.Method == http.MethodPost:
 		if out := t.authorization(v, resp, body); out != nil {
 			resp.Body = io.NopCloser(bytes.NewReader(out))
 			resp.ContentLength = int64(len(out))
