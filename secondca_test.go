@@ -192,8 +192,8 @@ func TestCaddyCARestartServesStoredCertificate(t *testing.T) {
 // in storage is renewed, not ordered anew), and PATCH /acme (202) starts a
 // scan that checks it. The certificate is never due during the test (it
 // takes seconds), so that the renewal at acme_server is shown without
-// waiting for one; renewal scans of due certificates are tested against
-// Pebble (e2e_test.go, adminapi_test.go). acme_server's shortest lifetime
+// waiting for one; scans that renew due certificates are tested against
+// Pebble (TestRenewalScan, renewal_test.go). acme_server's shortest lifetime
 // is 5 minutes (and it backdates by one), which keeps the check that
 // renew_at is at half the lifetime meaningful.
 func TestCaddyCAAdminAPI(t *testing.T) {
