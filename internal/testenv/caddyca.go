@@ -16,14 +16,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -95,14 +92,11 @@ type CaddyCA struct {
 	caAddr    string // 127.0.0.1:<port> of the Caddy process
 	proxyAddr string // 127.0.0.1:<port> of the recording proxy
 	rootPool  *x509.CertPool
-	backend   *http.Transport // the proxy's transport to the Caddy process
-	proxyTLS  tls.Certificate
-	recorder  *orderRecorder
+	proxy     *acmeProxy // the recording proxy, once StartCaddyCA has set it up
 
 	mu        sync.Mutex
-	proc      *process     // the running Caddy, nil while stopped
-	proxy     *http.Server // the proxy's server, nil while stopped
-	logOrders int          // orders counted in the CA's access log
+	proc      *process // the running Caddy, nil while stopped
+	logOrders int      // orders counted in the CA's access log
 }
 
 // CAOrder is an order a test CA created, as its recording proxy saw it in
@@ -112,6 +106,9 @@ type CAOrder = PebbleOrder
 // CaddyCAPathPrefix is the path under which acme_server serves the "local"
 // CA's ACME API.
 const CaddyCAPathPrefix = "/acme/local/"
+
+// caddyCANewOrderPath is the path of the "local" CA's newOrder URL.
+const caddyCANewOrderPath = CaddyCAPathPrefix + "new-order"
 
 // caddyCADNSEnv is the environment variable that makes the CA binary send
 // every DNS lookup to the given host:port (see caddyCAMain).
@@ -141,11 +138,9 @@ func StartCaddyCA(t testing.TB, opts CaddyCAOptions) *CaddyCA {
 		ConfigFile: filepath.Join(dir, "caddy.json"),
 		bin:        bin,
 		caddyLog:   &logBuffer{},
-		recorder:   &orderRecorder{newOrderPath: CaddyCAPathPrefix + "new-order"},
 	}
 	ca.RootFile = filepath.Join(ca.Storage, "pki", "authorities", "local", "root.crt")
 	ca.caddyLog.onLine = ca.onCaddyLine
-	ca.recorder.errLog = ca.caddyLog
 	home := filepath.Join(dir, "home")
 	// acme_server keeps its database under caddy.AppDataDir(), not in the
 	// storage: a home of its own keeps CAs apart and lets a restart find it.
@@ -184,7 +179,7 @@ func StartCaddyCA(t testing.TB, opts CaddyCAOptions) *CaddyCA {
 	}
 	for range 3 {
 		ca.proxyAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))
-		if err = ca.listenProxy(); err == nil {
+		if _, err = ca.proxy.serve(ca.proxyAddr); err == nil {
 			break
 		}
 	}
@@ -201,16 +196,7 @@ func (ca *CaddyCA) startDNS(t testing.TB, challBin string) (err error) {
 	ca.DNSServer = net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))
 	ca.ChallSrvURL = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t)))
 	ca.challLog = &logBuffer{}
-	chall, err := startProcess("pebble-challtestsrv", challBin, []string{
-		"-defaultIPv4", "",
-		"-defaultIPv6", "",
-		"-dnsserver", ca.DNSServer,
-		"-http01", "",
-		"-https01", "",
-		"-tlsalpn01", "",
-		"-doh", "",
-		"-management", strings.TrimPrefix(ca.ChallSrvURL, "http://"),
-	}, nil, ca.challLog)
+	chall, err := startChallSrv(challBin, ca.DNSServer, ca.ChallSrvURL, "", ca.challLog)
 	if err != nil {
 		return err
 	}
@@ -231,11 +217,8 @@ func (ca *CaddyCA) startDNS(t testing.TB, challBin string) (err error) {
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if ok, werr := chall.exited(); ok {
-			return processFailure(chall, "exited during start-up", werr)
-		}
-		if strings.Contains(chall.out.String(), "address already in use") {
-			return processFailure(chall, "could not bind", errors.New("address already in use"))
+		if err := challSrvFailed(chall); err != nil {
+			return err
 		}
 		err = ca.challSrv("/add-a", map[string]any{"host": probe, "addresses": []string{probeIP}})
 		if err == nil {
@@ -418,8 +401,8 @@ func (ca *CaddyCA) probeDirectory(u string) error {
 	if err := json.Unmarshal(body, &dir); err != nil {
 		return fmt.Errorf("GET %s: %w: %s", u, err, body)
 	}
-	if no, err := url.Parse(dir.NewOrder); err != nil || no.Path != ca.recorder.newOrderPath {
-		return fmt.Errorf("GET %s: newOrder is %q, want the path %s", u, dir.NewOrder, ca.recorder.newOrderPath)
+	if no, err := url.Parse(dir.NewOrder); err != nil || no.Path != caddyCANewOrderPath {
+		return fmt.Errorf("GET %s: newOrder is %q, want the path %s", u, dir.NewOrder, caddyCANewOrderPath)
 	}
 	return nil
 }
@@ -440,7 +423,7 @@ func (ca *CaddyCA) onCaddyLine(line string) {
 	if json.Unmarshal([]byte(line), &entry) != nil || !strings.HasPrefix(entry.Logger, "http.log.access") {
 		return
 	}
-	if entry.Request.Method == http.MethodPost && entry.Request.URI == ca.recorder.newOrderPath &&
+	if entry.Request.Method == http.MethodPost && entry.Request.URI == caddyCANewOrderPath &&
 		entry.Status == http.StatusCreated {
 		ca.mu.Lock()
 		ca.logOrders++
@@ -448,8 +431,9 @@ func (ca *CaddyCA) onCaddyLine(line string) {
 	}
 }
 
-// setUpProxy makes the proxy's transport and TLS certificate: a leaf for
-// 127.0.0.1 signed by the CA's intermediate (read from its storage).
+// setUpProxy makes the recording proxy (not serving yet), with a TLS
+// certificate for 127.0.0.1 signed by the CA's intermediate (read from its
+// storage).
 func (ca *CaddyCA) setUpProxy() error {
 	authority := filepath.Dir(ca.RootFile)
 	interPEM, err := os.ReadFile(filepath.Join(authority, "intermediate.crt"))
@@ -491,44 +475,9 @@ func (ca *CaddyCA) setUpProxy() error {
 	if err != nil {
 		return err
 	}
-	ca.proxyTLS = tls.Certificate{Certificate: [][]byte{der, inter.Certificate[0]}, PrivateKey: key}
-	ca.backend = &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: ca.rootPool},
-		DisableCompression:  true,
-		MaxIdleConnsPerHost: 16,
-	}
-	return nil
-}
-
-// listenProxy starts the recording proxy on ca.proxyAddr.
-func (ca *CaddyCA) listenProxy() error {
+	cert := tls.Certificate{Certificate: [][]byte{der, inter.Certificate[0]}, PrivateKey: key}
 	target := &url.URL{Scheme: "https", Host: ca.caAddr}
-	errLog := log.New(ca.caddyLog, "testenv proxy: ", log.LstdFlags)
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(r *httputil.ProxyRequest) {
-			r.SetURL(target)
-			// Keep the client's Host: acme_server builds every URL it
-			// returns from it, so they all point at the proxy.
-			r.Out.Host = r.In.Host
-		},
-		Transport:      ca.backend,
-		ModifyResponse: ca.recorder.record,
-		ErrorLog:       errLog,
-	}
-	ln, err := net.Listen("tcp", ca.proxyAddr)
-	if err != nil {
-		return err
-	}
-	srv := &http.Server{
-		Handler:           ca.recorder.noteAccount(rp),
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{ca.proxyTLS}},
-		ErrorLog:          errLog,
-		ReadHeaderTimeout: 10 * time.Second,
-	}
-	go func() { _ = srv.ServeTLS(ln, "", "") }()
-	ca.mu.Lock()
-	ca.proxy = srv
-	ca.mu.Unlock()
+	ca.proxy = newACMEProxy(target, caddyCANewOrderPath, cert, ca.rootPool, ca.caddyLog)
 	return nil
 }
 
@@ -538,17 +487,19 @@ func (ca *CaddyCA) listenProxy() error {
 // Stop is safe to call more than once; the test's cleanup calls it.
 func (ca *CaddyCA) Stop() {
 	ca.mu.Lock()
-	proc, srv := ca.proc, ca.proxy
-	ca.proc, ca.proxy = nil, nil
+	proc := ca.proc
+	ca.proc = nil
 	ca.mu.Unlock()
-	if srv != nil {
-		_ = srv.Close()
+	if ca.proxy != nil {
+		ca.proxy.stop()
 	}
 	if proc != nil {
 		proc.stop()
 	}
-	if ca.backend != nil {
-		ca.backend.CloseIdleConnections()
+	if ca.proxy != nil {
+		// again: connections that requests in flight at the proxy's
+		// close gave back while the Caddy process was still up
+		ca.proxy.backend.CloseIdleConnections()
 	}
 }
 
@@ -567,7 +518,7 @@ func (ca *CaddyCA) Start(t testing.TB) {
 	if err := ca.startCaddy(); err != nil {
 		t.Fatalf("testenv: restarting the Caddy CA: %v", err)
 	}
-	if err := ca.listenProxy(); err != nil {
+	if _, err := ca.proxy.serve(ca.proxyAddr); err != nil {
 		t.Fatalf("testenv: restarting the Caddy CA's proxy on %s: %v", ca.proxyAddr, err)
 	}
 }
@@ -594,26 +545,21 @@ func (ca *CaddyCA) SetA(t testing.TB, name, ip string) {
 // the test asynchronously, so it first waits (up to 5s) until the log
 // accounts for every order the proxy has already passed back to a client.
 func (ca *CaddyCA) Orders() int {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	return ca.proxy.awaitLogged(func() int {
 		ca.mu.Lock()
-		n := ca.logOrders
-		ca.mu.Unlock()
-		if n >= ca.recorder.count() || time.Now().After(deadline) {
-			return n
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		defer ca.mu.Unlock()
+		return ca.logOrders
+	})
 }
 
 // OrdersFor returns the number of orders the CA has created so far whose
 // identifiers include name (a DNS name, compared case-insensitively, or an
 // IP address), as seen in its newOrder responses by the proxy.
-func (ca *CaddyCA) OrdersFor(name string) int { return ca.recorder.ordersFor(name) }
+func (ca *CaddyCA) OrdersFor(name string) int { return ca.proxy.ordersFor(name) }
 
 // OrderList returns the orders the CA has created so far, oldest first,
 // as seen in its newOrder responses by the proxy.
-func (ca *CaddyCA) OrderList() []CAOrder { return ca.recorder.list() }
+func (ca *CaddyCA) OrderList() []CAOrder { return ca.proxy.list() }
 
 // Log returns the CA's output so far (with the proxy's errors and a line
 // at each restart), followed by pebble-challtestsrv's, for debugging.
@@ -642,101 +588,6 @@ func (ca *CaddyCA) Client() *http.Client {
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.rootPool}},
 		Timeout:   30 * time.Second,
 	}
-}
-
-// orderRecorder is the part of a recording ACME proxy that notes the
-// orders in newOrder responses.
-type orderRecorder struct {
-	newOrderPath string    // the path of the CA's newOrder URL
-	errLog       io.Writer // where unparsable responses are reported
-
-	mu     sync.Mutex
-	orders []CAOrder
-}
-
-// noteAccount reads the account URL (the JWS "kid") of newOrder requests
-// and puts it in the request's context, which the proxied request (seen
-// again by record) keeps.
-func (o *orderRecorder) noteAccount(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && r.URL.Path == o.newOrderPath {
-			body, err := io.ReadAll(r.Body)
-			r.Body.Close()
-			r.Body = io.NopCloser(bytes.NewReader(body))
-			if err == nil {
-				if kid := jwsKeyID(body); kid != "" {
-					r = r.WithContext(context.WithValue(r.Context(), orderAccountKey{}, kid))
-				}
-			}
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-// record notes the order in a successful newOrder response.
-func (o *orderRecorder) record(resp *http.Response) error {
-	req := resp.Request
-	if req == nil || req.Method != http.MethodPost || req.URL.Path != o.newOrderPath ||
-		resp.StatusCode != http.StatusCreated {
-		return nil
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	resp.Body = io.NopCloser(bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	var order struct {
-		Identifiers []struct {
-			Value string `json:"value"`
-		} `json:"identifiers"`
-	}
-	rec := CAOrder{}
-	rec.Account, _ = req.Context().Value(orderAccountKey{}).(string)
-	if loc, err := url.Parse(resp.Header.Get("Location")); err == nil {
-		rec.ID = path.Base(loc.Path)
-	}
-	if err := json.Unmarshal(body, &order); err != nil {
-		// Still count it: the CA created an order.
-		fmt.Fprintf(o.errLog, "testenv proxy: cannot parse newOrder response %q: %v\n", body, err)
-	}
-	for _, id := range order.Identifiers {
-		rec.Identifiers = append(rec.Identifiers, id.Value)
-	}
-	o.mu.Lock()
-	o.orders = append(o.orders, rec)
-	o.mu.Unlock()
-	return nil
-}
-
-func (o *orderRecorder) count() int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return len(o.orders)
-}
-
-func (o *orderRecorder) ordersFor(name string) int {
-	want := normalizeIdentifier(name)
-	n := 0
-	for _, rec := range o.list() {
-		for _, id := range rec.Identifiers {
-			if normalizeIdentifier(id) == want {
-				n++
-				break
-			}
-		}
-	}
-	return n
-}
-
-func (o *orderRecorder) list() []CAOrder {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	out := make([]CAOrder, len(o.orders))
-	for i, rec := range o.orders {
-		out[i] = CAOrder{ID: rec.ID, Identifiers: append([]string(nil), rec.Identifiers...), Account: rec.Account}
-	}
-	return out
 }
 
 // LoopbackHTTPAddr returns an IPv4 loopback address 127.0.0.N (N from 2

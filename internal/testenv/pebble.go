@@ -5,19 +5,15 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"os"
-	"path"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -129,10 +125,10 @@ type Pebble struct {
 	pebbleDirURL  string // Pebble's own directory URL, behind the proxy
 	listenerTLS   tls.Certificate
 	listenerCAPEM []byte
+	proxy         *acmeProxy // the recording proxy behind DirectoryURL
 
 	mu          sync.Mutex
-	logOrderIDs []string      // IDs from PebbleOrderLogPattern lines, in log order
-	proxyOrders []PebbleOrder // orders seen in newOrder responses via the proxy
+	logOrderIDs []string // IDs from PebbleOrderLogPattern lines, in log order
 }
 
 // PebbleOrder is an order Pebble created, as seen by the recording proxy in
@@ -308,16 +304,7 @@ func (p *Pebble) startProcesses(t testing.TB, dir, pebbleBin, challBin string, o
 		return err
 	}
 
-	chall, err := startProcess("pebble-challtestsrv", challBin, []string{
-		"-defaultIPv4", "127.0.0.1",
-		"-defaultIPv6", "",
-		"-dnsserver", p.DNSServer,
-		"-http01", "",
-		"-https01", "",
-		"-tlsalpn01", "",
-		"-doh", "",
-		"-management", strings.TrimPrefix(p.ChallSrvURL, "http://"),
-	}, nil, p.challLog)
+	chall, err := startChallSrv(challBin, p.DNSServer, p.ChallSrvURL, "127.0.0.1", p.challLog)
 	if err != nil {
 		return err
 	}
@@ -389,6 +376,35 @@ func processFailure(proc *process, what string, cause error) error {
 	return err
 }
 
+// startChallSrv starts pebble-challtestsrv as a DNS server only (no
+// challenge servers) on dnsServer (host:port), with its management API on
+// mgmtURL (http://host:port). Names without A records of their own resolve
+// to defaultIPv4 ("": do not resolve); no name has an AAAA record.
+func startChallSrv(bin, dnsServer, mgmtURL, defaultIPv4 string, out *logBuffer) (*process, error) {
+	return startProcess("pebble-challtestsrv", bin, []string{
+		"-defaultIPv4", defaultIPv4,
+		"-defaultIPv6", "",
+		"-dnsserver", dnsServer,
+		"-http01", "",
+		"-https01", "",
+		"-tlsalpn01", "",
+		"-doh", "",
+		"-management", strings.TrimPrefix(mgmtURL, "http://"),
+	}, nil, out)
+}
+
+// challSrvFailed returns why pebble-challtestsrv cannot come up (it exited,
+// or could not bind a port), or nil.
+func challSrvFailed(chall *process) error {
+	if ok, werr := chall.exited(); ok {
+		return processFailure(chall, "exited during start-up", werr)
+	}
+	if strings.Contains(chall.out.String(), "address already in use") {
+		return processFailure(chall, "could not bind", errors.New("address already in use"))
+	}
+	return nil
+}
+
 // waitDNS waits until pebble-challtestsrv answers A queries over TCP (which
 // is what Pebble uses) with 127.0.0.1.
 func (p *Pebble) waitDNS(chall *process) error {
@@ -402,11 +418,8 @@ func (p *Pebble) waitDNS(chall *process) error {
 	deadline := time.Now().Add(15 * time.Second)
 	var lastErr error
 	for {
-		if ok, werr := chall.exited(); ok {
-			return processFailure(chall, "exited during start-up", werr)
-		}
-		if strings.Contains(chall.out.String(), "address already in use") {
-			return processFailure(chall, "could not bind", errors.New("address already in use"))
+		if err := challSrvFailed(chall); err != nil {
+			return err
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		addrs, err := resolver.LookupIPAddr(ctx, "testenv-probe.example")
@@ -505,121 +518,13 @@ func (p *Pebble) startProxy(t testing.TB) error {
 	target.Path = ""
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(p.listenerCAPEM)
-	backend := &http.Transport{
-		TLSClientConfig:     &tls.Config{RootCAs: pool},
-		DisableCompression:  true,
-		MaxIdleConnsPerHost: 16,
-	}
-	errLog := log.New(p.pebbleLog, "testenv proxy: ", log.LstdFlags)
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(r *httputil.ProxyRequest) {
-			r.SetURL(target)
-			// Keep the client's Host: Pebble builds every URL it returns
-			// (and checks every JWS "url") from it, so they all point at
-			// the proxy.
-			r.Out.Host = r.In.Host
-		},
-		Transport:      backend,
-		ModifyResponse: p.recordOrder,
-		ErrorLog:       errLog,
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p.proxy = newACMEProxy(target, p.newOrderPath, p.listenerTLS, pool, p.pebbleLog)
+	addr, err := p.proxy.serve("127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           p.noteAccount(rp),
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{p.listenerTLS}},
-		ErrorLog:          errLog,
-		ReadHeaderTimeout: 10 * time.Second,
-	}
-	go func() { _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() {
-		_ = srv.Close()
-		backend.CloseIdleConnections()
-	})
-	p.DirectoryURL = "https://" + ln.Addr().String() + "/dir"
-	return nil
-}
-
-// orderAccountKey is the context key under which noteAccount passes the
-// account URL of a newOrder request to recordOrder.
-type orderAccountKey struct{}
-
-// noteAccount reads the account URL (the JWS "kid") of newOrder requests
-// and puts it in the request's context, which the proxied request (seen
-// again by recordOrder) keeps.
-func (p *Pebble) noteAccount(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && r.URL.Path == p.newOrderPath {
-			body, err := io.ReadAll(r.Body)
-			r.Body.Close()
-			r.Body = io.NopCloser(bytes.NewReader(body))
-			if err == nil {
-				if kid := jwsKeyID(body); kid != "" {
-					r = r.WithContext(context.WithValue(r.Context(), orderAccountKey{}, kid))
-				}
-			}
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-// jwsKeyID returns the "kid" of a flattened JWS's protected header, or "".
-func jwsKeyID(body []byte) string {
-	var jws struct {
-		Protected string `json:"protected"`
-	}
-	if json.Unmarshal(body, &jws) != nil {
-		return ""
-	}
-	header, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(jws.Protected, "="))
-	if err != nil {
-		return ""
-	}
-	var h struct {
-		KID string `json:"kid"`
-	}
-	if json.Unmarshal(header, &h) != nil {
-		return ""
-	}
-	return h.KID
-}
-
-// recordOrder notes the order in a successful newOrder response.
-func (p *Pebble) recordOrder(resp *http.Response) error {
-	req := resp.Request
-	if req == nil || req.Method != http.MethodPost || req.URL.Path != p.newOrderPath ||
-		resp.StatusCode != http.StatusCreated {
-		return nil
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	resp.Body = io.NopCloser(bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	var order struct {
-		Identifiers []struct {
-			Type  string `json:"type"`
-			Value string `json:"value"`
-		} `json:"identifiers"`
-	}
-	o := PebbleOrder{}
-	o.Account, _ = req.Context().Value(orderAccountKey{}).(string)
-	if loc, err := url.Parse(resp.Header.Get("Location")); err == nil {
-		o.ID = path.Base(loc.Path)
-	}
-	if err := json.Unmarshal(body, &order); err != nil {
-		// Still count it: Pebble created an order.
-		fmt.Fprintf(p.pebbleLog, "testenv proxy: cannot parse newOrder response %q: %v\n", body, err)
-	}
-	for _, id := range order.Identifiers {
-		o.Identifiers = append(o.Identifiers, id.Value)
-	}
-	p.mu.Lock()
-	p.proxyOrders = append(p.proxyOrders, o)
-	p.mu.Unlock()
+	t.Cleanup(p.proxy.stop)
+	p.DirectoryURL = "https://" + addr + "/dir"
 	return nil
 }
 
@@ -629,16 +534,11 @@ func (p *Pebble) recordOrder(resp *http.Response) error {
 // every order the proxy has already passed back to a client; a client that has
 // received its order is therefore always counted.
 func (p *Pebble) Orders() int {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	return p.proxy.awaitLogged(func() int {
 		p.mu.Lock()
-		n, seen := len(p.logOrderIDs), len(p.proxyOrders)
-		p.mu.Unlock()
-		if n >= seen || time.Now().After(deadline) {
-			return n
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		defer p.mu.Unlock()
+		return len(p.logOrderIDs)
+	})
 }
 
 // OrdersFor returns the number of orders Pebble has created so far whose
@@ -646,38 +546,11 @@ func (p *Pebble) Orders() int {
 // address). Pebble's log does not name an order's identifiers, so these are
 // taken from Pebble's newOrder responses as they pass the proxy behind
 // DirectoryURL.
-func (p *Pebble) OrdersFor(name string) int {
-	want := normalizeIdentifier(name)
-	n := 0
-	for _, o := range p.OrderList() {
-		for _, id := range o.Identifiers {
-			if normalizeIdentifier(id) == want {
-				n++
-				break
-			}
-		}
-	}
-	return n
-}
+func (p *Pebble) OrdersFor(name string) int { return p.proxy.ordersFor(name) }
 
 // OrderList returns the orders Pebble has created so far, oldest first, as
 // seen in its newOrder responses (see OrdersFor).
-func (p *Pebble) OrderList() []PebbleOrder {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]PebbleOrder, len(p.proxyOrders))
-	for i, o := range p.proxyOrders {
-		out[i] = PebbleOrder{ID: o.ID, Identifiers: append([]string(nil), o.Identifiers...), Account: o.Account}
-	}
-	return out
-}
-
-func normalizeIdentifier(s string) string {
-	if ip := net.ParseIP(s); ip != nil {
-		return ip.String()
-	}
-	return strings.ToLower(strings.TrimSuffix(s, "."))
-}
+func (p *Pebble) OrderList() []PebbleOrder { return p.proxy.list() }
 
 // Log returns Pebble's output so far (plus any errors of the recording proxy),
 // followed by pebble-challtestsrv's output, for debugging.
