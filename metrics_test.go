@@ -111,7 +111,7 @@ func observed(t *testing.T, cfg []byte, addr string) []byte {
 	m["admin"] = map[string]any{"listen": addr, "config": map[string]any{"persist": false}}
 	m["apps"].(map[string]any)["events"] = map[string]any{
 		"subscriptions": []any{map[string]any{
-			"events":   []string{"cert_obtained", "cert_failed", eventBackoffDenied},
+			"events":   []string{"cert_obtained", "cert_failed", eventBackoffDenied, eventBudgetDenied},
 			"modules":  []string{"acme"},
 			"handlers": []any{map[string]any{"handler": "acme_test_recorder"}},
 		}},
