@@ -99,9 +99,10 @@ func TestValidation(t *testing.T) {
 }
 
 // TestWarnsWhenNothingAllowed: an empty domains list without
-// allow_any_domain serves nothing, which the app says at start.
+// allow_any_domain or a permission module serves nothing but the domains
+// added through the admin API, which the app says at start.
 func TestWarnsWhenNothingAllowed(t *testing.T) {
-	const warning = "no certificate will be obtained: domains is empty and allow_any_domain is false"
+	const warning = "no certificate will be obtained but for the domains added through the admin API (/acme/domains): domains is empty, allow_any_domain is false and there is no permission module"
 	for _, tc := range []struct {
 		name   string
 		fields map[string]any
@@ -110,6 +111,7 @@ func TestWarnsWhenNothingAllowed(t *testing.T) {
 		{"no domains", map[string]any{}, true},
 		{"domains", map[string]any{"domains": []string{"example.com"}}, false},
 		{"allow_any_domain", map[string]any{"allow_any_domain": true}, false},
+		{"permission", map[string]any{"permission": map[string]any{"module": "http", "endpoint": "http://127.0.0.1:9/allowed"}}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			logFile := filepath.Join(t.TempDir(), "caddy.log")

@@ -258,13 +258,14 @@ func (t *caTransport) authorization(v *verdict, resp *http.Response, body []byte
 		return nil
 	}
 	v.noteRefused(reason)
-	return invalidated(body, reason)
+	return invalidated(body, failed == nil, reason)
 }
 
 // invalidated returns the authorization body with its status and its
-// pending challenges' status "invalid" (a challenge without an error gets
-// reason as its error), for acmez to end the order on.
-func invalidated(body []byte, reason string) []byte {
+// pending challenges' status "invalid", for acmez to end the order on;
+// when no challenge carries the CA's error (addReason), the pending ones
+// get reason as theirs.
+func invalidated(body []byte, addReason bool, reason string) []byte {
 	var m map[string]any
 	if json.Unmarshal(body, &m) != nil {
 		return nil
@@ -277,7 +278,7 @@ func invalidated(body []byte, reason string) []byte {
 			continue
 		}
 		c["status"] = acme.StatusInvalid
-		if _, ok := c["error"]; !ok {
+		if _, ok := c["error"]; !ok && addReason {
 			c["error"] = map[string]any{"type": "about:blank", "detail": reason}
 		}
 	}
