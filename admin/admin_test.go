@@ -234,10 +234,14 @@ func TestHandlers(t *testing.T) {
 			setup:  func(f *fakeApp) { f.orderErr = errors.New("urn:ietf:params:acme:error:rejectedIdentifier") },
 			status: 500, want: `"error":"failed to update certificate: urn:ietf:params:acme:error:rejectedIdentifier"`},
 		{name: "over budget", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"a.example.com"}`,
-			setup:  func(f *fakeApp) { f.orderErr = fmt.Errorf("obtaining certificate: %w", issuance.BudgetError{Name: "a.example.com", Domain: "example.com", Limit: 50}) },
+			setup: func(f *fakeApp) {
+				f.orderErr = fmt.Errorf("obtaining certificate: %w", issuance.BudgetError{Name: "a.example.com", Domain: "example.com", Limit: 50})
+			},
 			status: 429, want: `example.com`},
 		{name: "ca paused", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"a.example.com"}`,
-			setup:  func(f *fakeApp) { f.orderErr = issuance.PauseError("new certificate orders are paused for 5 more seconds") },
+			setup: func(f *fakeApp) {
+				f.orderErr = issuance.PauseError("new certificate orders are paused for 5 more seconds")
+			},
 			status: 503, want: `paused for 5 more seconds`},
 		{name: "sanity passed", method: "POST", target: "/acme", contentType: "application/json",
 			body:   `{"host":"a.example.com","test_http_challenge_flow":true}`,
