@@ -129,6 +129,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		Storage:           a.storage,
 		Logger:            a.logger,
 		Allow:             s.Allow,
+		Orderable:         s.Orderable,
 		IssueTimeout:      s.IssueTimeout,
 		FailBackoff:       s.FailBackoff,
 		RenewThreshold:    s.RenewThreshold,

@@ -42,6 +42,9 @@ func (r *Runtime) TriggerScan() { r.runner.Trigger() }
 func (r *Runtime) Order(ctx context.Context, host string) error {
 	host = NormalizeHost(host)
 	ask, err := r.allow(host)
+	if err == nil && r.opts.Orderable != nil {
+		err = r.opts.Orderable(host)
+	}
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrNotAllowed, err)
 	}

@@ -243,9 +243,14 @@ func (r *Runtime) loadOrObtain(j *job, name string) (certmagic.Certificate, erro
 var errDropped = errors.New("dropped from the queue before reaching the CA: every handshake waiting for it gave up")
 
 // mayOrder returns why name may not be ordered now, with no storage write
-// and no order: the CA pause, the budget (both in memory), the backoff,
+// and no order: Options.Orderable, the CA pause, the budget (both in memory), the backoff,
 // and, for a name Allow refused as not listed, Options.Ask.
 func (r *Runtime) mayOrder(ctx context.Context, j *job, name string) error {
+	if r.opts.Orderable != nil {
+		if err := r.opts.Orderable(name); err != nil {
+			return err
+		}
+	}
 	if err := r.pause.check(r.caKey()); err != nil {
 		return err
 	}

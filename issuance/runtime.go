@@ -109,6 +109,11 @@ type Options struct {
 	// app emits an event); may be nil.
 	OnBackoffDenied func(name string, err error)
 
+	// Orderable reports whether the CA may be asked for name at all (the
+	// app's public-CA rule), checked before every order, not on every
+	// handshake; its error refuses the order. Default: every name.
+	Orderable func(name string) error
+
 	// Ask is consulted before ordering a name that Allow refused only
 	// because it is not listed (its error wraps ErrNotListed) and that has
 	// no certificate in storage: nil allows it (Caddy's tls.permission

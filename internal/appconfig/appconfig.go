@@ -422,8 +422,7 @@ func durationOr(d caddy.Duration, def time.Duration) time.Duration {
 }
 
 // Allow reports whether a certificate may be served or obtained for name
-// (already normalised): the IPv4 rule, the public CA's rule, then
-// allow_any_domain, then the allowlist (whose refusal wraps ErrNotAllowed
+// (already normalised): the IPv4 rule, then allow_any_domain, then the allowlist (whose refusal wraps ErrNotAllowed
 // and issuance.ErrNotListed: the domains added through the admin API and
 // the permission module may still allow the name). Its cost does not
 // depend on the number of domains.
@@ -434,13 +433,21 @@ func (s *Settings) Allow(name string) error {
 	if ip := net.ParseIP(name); ip != nil && ip.To4() != nil && !s.IPv4 {
 		return fmt.Errorf("%s: IPv4 addresses are not served (enable_ipv4_common_name is false)", name)
 	}
-	if s.Roots == nil && !qualifiesForPublicCA(name) {
-		return fmt.Errorf("%s: %w", name, ErrNotPublic)
-	}
 	if s.AllowAny || s.Matcher.Match(name) {
 		return nil
 	}
 	return fmt.Errorf("%s: %w", name, ErrNotAllowed)
+}
+
+// Orderable reports whether the CA may be asked for a certificate for
+// name: with a public CA (trusted_roots not set), not for a name no public
+// CA issues for (ErrNotPublic). It is checked before an order, not on
+// every handshake: a certificate in memory or storage is served.
+func (s *Settings) Orderable(name string) error {
+	if s.Roots == nil && !qualifiesForPublicCA(name) {
+		return fmt.Errorf("%s: %w", name, ErrNotPublic)
+	}
+	return nil
 }
 
 // qualifiesForPublicCA reports whether a public CA may issue a
