@@ -156,8 +156,9 @@ func (r *Runtime) cached(name string) (certmagic.Certificate, bool) {
 // once, and a node that waited for another's order finds the certificate
 // in storage instead of ordering again.
 //
-// Before an order, the checks that cost nothing come first (the CA pause,
-// the budget's memory, the backoff), so that a flood is refused at once;
+// Before an order, the checks that cost nothing come first (mayOrder: the
+// public-CA rule, the CA pause, the budget's memory, the backoff, the
+// permission module), so that a flood is refused at once;
 // then the order waits for its turn in the node's queue (orderQueue),
 // bounded by the intake, with no deadline but the runtime's life and its
 // handshakes' patience: when every handshake waiting for it has given up,
@@ -243,8 +244,9 @@ func (r *Runtime) loadOrObtain(j *job, name string) (certmagic.Certificate, erro
 var errDropped = errors.New("dropped from the queue before reaching the CA: every handshake waiting for it gave up")
 
 // mayOrder returns why name may not be ordered now, with no storage write
-// and no order: Options.Orderable, the CA pause, the budget (both in memory), the backoff,
-// and, for a name Allow refused as not listed, Options.Ask.
+// and no order: Options.Orderable, the CA pause, the budget (both in
+// memory), the backoff, and, for a name Allow refused as not listed,
+// Options.Ask.
 func (r *Runtime) mayOrder(ctx context.Context, j *job, name string) error {
 	if r.opts.Orderable != nil {
 		if err := r.opts.Orderable(name); err != nil {
