@@ -80,6 +80,41 @@ func TestLoweredFailBackoffTakesEffect(t *testing.T) {
 	}
 }
 
+// TestChangedAPIURIStartsClean: backoff records are kept per CA, so a name
+// in backoff at one directory is ordered at once from another (here the
+// same Pebble reached as localhost instead of 127.0.0.1: another
+// directory URL, another issuer key).
+func TestChangedAPIURIStartsClean(t *testing.T) {
+	// Pebble validates on a port where nothing listens
+	r := newRig(t, testenv.PebbleOptions{HTTPPort: testenv.FreePort(t)})
+	const name = "moved.example.com"
+	app := r.load(r.config(r.acme(map[string]any{"domains": []string{name}, "fail_backoff_minutes": 10}), nil))
+	if _, err := r.handshake(name); err == nil {
+		t.Fatal("handshake succeeded although validation cannot")
+	}
+	if _, err := app.storage.Load(t.Context(), issuance.BackoffKey(app.issuer.IssuerKey(), name)); err != nil {
+		t.Fatalf("no backoff record after the failed validation: %v", err)
+	}
+	if _, err := r.handshake(name); err == nil || r.pebble.OrdersFor(name) != 1 {
+		t.Fatalf("during the backoff: handshake error %v, %d orders; want refused, 1 order", err, r.pebble.OrdersFor(name))
+	}
+
+	other := strings.Replace(r.pebble.DirectoryURL, "127.0.0.1", "localhost", 1)
+	if other == r.pebble.DirectoryURL {
+		t.Fatalf("directory %s has no 127.0.0.1 to replace", other)
+	}
+	moved := r.load(r.config(r.acme(map[string]any{"domains": []string{name}, "fail_backoff_minutes": 10, "api_uri": other}), nil))
+	if moved.issuer.IssuerKey() == app.issuer.IssuerKey() {
+		t.Fatalf("the issuer key did not change with api_uri (%s)", moved.issuer.IssuerKey())
+	}
+	if _, err := r.handshake(name); err == nil {
+		t.Fatal("handshake succeeded although validation cannot")
+	}
+	if n := r.pebble.OrdersFor(name); n != 2 {
+		t.Fatalf("%d orders after api_uri changed, want 2: the old CA's backoff must not apply", n)
+	}
+}
+
 // notPublic are names no public CA issues a certificate for, all on
 // loopback or never resolved. They are asked for as Caddy's TLS app asks
 // the acme manager (the ClientHello's name), so that 127.0.0.2 and ::1

@@ -317,7 +317,7 @@ func TestCaddyCAFailedValidationEndsOrder(t *testing.T) {
 	const name = "down.caddyca.example"
 	r.ca.SetA(t, name, testenv.LoopbackHTTPAddr(t)) // held by this test; nothing listens there
 	app := r.load(r.config(r.acme(map[string]any{
-		"domains":              []string{name},
+		"domains":              []string{name, "down2.caddyca.example"},
 		"fail_backoff_minutes": 10,
 		"issue_timeout":        "60s",
 	}), nil))
@@ -365,5 +365,20 @@ func TestCaddyCAFailedValidationEndsOrder(t *testing.T) {
 	}
 	if n := r.ca.Orders(); n != 1 {
 		t.Fatalf("orders during the backoff = %d, want still 1", n)
+	}
+
+	// POST /acme for another such name answers with the CA's error
+	const posted = "down2.caddyca.example"
+	r.ca.SetA(t, posted, testenv.LoopbackHTTPAddr(t))
+	start = time.Now()
+	err = app.Order(t.Context(), posted)
+	if err == nil || !strings.Contains(err.Error(), "urn:ietf:params:acme:error:connection") || errors.Is(err, issuance.ErrConflict) {
+		t.Fatalf("POST /acme for a name whose validation fails: %v, want the CA's connection problem", err)
+	}
+	if took := time.Since(start); took >= 30*time.Second {
+		t.Fatalf("POST /acme took %s: the order waited for issue_timeout", took)
+	}
+	if n := r.ca.OrdersFor(posted); n != 1 {
+		t.Fatalf("orders for %s = %d, want 1", posted, n)
 	}
 }

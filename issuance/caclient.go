@@ -185,6 +185,15 @@ func isNewOrder(req *http.Request) bool {
 	return json.Unmarshal(payload, &order) == nil && len(order.Identifiers) > 0
 }
 
+// problemText is p as acme.Problem.Error writes it, without "HTTP 0 " for
+// a problem that carries no status (a challenge's error).
+func problemText(p acme.Problem) string {
+	if p.Status == 0 {
+		return strings.TrimPrefix(p.Error(), "HTTP 0 ")
+	}
+	return p.Error()
+}
+
 // retryAfter parses a Retry-After header (seconds or an HTTP date); zero
 // when absent or unreadable.
 func retryAfter(h string) time.Time {
@@ -234,7 +243,7 @@ func (t *caTransport) authorization(v *verdict, resp *http.Response, body []byte
 	switch a.Status {
 	case acme.StatusInvalid:
 		if failed != nil {
-			v.noteRefused(fmt.Sprintf("the CA could not validate %s: %v", a.Identifier.Value, *failed))
+			v.noteRefused(fmt.Sprintf("the CA could not validate %s: %s", a.Identifier.Value, problemText(*failed)))
 		} else {
 			v.noteRefused(fmt.Sprintf("the CA marked the authorization of %s invalid", a.Identifier.Value))
 		}
@@ -248,7 +257,7 @@ func (t *caTransport) authorization(v *verdict, resp *http.Response, body []byte
 	var reason string
 	switch {
 	case failed != nil:
-		reason = fmt.Sprintf("the CA could not validate %s: %v", a.Identifier.Value, *failed)
+		reason = fmt.Sprintf("the CA could not validate %s: %s", a.Identifier.Value, problemText(*failed))
 	case t.validation > 0 && since > t.validation:
 		reason = fmt.Sprintf("the CA did not validate %s within %s (it still says pending); counted as a failed validation", a.Identifier.Value, t.validation.Round(time.Second))
 	default:
