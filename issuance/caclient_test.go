@@ -19,6 +19,9 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/acmekit/caddy-acme/internal/testenv"
 )
@@ -790,5 +793,40 @@ func TestCAOutageAndReturn(t *testing.T) {
 		if _, err := loadBackoff(t, r, name); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("backoff record of %s: %v, want none", name, err)
 		}
+	}
+}
+
+// TestCAPauseLoggedOnce: an outage is logged when it starts (once, however
+// many orders fail during it) and when the CA answers again; the pause
+// doubles from 5 s while the CA stays unreachable, up to 5 min.
+func TestCAPauseLoggedOnce(t *testing.T) {
+	r := buildRuntime(t, noCA, nil, Options{})
+	core, logs := observer.New(zapcore.InfoLevel)
+	r.logger = zap.New(core)
+	cause := errors.New("dial tcp 127.0.0.1:1: connection refused")
+
+	var steps []time.Duration
+	for range 8 {
+		r.caUnreachable("a.example.com", cause)
+		steps = append(steps, r.pause.step)
+	}
+	want := []time.Duration{5 * time.Second, 10 * time.Second, 20 * time.Second, 40 * time.Second, 80 * time.Second, 160 * time.Second, 5 * time.Minute, 5 * time.Minute}
+	if !slices.Equal(steps, want) {
+		t.Fatalf("pauses %v, want %v", steps, want)
+	}
+	if n := logs.FilterMessageSnippet("cannot be reached").Len(); n != 1 {
+		t.Fatalf("the outage was logged %d times, want once", n)
+	}
+	r.caAnswered()
+	r.caAnswered()
+	if n := logs.FilterMessageSnippet("answers again").Len(); n != 1 {
+		t.Fatalf("the CA's return was logged %d times, want once", n)
+	}
+	if err := r.pause.check(r.caKey()); err != nil {
+		t.Fatalf("still paused after the CA answered: %v", err)
+	}
+	r.caUnreachable("b.example.com", cause) // a new outage
+	if n := logs.FilterMessageSnippet("cannot be reached").Len(); n != 2 || r.pause.step != 5*time.Second {
+		t.Fatalf("a new outage: logged %d times in all, pause %s; want 2 and 5s", n, r.pause.step)
 	}
 }
