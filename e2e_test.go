@@ -136,10 +136,17 @@ func (r *rig) load(cfg []byte) *App {
 // against Pebble's roots, and returns the verified chain.
 func (r *rig) handshake(name string) ([]*x509.Certificate, error) {
 	r.t.Helper()
-	dialer := &net.Dialer{Timeout: 5 * time.Second}
-	conn, err := tls.DialWithDialer(dialer, "tcp", "127.0.0.1:"+strconv.Itoa(r.httpsPort), &tls.Config{
+	return verifiedHandshake(r.httpsPort, name, r.pebble.RootPool(r.t), 5*time.Second)
+}
+
+// verifiedHandshake connects to 127.0.0.1:port with SNI name, verifying
+// the chain against roots, giving up (and closing the connection) after
+// timeout, and returns the verified chain.
+func verifiedHandshake(port int, name string, roots *x509.CertPool, timeout time.Duration) ([]*x509.Certificate, error) {
+	dialer := &net.Dialer{Timeout: timeout}
+	conn, err := tls.DialWithDialer(dialer, "tcp", "127.0.0.1:"+strconv.Itoa(port), &tls.Config{
 		ServerName: name,
-		RootCAs:    r.pebble.RootPool(r.t),
+		RootCAs:    roots,
 	})
 	if err != nil {
 		return nil, err
@@ -152,6 +159,17 @@ func (r *rig) handshake(name string) ([]*x509.Certificate, error) {
 	return chains[0], nil
 }
 
+// checkLeaf fails the test unless leaf is for exactly name.
+func checkLeaf(t *testing.T, leaf *x509.Certificate, name string) {
+	t.Helper()
+	if err := leaf.VerifyHostname(name); err != nil {
+		t.Fatalf("leaf for %s: %v", name, err)
+	}
+	if len(leaf.DNSNames)+len(leaf.IPAddresses) != 1 {
+		t.Fatalf("leaf for %s has SANs %v %v, want exactly the one name", name, leaf.DNSNames, leaf.IPAddresses)
+	}
+}
+
 // mustHandshake is handshake that fails the test on error, and checks the
 // leaf names exactly name.
 func (r *rig) mustHandshake(name string) []*x509.Certificate {
@@ -160,13 +178,7 @@ func (r *rig) mustHandshake(name string) []*x509.Certificate {
 	if err != nil {
 		r.t.Fatalf("TLS handshake for %s: %v\npebble log:\n%s", name, err, r.pebble.Log())
 	}
-	leaf := chain[0]
-	if err := leaf.VerifyHostname(name); err != nil {
-		r.t.Fatalf("leaf for %s: %v", name, err)
-	}
-	if len(leaf.DNSNames)+len(leaf.IPAddresses) != 1 {
-		r.t.Fatalf("leaf for %s has SANs %v %v, want exactly the one name", name, leaf.DNSNames, leaf.IPAddresses)
-	}
+	checkLeaf(r.t, chain[0], name)
 	return chain
 }
 

@@ -1,11 +1,8 @@
 package caddyacme
 
 import (
-	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -157,14 +154,8 @@ func TestFloodOfRandomNames(t *testing.T) {
 // impatientHandshake is a client that gives up after patience (its
 // connection is closed then, as a scanner's would be).
 func (r *rig) impatientHandshake(name string, patience time.Duration) error {
-	ctx, cancel := context.WithTimeout(context.Background(), patience)
-	defer cancel()
-	d := tls.Dialer{Config: &tls.Config{ServerName: name, RootCAs: r.pebble.RootPool(r.t)}}
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(r.httpsPort)))
-	if err != nil {
-		return err
-	}
-	return conn.Close()
+	_, err := verifiedHandshake(r.httpsPort, name, r.pebble.RootPool(r.t), patience)
+	return err
 }
 
 // rssBytes is this process's resident set size.

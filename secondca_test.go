@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -93,20 +92,7 @@ func (r *caddyCARig) handshake(name string) ([]*x509.Certificate, error) {
 // handshake).
 func (r *caddyCARig) handshakeWithin(name string, timeout time.Duration) ([]*x509.Certificate, error) {
 	r.t.Helper()
-	dialer := &net.Dialer{Timeout: timeout}
-	conn, err := tls.DialWithDialer(dialer, "tcp", "127.0.0.1:"+strconv.Itoa(r.httpsPort), &tls.Config{
-		ServerName: name,
-		RootCAs:    r.ca.RootPool(r.t),
-	})
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	chains := conn.ConnectionState().VerifiedChains
-	if len(chains) == 0 {
-		return nil, errors.New("no verified chain")
-	}
-	return chains[0], nil
+	return verifiedHandshake(r.httpsPort, name, r.ca.RootPool(r.t), timeout)
 }
 
 // mustHandshake is handshake that fails the test on error, and checks the
@@ -118,12 +104,7 @@ func (r *caddyCARig) mustHandshake(name string) []*x509.Certificate {
 		r.t.Fatalf("TLS handshake for %s: %v\nCA log:\n%s", name, err, r.ca.Log())
 	}
 	leaf := chain[0]
-	if err := leaf.VerifyHostname(name); err != nil {
-		r.t.Fatalf("leaf for %s: %v", name, err)
-	}
-	if len(leaf.DNSNames)+len(leaf.IPAddresses) != 1 {
-		r.t.Fatalf("leaf for %s has SANs %v %v, want exactly the one name", name, leaf.DNSNames, leaf.IPAddresses)
-	}
+	checkLeaf(r.t, leaf, name)
 	if !strings.HasPrefix(leaf.Issuer.CommonName, "Caddy Local Authority") {
 		r.t.Fatalf("leaf for %s issued by %q, want the Caddy CA", name, leaf.Issuer.CommonName)
 	}
