@@ -1,12 +1,10 @@
 package caddyacme
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/base64"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,30 +49,6 @@ func (r *rig) caAccount(keyPEM string) (acme.Account, error) {
 	return client.GetAccount(r.t.Context(), acme.Account{PrivateKey: key})
 }
 
-// storedAccountKeys returns the ACME account keys certmagic stored in the
-// rig's storage.
-func (r *rig) storedAccountKeys() []string {
-	r.t.Helper()
-	var keys []string
-	err := filepath.WalkDir(r.storage, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !d.IsDir() && strings.Contains(filepath.ToSlash(path), "/users/") && strings.HasSuffix(path, ".key") {
-			data, err := os.ReadFile(path)
-			if err != nil {
-				return err
-			}
-			keys = append(keys, string(bytes.TrimSpace(data)))
-		}
-		return nil
-	})
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	return keys
-}
-
 // checkOrderedWith checks that every order Pebble received was placed by
 // the account of keyPEM, and that certmagic stored exactly that key as
 // the account's.
@@ -93,7 +67,7 @@ func (r *rig) checkOrderedWith(keyPEM string, wantOrders int) {
 			r.t.Fatalf("order %s placed by account %s, want account_key's %s", o.ID, o.Account, acct.Location)
 		}
 	}
-	if got := r.storedAccountKeys(); len(got) != 1 || got[0] != strings.TrimSpace(keyPEM) {
+	if got := testenv.StoredAccountKeys(r.t, r.storage); len(got) != 1 || got[0] != strings.TrimSpace(keyPEM) {
 		r.t.Fatalf("certmagic stored %d account keys, want exactly account_key", len(got))
 	}
 }

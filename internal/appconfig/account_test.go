@@ -1,15 +1,12 @@
 package appconfig
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
-	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -72,29 +69,6 @@ func caAccount(t *testing.T, p *testenv.Pebble, keyPEM string) (acme.Account, er
 	return client.GetAccount(t.Context(), acme.Account{PrivateKey: key})
 }
 
-// storedAccountKeys returns the account keys in the file storage at dir.
-func storedAccountKeys(t *testing.T, dir string) []string {
-	t.Helper()
-	var keys []string
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !d.IsDir() && strings.Contains(filepath.ToSlash(path), "/users/") && strings.HasSuffix(path, ".key") {
-			data, err := os.ReadFile(path)
-			if err != nil {
-				return err
-			}
-			keys = append(keys, string(bytes.TrimSpace(data)))
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return keys
-}
-
 // TestPrepareAccount registers an account_key the CA does not know (with
 // and without external account binding), keeps it in storage, leaves a
 // known one alone, and does nothing without account_key. Its errors name
@@ -142,7 +116,7 @@ func TestPrepareAccount(t *testing.T) {
 			if acct.Status != acme.StatusValid {
 				t.Fatalf("account status %q", acct.Status)
 			}
-			if got := storedAccountKeys(t, dir); len(got) != 1 || got[0] != strings.TrimSpace(key) {
+			if got := testenv.StoredAccountKeys(t, dir); len(got) != 1 || got[0] != strings.TrimSpace(key) {
 				t.Fatalf("stored account keys: %d, want exactly account_key", len(got))
 			}
 
@@ -172,7 +146,7 @@ func TestPrepareAccount(t *testing.T) {
 		if err != nil || after.Location != before.Location {
 			t.Fatalf("account %s after, %s before (%v)", after.Location, before.Location, err)
 		}
-		if got := storedAccountKeys(t, dir); len(got) != 1 || got[0] != strings.TrimSpace(key) {
+		if got := testenv.StoredAccountKeys(t, dir); len(got) != 1 || got[0] != strings.TrimSpace(key) {
 			t.Fatalf("stored account keys: %d, want exactly account_key", len(got))
 		}
 	})

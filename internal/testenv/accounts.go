@@ -1,0 +1,34 @@
+package testenv
+
+import (
+	"bytes"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// StoredAccountKeys returns the PEM keys of the ACME accounts certmagic
+// stored in the file storage at dir (its users/<email>/<email>.key files).
+func StoredAccountKeys(t testing.TB, dir string) []string {
+	t.Helper()
+	var keys []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && strings.Contains(filepath.ToSlash(path), "/users/") && strings.HasSuffix(path, ".key") {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			keys = append(keys, string(bytes.TrimSpace(data)))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys
+}
