@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -13,13 +12,19 @@ import (
 // stored in the file storage at dir (its users/<email>/<email>.key files).
 func StoredAccountKeys(t testing.TB, dir string) []string {
 	t.Helper()
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	fsys := root.FS()
 	var keys []string
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+	err = fs.WalkDir(fsys, ".", func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if !d.IsDir() && strings.Contains(filepath.ToSlash(path), "/users/") && strings.HasSuffix(path, ".key") {
-			data, err := os.ReadFile(path)
+		if !d.IsDir() && strings.Contains(path, "/users/") && strings.HasSuffix(path, ".key") {
+			data, err := fs.ReadFile(fsys, path)
 			if err != nil {
 				return err
 			}
