@@ -93,7 +93,9 @@ func (t *caTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return resp, err // not an order's request (ARI, revocation, …)
 	}
 	if err != nil {
-		v.noteUnreachable(fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err))
+		if req.Context().Err() == nil { // not the order's own end (issue_timeout, unload)
+			v.noteUnreachable(fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), err))
+		}
 		return resp, err
 	}
 	media, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))

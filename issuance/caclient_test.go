@@ -830,3 +830,64 @@ func TestCAPauseLoggedOnce(t *testing.T) {
 		t.Fatalf("a new outage: logged %d times in all, pause %s; want 2 and 5s", n, r.pause.step)
 	}
 }
+
+// TestOrderEndIsNotUnreachable: a request cut off because the order's own
+// context ended (issue_timeout, the config unloaded) does not make the CA
+// unreachable (no node-wide pause); a refused connection does.
+func TestOrderEndIsNotUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan net.Conn, 16)
+	defer func() {
+		ln.Close()
+		for {
+			select {
+			case c := <-accepted:
+				c.Close()
+			default:
+				return
+			}
+		}
+	}()
+	go func() { // accepts and never answers
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			select {
+			case accepted <- c:
+			default:
+				c.Close()
+			}
+		}
+	}()
+	tr := &caTransport{next: http.DefaultTransport}
+	v := &verdict{name: "a.example.com"}
+	ctx, cancel := context.WithTimeout(context.WithValue(t.Context(), verdictKey{}, v), 200*time.Millisecond)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ln.Addr().String()+"/dir", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.RoundTrip(req); err == nil {
+		t.Fatal("a request to a CA that never answers succeeded")
+	}
+	if v.unreachable != nil {
+		t.Fatalf("the order's own deadline counted as an unreachable CA: %v", v.unreachable)
+	}
+
+	free := testenv.FreePort(t)
+	req, err = http.NewRequestWithContext(context.WithValue(t.Context(), verdictKey{}, v), http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(free)+"/dir", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.RoundTrip(req); err == nil {
+		t.Fatal("a request to a closed port succeeded")
+	}
+	if v.unreachable == nil {
+		t.Fatal("a refused connection did not count as an unreachable CA")
+	}
+}
