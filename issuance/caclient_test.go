@@ -891,3 +891,42 @@ func TestOrderEndIsNotUnreachable(t *testing.T) {
 		t.Fatal("a refused connection did not count as an unreachable CA")
 	}
 }
+
+// TestRateLimitPausesItsScope: the CA's rateLimited answer, recorded in
+// the shared storage, pauses the orders in its scope on every node until
+// its Retry-After: the registered domain its message names, else the
+// whole account; a get in the scope is refused without an order, one
+// outside it is not affected.
+func TestRateLimitPausesItsScope(t *testing.T) {
+	storage := &certmagic.FileStorage{Path: t.TempDir()}
+	a := buildRuntime(t, noCA, storage, Options{})
+	b := buildRuntime(t, noCA, storage, Options{}) // another node
+
+	domain := acme.Problem{Type: acme.ProblemTypeNamespace + "rateLimited", Status: 429,
+		Detail: `too many certificates (50) already issued for "limited.example" in the last 168h0m0s`}
+	a.setRateLimit("x.limited.example", &domain, time.Now().Add(time.Hour))
+	for _, name := range []string{"x.limited.example", "y.z.limited.example"} {
+		err := b.checkRateLimit(t.Context(), name)
+		if pe, ok := errors.AsType[PauseError](err); !ok || !strings.Contains(string(pe), "limited.example") {
+			t.Fatalf("%s on the other node: %v, want a PauseError naming limited.example", name, err)
+		}
+	}
+	if err := b.checkRateLimit(t.Context(), "free.example.org"); err != nil {
+		t.Fatalf("a name outside the rate-limited domain: %v", err)
+	}
+	if _, err := b.get(t.Context(), "y.limited.example"); err == nil {
+		t.Fatal("a get in the paused scope succeeded")
+	} else if _, ok := errors.AsType[PauseError](err); !ok {
+		t.Fatalf("a get in the paused scope: %v, want a PauseError", err)
+	}
+
+	account := acme.Problem{Type: acme.ProblemTypeNamespace + "rateLimited", Status: 429, Detail: "too many new orders recently"}
+	a.setRateLimit("q.example.net", &account, time.Now().Add(1500*time.Millisecond))
+	if err := b.checkRateLimit(t.Context(), "free.example.org"); err == nil {
+		t.Fatal("the account's rate limit did not pause every name")
+	}
+	time.Sleep(2 * time.Second)
+	if err := b.checkRateLimit(t.Context(), "free.example.org"); err != nil {
+		t.Fatalf("after the account's Retry-After: %v", err)
+	}
+}
