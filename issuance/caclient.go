@@ -28,6 +28,11 @@ import (
 // certmagic's error text, and a backoff is written only for the name's
 // fault.
 //
+// A GET of the issuer's directory answered without an ACME directory
+// fails with an error that says which URL to give as api_uri
+// (notDirectory), noted in the verdict as a CA that cannot be used (so
+// the node pauses its orders as for an unreachable CA).
+//
 // Two answers are also acted on while the order runs, because acmez (the
 // ACME client under certmagic) does not:
 //
@@ -62,8 +67,20 @@ func ObserveCA(iss *certmagic.ACMEIssuer, validation time.Duration) error {
 	if next == nil {
 		next = http.DefaultTransport
 	}
-	hc.Transport = &caTransport{next: next, validation: validation}
+	hc.Transport = &caTransport{next: next, validation: validation, directories: directoryURLs(iss)}
 	return nil
+}
+
+// directoryURLs returns the directory URLs iss fetches: its CA and its
+// TestCA, when set.
+func directoryURLs(iss *certmagic.ACMEIssuer) []string {
+	var dirs []string
+	for _, u := range []string{iss.CA, iss.TestCA} {
+		if u != "" && !slices.Contains(dirs, u) {
+			dirs = append(dirs, u)
+		}
+	}
+	return dirs
 }
 
 // issuerHTTPClient returns the *http.Client certmagic made for iss (its
@@ -78,8 +95,9 @@ func issuerHTTPClient(iss *certmagic.ACMEIssuer) (*http.Client, error) {
 
 // caTransport is the observing transport.
 type caTransport struct {
-	next       http.RoundTripper
-	validation time.Duration
+	next        http.RoundTripper
+	validation  time.Duration
+	directories []string // the issuer's directory URLs (see notDirectory)
 }
 
 // maxCABody bounds the CA's JSON answers read here (authorizations and
@@ -88,6 +106,15 @@ const maxCABody = 1 << 20
 
 func (t *caTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.next.RoundTrip(req)
+	if err == nil {
+		// for every request, an order's or not: the CA is of no use
+		if resp, err = t.notDirectory(req, resp); err != nil {
+			if v, ok := req.Context().Value(verdictKey{}).(*verdict); ok {
+				v.noteUnreachable(err)
+			}
+			return nil, err
+		}
+	}
 	v, ok := req.Context().Value(verdictKey{}).(*verdict)
 	if !ok {
 		return resp, err // not an order's request (ARI, revocation, …)
@@ -124,6 +151,54 @@ func (t *caTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	return resp, nil
+}
+
+// notDirectory returns an error saying which URL to configure when resp
+// answers a GET of the issuer's directory without an ACME directory: a
+// 2xx whose body is not a JSON object with newNonce, newAccount and
+// newOrder, or a 404. Such a URL is mostly a bare origin given as api_uri,
+// to which /directory was appended (as Kong does), on a CA whose directory
+// is elsewhere: Caddy's acme_server answers it with an empty 200, which
+// acmez reports only as "response Content-Type is  but target container is
+// not io.Writer: *acme.Directory". Any other answer is returned as it is
+// (with its body put back when it was read).
+func (t *caTransport) notDirectory(req *http.Request, resp *http.Response) (*http.Response, error) {
+	if req.Method != http.MethodGet || !slices.Contains(t.directories, req.URL.String()) {
+		return resp, nil
+	}
+	var what string
+	switch {
+	case resp.StatusCode == http.StatusNotFound:
+		what = "HTTP 404"
+	case resp.StatusCode >= 200 && resp.StatusCode < 300:
+		body, err := io.ReadAll(io.LimitReader(resp.Body, maxCABody))
+		_ = resp.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("reading the CA's answer to %s %s: %w", req.Method, req.URL.Redacted(), err)
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		media, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+		var dir struct {
+			NewNonce   string `json:"newNonce"`
+			NewAccount string `json:"newAccount"`
+			NewOrder   string `json:"newOrder"`
+		}
+		switch {
+		case len(bytes.TrimSpace(body)) == 0:
+			what = fmt.Sprintf("HTTP %d with an empty body", resp.StatusCode)
+		case media != "application/json":
+			what = fmt.Sprintf("HTTP %d with Content-Type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+		case json.Unmarshal(body, &dir) != nil || dir.NewNonce == "" || dir.NewAccount == "" || dir.NewOrder == "":
+			what = fmt.Sprintf("HTTP %d with JSON that is not an ACME directory (newNonce, newAccount, newOrder)", resp.StatusCode)
+		default:
+			return resp, nil
+		}
+	default:
+		return resp, nil
+	}
+	_ = resp.Body.Close()
+	return nil, fmt.Errorf("api_uri: the CA did not answer with an ACME directory at %s (%s); give the directory URL, e.g. %s://%s/acme/<name>/directory",
+		req.URL.Redacted(), what, req.URL.Scheme, req.URL.Host)
 }
 
 // The problem types that say the CA will not issue for the identifier:
