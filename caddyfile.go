@@ -2,7 +2,6 @@ package caddyacme
 
 import (
 	"fmt"
-	"math"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -256,7 +255,8 @@ func oneInt(d *caddyfile.Dispenser, dst *int) error {
 
 // oneDuration reads exactly one duration (90s, 2m, 1d). A zero is
 // refused: in JSON it is the field left out, the default, so it cannot
-// be written down (a negative one is refused when the config loads).
+// be written down (its range is checked with the other fields',
+// CheckFields, as in JSON).
 func oneDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	key := d.Val()
 	var s string
@@ -271,7 +271,8 @@ func oneDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	return nil
 }
 
-// oneNumber reads exactly one finite number.
+// oneNumber reads exactly one number. Its range (and NaN or an infinity)
+// is checked with the other fields' (CheckFields), as in JSON.
 func oneNumber(d *caddyfile.Dispenser) (*float64, error) {
 	key := d.Val()
 	var s string
@@ -279,8 +280,8 @@ func oneNumber(d *caddyfile.Dispenser) (*float64, error) {
 		return nil, err
 	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		return nil, d.Errf("%s: expected a number of 0 or more, got %q", key, s)
+	if err != nil {
+		return nil, d.Errf("%s: expected a number, got %q", key, s)
 	}
 	return &f, nil
 }

@@ -253,7 +253,16 @@ func TestPluginEntity(t *testing.T) {
 		},
 		{
 			"renew threshold beyond the app's limit", string(deck("account_email: a@b\nrenew_threshold_days: 1e10")),
-			"kong.yml:6: acme plugin (plugins[0]): config.renew_threshold_days: must be at most 1e9, got 1e+10",
+			"kong.yml:6: acme plugin (plugins[0]): config.renew_threshold_days: must be at most 3650 (10 years), got 1e+10",
+		},
+		{
+			// the message of the app (appconfig), for JSON and the Caddyfile alike
+			"renew threshold 1e9", string(deck("account_email: a@b\nrenew_threshold_days: 1e9")),
+			"kong.yml:6: acme plugin (plugins[0]): config.renew_threshold_days: must be at most 3650 (10 years), got 1e+09",
+		},
+		{
+			"fail backoff beyond the app's limit", string(deck("account_email: a@b\nfail_backoff_minutes: 1e9")),
+			"kong.yml:6: acme plugin (plugins[0]): config.fail_backoff_minutes: must be at most 525600 (a year), got 1e+09",
 		},
 		{
 			"decK template of another variable", string(deck("account_email: '${{ env \"HOME\" }}'")),

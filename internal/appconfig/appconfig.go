@@ -74,7 +74,10 @@ type Config struct {
 	// Renew a certificate when fewer than this many days remain before it
 	// expires, or half its lifetime for a certificate that lives less than
 	// twice as long (so short-lived certificates are not renewed
-	// continuously). Default: 14.
+	// continuously). From 0 to 3650 (10 years; Kong sets no upper limit,
+	// but a longer threshold than any certificate's lifetime only renews
+	// at every scan, and days beyond about 106,751 overflow a duration).
+	// Default: 14.
 	RenewThresholdDays *float64 `json:"renew_threshold_days,omitempty"`
 
 	// Ignore the CA's ACME Renewal Information (ARI, RFC 9773). By default
@@ -87,17 +90,20 @@ type Config struct {
 
 	// How often every certificate in storage is checked for renewal (one
 	// node of a cluster at a time); each wait is jittered by ±10%. The
-	// first check runs renew_first_delay after start. Default: 24h.
+	// first check runs renew_first_delay after start. From 1m to 8760h
+	// (365 days): a scan reads every certificate in storage. Default: 24h.
 	RenewInterval caddy.Duration `json:"renew_interval,omitempty"`
 
 	// How long after start the first renewal check runs (later ones
 	// follow renew_interval). Kong waited a whole day; a node that is
-	// restarted often may wait longer. Default: 1m.
+	// restarted often may wait longer. At most 8760h (365 days); 0 or
+	// left out is the default. Default: 1m.
 	RenewFirstDelay caddy.Duration `json:"renew_first_delay,omitempty"`
 
 	// How often each node reads the log of certificates that other nodes
 	// sharing the storage renewed or deleted, to reload or drop its copies
-	// in memory (one storage read each time). Default: 10s.
+	// in memory (one storage read each time). From 500ms to 24h: a shorter
+	// interval only spends CPU and storage reads. Default: 10s.
 	CacheSyncInterval caddy.Duration `json:"cache_sync_interval,omitempty"`
 
 	// The names certificates may be obtained for: exact names,
@@ -116,7 +122,8 @@ type Config struct {
 	// After a failed order for a name, place no new order for it during
 	// this many minutes. The backoff is kept in storage, so every node that
 	// shares the storage honours it. A successful order sets none. 0
-	// disables the backoff. Default: 5.
+	// disables the backoff. At most 525600 (a year; Kong sets no upper
+	// limit). Default: 5.
 	FailBackoffMinutes *float64 `json:"fail_backoff_minutes,omitempty"`
 
 	// The common name of the root (the issuer of the last certificate in
@@ -156,7 +163,8 @@ type Config struct {
 	// up fails, and the next one is served as soon as the certificate is
 	// there; an order that runs out of time sets no backoff. The HTTP
 	// server's read_header_timeout (Caddy's default: 1m) also bounds a
-	// handshake. Default: 90s.
+	// handshake. From 10s (less does not leave an order the time to be
+	// validated) to 24h. Default: 90s.
 	IssueTimeout caddy.Duration `json:"issue_timeout,omitempty"`
 
 	// The most certificates kept in memory. When full, random certificates
@@ -246,12 +254,12 @@ func (c *Config) check() (dir string, matcher *allowlist.Matcher, err error) {
 		return "", nil, fmt.Errorf("rsa_key_size: expected 2048, 3072 or 4096, got %d", n)
 	}
 	if d := c.RenewThresholdDays; d != nil {
-		if err := checkNumber("renew_threshold_days", *d, ""); err != nil {
+		if err := checkNumber("renew_threshold_days", *d, "", MaxRenewThresholdDays, "10 years"); err != nil {
 			return "", nil, err
 		}
 	}
 	if m := c.FailBackoffMinutes; m != nil {
-		if err := checkNumber("fail_backoff_minutes", *m, " (0 disables the backoff)"); err != nil {
+		if err := checkNumber("fail_backoff_minutes", *m, " (0 disables the backoff)", MaxFailBackoffMinutes, "a year"); err != nil {
 			return "", nil, err
 		}
 	}
@@ -261,14 +269,15 @@ func (c *Config) check() (dir string, matcher *allowlist.Matcher, err error) {
 	for _, d := range []struct {
 		name string
 		d    caddy.Duration
+		r    durationRange
 	}{
-		{"issue_timeout", c.IssueTimeout},
-		{"cache_sync_interval", c.CacheSyncInterval},
-		{"renew_interval", c.RenewInterval},
-		{"renew_first_delay", c.RenewFirstDelay},
+		{"issue_timeout", c.IssueTimeout, issueTimeoutRange},
+		{"cache_sync_interval", c.CacheSyncInterval, cacheSyncIntervalRange},
+		{"renew_interval", c.RenewInterval, renewIntervalRange},
+		{"renew_first_delay", c.RenewFirstDelay, renewFirstDelayRange},
 	} {
-		if d.d < 0 {
-			return "", nil, fmt.Errorf("%s: must not be negative, got %s", d.name, time.Duration(d.d))
+		if err := d.r.check(d.name, time.Duration(d.d)); err != nil {
+			return "", nil, err
 		}
 	}
 	if c.MaxPendingOrders < 0 {
@@ -289,16 +298,55 @@ func (c *Config) check() (dir string, matcher *allowlist.Matcher, err error) {
 	return dir, matcher, nil
 }
 
+// The upper limits of renew_threshold_days and fail_backoff_minutes (Kong
+// has none). Both keep the duration Settings makes of them far from
+// time.Duration's limit of about 292 years.
+const (
+	MaxRenewThresholdDays = 3650   // 10 years
+	MaxFailBackoffMinutes = 525600 // a year
+)
+
 // checkNumber checks a count of days or minutes: 0 or more, and at most
-// 1e9.
-func checkNumber(field string, v float64, zero string) error {
+// limit (described as limitText).
+func checkNumber(field string, v float64, zero string, limit float64, limitText string) error {
 	switch {
 	case math.IsNaN(v) || math.IsInf(v, 0):
 		return fmt.Errorf("%s: expected a number of 0 or more, got %v", field, v)
 	case v < 0:
 		return fmt.Errorf("%s: must not be negative%s, got %v", field, zero, v)
-	case v > 1e9:
-		return fmt.Errorf("%s: must be at most 1e9, got %v", field, v)
+	case v > limit:
+		return fmt.Errorf("%s: must be at most %v (%s), got %v", field, limit, limitText, v)
+	}
+	return nil
+}
+
+// durationRange is the range of a duration field: 0 (left out) is its
+// default, anything else must be within min and max. The limits are
+// written as in a config (minText, maxText).
+type durationRange struct {
+	min, max         time.Duration
+	minText, maxText string
+	def              string
+}
+
+// The ranges of the duration fields; the maxima keep every duration the
+// app derives from them (twice issue_timeout, a jittered renew_interval)
+// far from time.Duration's limit.
+var (
+	issueTimeoutRange      = durationRange{10 * time.Second, 24 * time.Hour, "10s", "24h", "90s"}
+	cacheSyncIntervalRange = durationRange{500 * time.Millisecond, 24 * time.Hour, "500ms", "24h", "10s"}
+	renewIntervalRange     = durationRange{time.Minute, 365 * 24 * time.Hour, "1m", "8760h (365 days)", "24h"}
+	renewFirstDelayRange   = durationRange{0, 365 * 24 * time.Hour, "0", "8760h (365 days)", "1m"}
+)
+
+func (r durationRange) check(field string, d time.Duration) error {
+	switch {
+	case d < 0:
+		return fmt.Errorf("%s: must not be negative, got %s", field, d)
+	case d != 0 && r.min == 0 && d > r.max:
+		return fmt.Errorf("%s: must be at most %s, or 0 for the default (%s), got %s", field, r.maxText, r.def, d)
+	case d != 0 && (d < r.min || d > r.max):
+		return fmt.Errorf("%s: must be between %s and %s, or 0 for the default (%s), got %s", field, r.minText, r.maxText, r.def, d)
 	}
 	return nil
 }

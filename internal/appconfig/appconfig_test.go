@@ -7,6 +7,9 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/acmekit/caddy-acme/internal/directory"
 )
@@ -106,7 +109,7 @@ func TestCheckFields(t *testing.T) {
 		{"rsa_key_size", Config{RSAKeySize: 1024}, "rsa_key_size: expected 2048, 3072 or 4096, got 1024"},
 		{"renew_threshold_days negative", Config{RenewThresholdDays: &neg}, "renew_threshold_days: must not be negative"},
 		{"renew_threshold_days NaN", Config{RenewThresholdDays: &nan}, "renew_threshold_days: expected a number of 0 or more"},
-		{"fail_backoff_minutes too big", Config{FailBackoffMinutes: &big}, "fail_backoff_minutes: must be at most 1e9"},
+		{"fail_backoff_minutes too big", Config{FailBackoffMinutes: &big}, "fail_backoff_minutes: must be at most 525600 (a year), got 2e+09"},
 		{"http_port", Config{HTTPPort: 70000}, "http_port: expected a port between 1 and 65535, got 70000"},
 		{"renew_first_delay", Config{RenewFirstDelay: -1}, "renew_first_delay: must not be negative"},
 		{"cache_capacity", Config{CacheCapacity: -1}, "cache_capacity: must not be negative"},
@@ -121,5 +124,112 @@ func TestCheckFields(t *testing.T) {
 				t.Fatalf("CheckFields = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestCheckFieldsBounds: every bound of a number or duration field (the
+// JSON path; the Caddyfile and the kong adapter check with CheckFields
+// too): the limits themselves pass, one step beyond is refused with a
+// message naming the field, the range and the value.
+func TestCheckFieldsBounds(t *testing.T) {
+	num := func(v float64) *float64 { return &v }
+	dur := func(d time.Duration) caddy.Duration { return caddy.Duration(d) }
+	for _, tc := range []struct {
+		name string
+		c    Config
+		want string // "": accepted
+	}{
+		{"renew_threshold_days 0", Config{RenewThresholdDays: num(0)}, ""},
+		{"renew_threshold_days 3650", Config{RenewThresholdDays: num(3650)}, ""},
+		{"renew_threshold_days 3650.5", Config{RenewThresholdDays: num(3650.5)}, "renew_threshold_days: must be at most 3650 (10 years), got 3650.5"},
+		{"renew_threshold_days 1e9", Config{RenewThresholdDays: num(1e9)}, "renew_threshold_days: must be at most 3650 (10 years), got 1e+09"},
+		{"renew_threshold_days +Inf", Config{RenewThresholdDays: num(math.Inf(1))}, "renew_threshold_days: expected a number of 0 or more, got +Inf"},
+		{"fail_backoff_minutes 0", Config{FailBackoffMinutes: num(0)}, ""},
+		{"fail_backoff_minutes 525600", Config{FailBackoffMinutes: num(525600)}, ""},
+		{"fail_backoff_minutes 525601", Config{FailBackoffMinutes: num(525601)}, "fail_backoff_minutes: must be at most 525600 (a year), got 525601"},
+		{"fail_backoff_minutes 1e9", Config{FailBackoffMinutes: num(1e9)}, "fail_backoff_minutes: must be at most 525600 (a year), got 1e+09"},
+		{"fail_backoff_minutes negative", Config{FailBackoffMinutes: num(-5)}, "fail_backoff_minutes: must not be negative (0 disables the backoff), got -5"},
+
+		{"issue_timeout 10s", Config{IssueTimeout: dur(10 * time.Second)}, ""},
+		{"issue_timeout 24h", Config{IssueTimeout: dur(24 * time.Hour)}, ""},
+		{"issue_timeout 1ns", Config{IssueTimeout: 1}, "issue_timeout: must be between 10s and 24h, or 0 for the default (90s), got 1ns"},
+		{"issue_timeout 9.999s", Config{IssueTimeout: dur(10*time.Second - time.Millisecond)}, "issue_timeout: must be between 10s and 24h, or 0 for the default (90s), got 9.999s"},
+		{"issue_timeout 24h1s", Config{IssueTimeout: dur(24*time.Hour + time.Second)}, "issue_timeout: must be between 10s and 24h, or 0 for the default (90s), got 24h0m1s"},
+		{"issue_timeout negative", Config{IssueTimeout: dur(-time.Second)}, "issue_timeout: must not be negative, got -1s"},
+
+		{"cache_sync_interval 500ms", Config{CacheSyncInterval: dur(500 * time.Millisecond)}, ""},
+		{"cache_sync_interval 24h", Config{CacheSyncInterval: dur(24 * time.Hour)}, ""},
+		{"cache_sync_interval 1ns", Config{CacheSyncInterval: 1}, "cache_sync_interval: must be between 500ms and 24h, or 0 for the default (10s), got 1ns"},
+		{"cache_sync_interval 499ms", Config{CacheSyncInterval: dur(499 * time.Millisecond)}, "cache_sync_interval: must be between 500ms and 24h, or 0 for the default (10s), got 499ms"},
+		{"cache_sync_interval 25h", Config{CacheSyncInterval: dur(25 * time.Hour)}, "cache_sync_interval: must be between 500ms and 24h, or 0 for the default (10s), got 25h0m0s"},
+
+		{"renew_interval 1m", Config{RenewInterval: dur(time.Minute)}, ""},
+		{"renew_interval 8760h", Config{RenewInterval: dur(365 * 24 * time.Hour)}, ""},
+		{"renew_interval 1ns", Config{RenewInterval: 1}, "renew_interval: must be between 1m and 8760h (365 days), or 0 for the default (24h), got 1ns"},
+		{"renew_interval 59s", Config{RenewInterval: dur(59 * time.Second)}, "renew_interval: must be between 1m and 8760h (365 days), or 0 for the default (24h), got 59s"},
+		{"renew_interval 8761h", Config{RenewInterval: dur(8761 * time.Hour)}, "renew_interval: must be between 1m and 8760h (365 days), or 0 for the default (24h), got 8761h0m0s"},
+
+		{"renew_first_delay 1ns", Config{RenewFirstDelay: 1}, ""},
+		{"renew_first_delay 8760h", Config{RenewFirstDelay: dur(365 * 24 * time.Hour)}, ""},
+		{"renew_first_delay 8761h", Config{RenewFirstDelay: dur(8761 * time.Hour)}, "renew_first_delay: must be at most 8760h (365 days), or 0 for the default (1m), got 8761h0m0s"},
+		{"renew_first_delay negative", Config{RenewFirstDelay: -1}, "renew_first_delay: must not be negative, got -1ns"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.c.CheckFields()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("CheckFields: %v", err)
+			case tc.want != "" && (err == nil || err.Error() != tc.want):
+				t.Fatalf("CheckFields = %v, want %q", err, tc.want)
+			}
+			// Settings (what Provision runs) refuses with the same message
+			tc.c.AccountEmail, tc.c.APIURI = "ops@example.com", "https://ca.example/dir"
+			_, err = tc.c.Settings()
+			if tc.want != "" && (err == nil || err.Error() != tc.want) {
+				t.Fatalf("Settings = %v, want %q", err, tc.want)
+			}
+			if tc.want == "" && err != nil {
+				t.Fatalf("Settings: %v", err)
+			}
+		})
+	}
+}
+
+// TestSettingsAtLimits: at the upper limit of every field, the durations
+// Settings makes are exact (no time.Duration overflow: renew_threshold_days
+// 1e9 once gave a renewal date in 1734, fail_backoff_minutes 1e9 no
+// backoff at all).
+func TestSettingsAtLimits(t *testing.T) {
+	days, minutes := float64(MaxRenewThresholdDays), float64(MaxFailBackoffMinutes)
+	year := caddy.Duration(365 * 24 * time.Hour)
+	c := Config{
+		AccountEmail: "ops@example.com", APIURI: "https://ca.example/dir",
+		RenewThresholdDays: &days, FailBackoffMinutes: &minutes,
+		IssueTimeout: caddy.Duration(24 * time.Hour), CacheSyncInterval: caddy.Duration(24 * time.Hour),
+		RenewInterval: year, RenewFirstDelay: year,
+	}
+	s, err := c.Settings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []struct {
+		name      string
+		got, want time.Duration
+	}{
+		{"RenewThreshold", s.RenewThreshold, 3650 * 24 * time.Hour},
+		{"FailBackoff", s.FailBackoff, 525600 * time.Minute},
+		{"IssueTimeout", s.IssueTimeout, 24 * time.Hour},
+		{"CacheSyncInterval", s.CacheSyncInterval, 24 * time.Hour},
+		{"RenewInterval", s.RenewInterval, 365 * 24 * time.Hour},
+		{"RenewFirstDelay", s.RenewFirstDelay, 365 * 24 * time.Hour},
+	} {
+		if d.got != d.want {
+			t.Errorf("%s = %s, want %s", d.name, d.got, d.want)
+		}
+		// what the app derives from them (twice issue_timeout, a renew_interval
+		// jittered by up to 10%) stays positive too
+		if 2*d.got <= 0 || time.Duration(float64(d.got)*1.1) <= 0 {
+			t.Errorf("%s = %s: a derived duration overflows", d.name, d.got)
+		}
 	}
 }
