@@ -16,6 +16,11 @@
 //	GET    /acme/domains                   the domains added at run time
 //	POST   /acme/domains                   add some ({"domains": [...]})
 //	DELETE /acme/domains/{entry}           remove one (URL-escaped: %2A.example.com)
+//
+// The {host} of /acme/certificates/{host} is checked and normalised as
+// POST /acme's host (checkHost): an invalid one is 400 and never reaches
+// the app. A boolean query parameter (invalid_only, revoke) that is not a
+// boolean is 400. Errors never show a storage path.
 package admin
 
 import (
@@ -36,6 +41,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"sort"
 	"strconv"
@@ -96,7 +102,7 @@ type App interface {
 
 // Errors an App wraps to choose the status code.
 var (
-	ErrBadHost    = errors.New("bad host") // 400
+	ErrBadHost    = issuance.ErrBadHost    // 400
 	ErrNotAllowed = issuance.ErrNotAllowed // 400
 	ErrConflict   = issuance.ErrConflict   // 409
 
@@ -108,11 +114,15 @@ var (
 // CertInfo is one certificate as GET /acme/certificates shows it: Kong's
 // fields (host, issuer_cn, not_before, not_after, valid, serial_number,
 // pubkey_type, digest) and caddy-acme's.
+//
+// In the list, a certificate that cannot be read (e.g. tampered with in
+// storage) is an item with its host and Error only, instead of failing the
+// whole list.
 type CertInfo struct {
 	Host             string    `json:"host"`
 	IssuerCN         string    `json:"issuer_cn"`
-	NotBefore        time.Time `json:"not_before"`
-	NotAfter         time.Time `json:"not_after"`
+	NotBefore        time.Time `json:"not_before,omitzero"`
+	NotAfter         time.Time `json:"not_after,omitzero"`
 	Valid            bool      `json:"valid"`
 	SerialNumber     string    `json:"serial_number"`
 	PubkeyType       string    `json:"pubkey_type"`
@@ -122,6 +132,9 @@ type CertInfo struct {
 	RenewalDue       bool      `json:"renewal_due"`
 	RenewAt          time.Time `json:"renew_at,omitzero"`
 	LastRenewalError string    `json:"last_renewal_error,omitempty"`
+	// Error says why the stored certificate cannot be read (list items
+	// only); the other fields are then empty.
+	Error string `json:"error,omitempty"`
 }
 
 // NewCertInfo fills Kong's fields and the fingerprints from leaf, the
@@ -258,30 +271,42 @@ func (a *adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return methodNotAllowed(w, r, "GET")
 		}
 		return a.handleList(w, r, m)
-	case strings.HasPrefix(p, "/acme/certificates/") && !strings.Contains(p[len("/acme/certificates/"):], "/"):
-		host := strings.ToLower(strings.TrimSuffix(p[len("/acme/certificates/"):], "."))
+	case strings.HasPrefix(p, "/acme/certificates/") && !strings.Contains(certSegment(r), "/"):
+		if r.Method != http.MethodGet && r.Method != http.MethodDelete {
+			return methodNotAllowed(w, r, "GET, DELETE")
+		}
+		host, err := checkHost(p[len("/acme/certificates/"):])
+		if err != nil {
+			return apiErr(http.StatusBadRequest, err)
+		}
 		switch r.Method {
 		case http.MethodGet:
 			info, err := m.Certificate(r.Context(), host)
-			if errors.Is(err, fs.ErrNotExist) {
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
 				return apiErr(http.StatusNotFound, fmt.Errorf("Certificate for host %s not found in storage", host)) //nolint:staticcheck // Kong's message
-			}
-			if err != nil {
-				return apiErr(http.StatusInternalServerError, err)
+			case errors.Is(err, ErrBadHost):
+				return apiErr(http.StatusBadRequest, errors.New(safeErr(err)))
+			case err != nil:
+				return apiErr(http.StatusInternalServerError, fmt.Errorf("loading certificate for host %s: %s", host, safeErr(err)))
 			}
 			return reply(w, http.StatusOK, map[string]any{"data": info})
-		case http.MethodDelete:
-			revoke, _ := strconv.ParseBool(r.URL.Query().Get("revoke"))
-			err := m.Delete(r.Context(), host, revoke)
-			if errors.Is(err, fs.ErrNotExist) {
-				return apiErr(http.StatusNotFound, fmt.Errorf("Certificate for host %s not found in storage", host)) //nolint:staticcheck // Kong's message
-			}
+		default: // DELETE
+			revoke, err := queryBool(r.URL.Query(), "revoke")
 			if err != nil {
-				return apiErr(http.StatusInternalServerError, fmt.Errorf("deleting certificate for host %s: %v", host, err))
+				return apiErr(http.StatusBadRequest, err)
+			}
+			err = m.Delete(r.Context(), host, revoke)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				return apiErr(http.StatusNotFound, fmt.Errorf("Certificate for host %s not found in storage", host)) //nolint:staticcheck // Kong's message
+			case errors.Is(err, ErrBadHost):
+				return apiErr(http.StatusBadRequest, errors.New(safeErr(err)))
+			case err != nil:
+				return apiErr(http.StatusInternalServerError, fmt.Errorf("deleting certificate for host %s: %s", host, safeErr(err)))
 			}
 			return reply(w, http.StatusOK, message(fmt.Sprintf("certificate for host %s is deleted", host)))
 		}
-		return methodNotAllowed(w, r, "GET, DELETE")
 	case p == "/acme/domains" || p == "/acme/domains/":
 		switch r.Method {
 		case http.MethodGet:
@@ -400,22 +425,15 @@ func (a *adminAPI) handleOrder(w http.ResponseWriter, r *http.Request, m App) er
 		}
 	}
 
-	host, ok := req.Host.(string)
-	host = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(host), "."))
-	if !ok || host == "" || strings.ContainsAny(host, " ,/") {
-		return apiErr(http.StatusBadRequest, errors.New("host must be provided and containing a single domain"))
+	raw, ok := req.Host.(string)
+	if !ok {
+		return apiErr(http.StatusBadRequest, errSingleHost)
 	}
-	if strings.Contains(host, ":") {
-		return apiErr(http.StatusBadRequest, errors.New("port is not allowed in host"))
-	}
-	if strings.Contains(host, "*") {
-		return apiErr(http.StatusBadRequest, errors.New("wildcard host is not allowed: certificates are obtained with the HTTP-01 challenge, one name each"))
-	}
-	if err := allowlist.Validate(host); err != nil {
-		// A single name, but not a host name or IPv4 address: never
-		// passed on (it would end up in storage keys and in the sanity
-		// check's URL).
-		return apiErr(http.StatusBadRequest, fmt.Errorf("invalid host: %v", err))
+	// the body's host may be padded with spaces (a form field); the path's
+	// may not
+	host, err := checkHost(strings.TrimSpace(raw))
+	if err != nil {
+		return apiErr(http.StatusBadRequest, err)
 	}
 	test, err := truthy(req.Test)
 	if err != nil {
@@ -447,6 +465,129 @@ func (a *adminAPI) handleOrder(w http.ResponseWriter, r *http.Request, m App) er
 	return apiErr(http.StatusInternalServerError, fmt.Errorf("failed to update certificate: %v", err))
 }
 
+var errSingleHost = errors.New("host must be provided and containing a single domain")
+
+// checkHost checks that host is one host name or IPv4 address, without
+// port or wildcard, and returns it normalised: lower case, without its
+// trailing dot. POST /acme's host and the {host} of
+// /acme/certificates/{host} are checked here, so that the app gets the
+// same name for both (the name of the storage keys, of the certificate in
+// memory and of the change published to the other nodes). The error does
+// not repeat a long host.
+func checkHost(host string) (string, error) {
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	if host == "" || strings.ContainsAny(host, " ,/") {
+		return "", errSingleHost
+	}
+	if len(host) > maxHostLen {
+		return "", fmt.Errorf("invalid host: longer than %d octets (%d)", maxHostLen, len(host))
+	}
+	if strings.Contains(host, ":") {
+		return "", errors.New("port is not allowed in host")
+	}
+	if strings.Contains(host, "*") {
+		return "", errors.New("wildcard host is not allowed: certificates are obtained with the HTTP-01 challenge, one name each")
+	}
+	if strings.HasSuffix(host, ".") {
+		return "", fmt.Errorf("invalid host %q: empty label (repeated trailing dot)", host)
+	}
+	if err := allowlist.Validate(host); err != nil {
+		// A single name, but not a host name or IPv4 address: never
+		// passed on (it would end up in storage keys and in the sanity
+		// check's URL).
+		return "", fmt.Errorf("invalid host: %v", err)
+	}
+	return host, nil
+}
+
+// maxHostLen is the longest host name, in octets (RFC 1035).
+const maxHostLen = 253
+
+// certSegment is what follows /acme/certificates/ in the request's
+// escaped path: a %2F in a host is a character of the host (invalid), not
+// a path separator.
+func certSegment(r *http.Request) string {
+	p := r.URL.EscapedPath()
+	if !strings.HasPrefix(p, "/acme/certificates/") {
+		return r.URL.Path[len("/acme/certificates/"):]
+	}
+	return p[len("/acme/certificates/"):]
+}
+
+// parseBool reads a boolean: strconv.ParseBool's forms, and yes/no and
+// on/off in any case.
+func parseBool(s string) (bool, error) {
+	if b, err := strconv.ParseBool(s); err == nil {
+		return b, nil
+	}
+	switch strings.ToLower(s) {
+	case "yes", "on":
+		return true, nil
+	case "no", "off":
+		return false, nil
+	}
+	if len(s) > 32 {
+		s = s[:32] + "…"
+	}
+	return false, fmt.Errorf("expected a boolean (true/false, 1/0, yes/no, on/off), got %q", s)
+}
+
+// queryBool reads the boolean query parameter name: false when absent or
+// empty, an error when a value is not a boolean or two values disagree.
+func queryBool(q url.Values, name string) (bool, error) {
+	var out bool
+	for i, v := range q[name] {
+		b := false
+		if v != "" {
+			var err error
+			if b, err = parseBool(v); err != nil {
+				return false, fmt.Errorf("%s: %v", name, err)
+			}
+		}
+		if i > 0 && b != out {
+			return false, fmt.Errorf("%s: conflicting values", name)
+		}
+		out = b
+	}
+	return out, nil
+}
+
+// safeErr is err's message without the file paths it names (an
+// *fs.PathError's or *os.LinkError's, e.g. a file system storage's): the
+// admin API does not show where storage lives.
+func safeErr(err error) string {
+	msg := err.Error()
+	var walk func(error)
+	walk = func(e error) {
+		if e == nil {
+			return
+		}
+		switch e := e.(type) {
+		case *fs.PathError:
+			msg = hidePath(msg, e.Path)
+		case *os.LinkError:
+			msg = hidePath(hidePath(msg, e.Old), e.New)
+		}
+		switch u := e.(type) {
+		case interface{ Unwrap() error }:
+			walk(u.Unwrap())
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				walk(e)
+			}
+		}
+	}
+	walk(err)
+	return msg
+}
+
+func hidePath(msg, path string) string {
+	if path == "" {
+		return msg
+	}
+	return strings.ReplaceAll(msg, path, "(storage path)")
+}
+
 // truthy reads a boolean given as JSON bool, string or number.
 func truthy(v any) (bool, error) {
 	switch v := v.(type) {
@@ -458,7 +599,7 @@ func truthy(v any) (bool, error) {
 		if v == "" {
 			return false, nil
 		}
-		return strconv.ParseBool(v)
+		return parseBool(v)
 	case float64:
 		return v != 0, nil
 	}
@@ -476,10 +617,9 @@ type certList struct {
 // loaded one page at a time, in one batch.
 func (a *adminAPI) handleList(w http.ResponseWriter, r *http.Request, m App) error {
 	q := r.URL.Query()
-	invalidOnly := false
-	if v := q.Get("invalid_only"); v != "" {
-		b, err := strconv.ParseBool(v)
-		invalidOnly = err != nil || b // Kong: any truthy value
+	invalidOnly, err := queryBool(q, "invalid_only")
+	if err != nil {
+		return apiErr(http.StatusBadRequest, err)
 	}
 	limit := defaultLimit
 	if v := q.Get("limit"); v != "" {
@@ -493,7 +633,7 @@ func (a *adminAPI) handleList(w http.ResponseWriter, r *http.Request, m App) err
 
 	hosts, err := m.Hosts(r.Context(), after == "")
 	if err != nil {
-		return apiErr(http.StatusInternalServerError, fmt.Errorf("listing certificates: %v", err))
+		return apiErr(http.StatusInternalServerError, fmt.Errorf("listing certificates: %s", safeErr(err)))
 	}
 	if !slices.IsSorted(hosts) {
 		hosts = slices.Sorted(slices.Values(hosts)) // a copy: the App's slice may be shared
@@ -522,7 +662,9 @@ func (a *adminAPI) handleList(w http.ResponseWriter, r *http.Request, m App) err
 				continue // deleted meanwhile
 			}
 			if errs[j] != nil {
-				return apiErr(http.StatusInternalServerError, fmt.Errorf("loading certificate for %s: %v", host, errs[j]))
+				// one unreadable certificate does not hide the others
+				out.Data = append(out.Data, CertInfo{Host: host, Error: safeErr(errs[j])})
+				continue
 			}
 			if invalidOnly && infos[j].Valid {
 				continue

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -20,12 +22,34 @@ import (
 // SanityCheck.
 type recordingApp struct {
 	*fakeApp
-	sanity []string
+	sanity  []string
+	one     []string // hosts given to Certificate
+	deletes []string // hosts given to Delete
 }
 
 func (r *recordingApp) SanityCheck(ctx context.Context, host string) error {
 	r.sanity = append(r.sanity, host)
 	return r.fakeApp.SanityCheck(ctx, host)
+}
+
+func (r *recordingApp) Certificate(ctx context.Context, host string) (CertInfo, error) {
+	r.one = append(r.one, host)
+	return r.fakeApp.Certificate(ctx, host)
+}
+
+func (r *recordingApp) Delete(ctx context.Context, host string, revoke bool) error {
+	r.deletes = append(r.deletes, host)
+	return r.fakeApp.Delete(ctx, host, revoke)
+}
+
+// storagePath is the file path in the errors of the fake's unreadable
+// certificate: never in a response.
+const storagePath = "/srv/secret-storage/certificates/c.example.com/c.example.com.crt"
+
+// boolWord reports whether s is a value a boolean query parameter takes.
+func boolWord(s string) bool {
+	_, err := parseBool(s)
+	return s == "" || err == nil
 }
 
 // statuses are the status codes the admin API documents.
@@ -60,7 +84,12 @@ func token(s string) bool {
 // errors are caddy.APIError; a 405 says what is allowed; a POST /acme body
 // over 64 KiB is 413; nothing reaches Order or SanityCheck but a single
 // valid host name, and nothing reaches AddDomains but a non-empty list of
-// valid entries.
+// valid entries. The {host} of /acme/certificates/{host} reaches
+// Certificate or Delete only as a single valid host name (never an encoded
+// space, NUL, backslash or slash, nor an overlong name); a boolean query
+// parameter that is not a boolean is 400 and deletes nothing; no response
+// shows a storage path. A path with %-escapes is delivered as a server
+// does (Path decoded, RawPath as sent).
 func FuzzHandler(f *testing.F) {
 	for _, s := range []struct {
 		method, path, query, ct, body string
@@ -94,6 +123,22 @@ func FuzzHandler(f *testing.F) {
 		{"DELETE", "/acme/domains/%2A.tenant.example.net", "", "", ""},
 		{"DELETE", "/acme/domains/absent.example", "", "", ""},
 		{"PATCH", "/acme/domains/x", "", "", ""},
+		{"DELETE", "/acme/certificates/demo.test%20", "", "", ""},
+		{"DELETE", "/acme/certificates/demo.test%00", "revoke=true", "", ""},
+		{"GET", "/acme/certificates/demo.test%5C", "", "", ""},
+		{"DELETE", "/acme/certificates/a.example.com%2F..%2Fb.example.com", "", "", ""},
+		{"GET", "/acme/certificates/%2Fetc%2Fpasswd", "", "", ""},
+		{"GET", "/acme/certificates/" + strings.Repeat("a", 5000), "", "", ""},
+		{"DELETE", "/acme/certificates/" + strings.Repeat("b", 64) + ".example.com", "", "", ""},
+		{"DELETE", "/acme/certificates/" + strings.Repeat("abcdefgh.", 30) + "com", "", "", ""},
+		{"DELETE", "/acme/certificates/b.example.com", "revoke=garbage", "", ""},
+		{"DELETE", "/acme/certificates/B.Example.com.", "revoke=yes&revoke=no", "", ""},
+		{"DELETE", "/acme/certificates/a.example.com", "revoke=on", "", ""},
+		{"GET", "/acme/certificates", "invalid_only=garbage", "", ""},
+		{"GET", "/acme/certificates", "invalid_only=yes&limit=1", "", ""},
+		{"GET", "/acme/certificates", "invalid_only=%00", "", ""},
+		{"GET", "/acme/certificates/c.example.com", "", "", ""},
+		{"POST", "/acme", "", "application/json", `{"host":"127.0.0.2","test_http_challenge_flow":"on"}`},
 	} {
 		for mode := range uint8(4) {
 			f.Add(s.method, s.path, s.query, s.ct, []byte(s.body), mode == 3, mode*37)
@@ -112,6 +157,9 @@ func FuzzHandler(f *testing.F) {
 			fake.sanityErr = errors.New("timeout")
 		}
 		fake.status = []json.RawMessage{nil, json.RawMessage(`{"checked":4}`), json.RawMessage(`{`)}[mode/16%3]
+		if mode&2 != 0 {
+			fake.certErrs = map[string]error{"c.example.com": fmt.Errorf("loading: %w", &fs.PathError{Op: "open", Path: storagePath, Err: errors.New("input/output error")})}
+		}
 		if mode&4 != 0 {
 			fake.domainErr = []error{ErrTooManyDomains, ErrDomainNotFound, ErrInvalidDomain, errors.New("unreadable")}[mode/4%4]
 		}
@@ -143,6 +191,9 @@ func FuzzHandler(f *testing.F) {
 		req := httptest.NewRequest(http.MethodGet, "/", bytes.NewReader(body))
 		req.Method = method
 		req.URL = &url.URL{Path: path, RawQuery: query}
+		if dec, err := url.PathUnescape(path); err == nil && dec != path {
+			req.URL.Path, req.URL.RawPath = dec, path
+		}
 		req.RequestURI = req.URL.RequestURI()
 		if contentType != "" {
 			req.Header.Set("Content-Type", contentType)
@@ -171,7 +222,26 @@ func FuzzHandler(f *testing.F) {
 		if mode < 240 && method == http.MethodPost && (path == "/acme" || path == "/acme/") && len(body) > maxBody && rec.Code != 413 {
 			t.Fatalf("%s: a body of %d bytes is %d, want 413", what, len(body), rec.Code)
 		}
-		for _, host := range append(fake.orders, m.sanity...) {
+		if strings.Contains(rec.Body.String(), storagePath) || strings.Contains(rec.Body.String(), "/srv/secret-storage") {
+			t.Fatalf("%s: the response shows the storage path: %s", what, rec.Body)
+		}
+		q, _ := url.ParseQuery(query)
+		notBool := func(name string) bool {
+			for _, v := range q[name] {
+				if !boolWord(v) {
+					return true
+				}
+			}
+			return false
+		}
+		if method == http.MethodDelete && notBool("revoke") && (rec.Code == 200 || len(m.deletes) != 0) {
+			t.Fatalf("%s: a non-boolean revoke answered %d, deleted %v; body %s", what, rec.Code, m.deletes, rec.Body)
+		}
+		if mode < 240 && method == http.MethodGet && (req.URL.Path == "/acme/certificates" || req.URL.Path == "/acme/certificates/") &&
+			notBool("invalid_only") && rec.Code != 400 {
+			t.Fatalf("%s: a non-boolean invalid_only answered %d, want 400; body %s", what, rec.Code, rec.Body)
+		}
+		for _, host := range append(append(append(fake.orders, m.sanity...), m.one...), m.deletes...) {
 			if !singleName(host) {
 				t.Fatalf("%s with body %q: the host %q reached the app", what, body, host)
 			}

@@ -40,7 +40,8 @@ type fakeApp struct {
 	domains   []string // the domain list, sorted
 	added     [][]string
 	removed   []string
-	domainErr error // the answer of the domain operations if set
+	domainErr error            // the answer of the domain operations if set
+	certErrs  map[string]error // Certificate's error for a host, if set
 }
 
 func (f *fakeApp) TriggerScan() { f.mu.Lock(); f.scans++; f.mu.Unlock() }
@@ -66,6 +67,9 @@ func (f *fakeApp) Hosts(context.Context, bool) ([]string, error) {
 }
 
 func (f *fakeApp) Certificate(_ context.Context, host string) (CertInfo, error) {
+	if err, ok := f.certErrs[host]; ok {
+		return CertInfo{}, err
+	}
 	c, ok := f.certs[host]
 	if !ok {
 		return CertInfo{}, fmt.Errorf("loading %s: %w", host, fs.ErrNotExist)
@@ -544,5 +548,191 @@ func TestDomainsRoutes(t *testing.T) {
 				t.Fatalf("RemoveDomain got %q, want %q", f.removed, tc.removed)
 			}
 		})
+	}
+}
+
+// TestCertificateHostChecked: the {host} of /acme/certificates/{host} is
+// checked and normalised as POST /acme's: an encoded space, NUL,
+// backslash or slash, a port, a wildcard, a name over 253 octets or a
+// label over 63 is 400 and never reaches the app (no Delete, no
+// Certificate), and the error does not repeat a long name.
+func TestCertificateHostChecked(t *testing.T) {
+	long := strings.Repeat("a", 5000)
+	for _, tc := range []struct {
+		target string
+		want   string
+	}{
+		{"/acme/certificates/demo.test%20", "single domain"},
+		{"/acme/certificates/demo.test%00", "invalid host"},
+		{"/acme/certificates/demo.test%5C", "invalid host"},
+		{"/acme/certificates/demo%2Ftest", "single domain"},
+		{"/acme/certificates/%20demo.test", "single domain"},
+		{"/acme/certificates/demo.test:443", "port is not allowed"},
+		{"/acme/certificates/%2A.demo.test", "wildcard"},
+		{"/acme/certificates/demo.test..", "invalid host"},
+		{"/acme/certificates/" + long, "longer than 253 octets"},
+		{"/acme/certificates/" + strings.Repeat("a", 64) + ".test", "longer than 63 octets"},
+		{"/acme/certificates/" + strings.Repeat("abcdefghi.", 26) + "test", "longer than 253 octets"},
+	} {
+		for _, method := range []string{"GET", "DELETE"} {
+			t.Run(method+" "+tc.target[:min(len(tc.target), 60)], func(t *testing.T) {
+				f := newFake()
+				f.certs["demo.test"] = CertInfo{Host: "demo.test", Valid: true}
+				a := &adminAPI{find: func() (App, error) { return f, nil }}
+				rec := serve(t, a, httptest.NewRequest(method, tc.target, nil))
+				if rec.Code != 400 || !strings.Contains(rec.Body.String(), tc.want) {
+					t.Fatalf("status %d body %.300s, want 400 with %q", rec.Code, rec.Body, tc.want)
+				}
+				if strings.Contains(rec.Body.String(), strings.Repeat("a", 300)) {
+					t.Fatalf("the error repeats the long host: %.300s", rec.Body)
+				}
+				if len(f.deleted) != 0 || len(f.certs) != 5 {
+					t.Fatalf("an invalid host reached the app: deleted %v", f.deleted)
+				}
+			})
+		}
+	}
+	// normalised as POST /acme: case and one trailing dot
+	f := newFake()
+	a := &adminAPI{find: func() (App, error) { return f, nil }}
+	if rec := serve(t, a, httptest.NewRequest("GET", "/acme/certificates/A.Example.COM.", nil)); rec.Code != 200 || !strings.Contains(rec.Body.String(), `"host":"a.example.com"`) {
+		t.Fatalf("GET A.Example.COM.: %d %s", rec.Code, rec.Body)
+	}
+	if rec := serve(t, a, httptest.NewRequest("DELETE", "/acme/certificates/B.EXAMPLE.com.", nil)); rec.Code != 200 || !strings.Contains(rec.Body.String(), "certificate for host b.example.com is deleted") {
+		t.Fatalf("DELETE B.EXAMPLE.com.: %d %s", rec.Code, rec.Body)
+	}
+	if _, ok := f.deleted["b.example.com"]; !ok || len(f.deleted) != 1 {
+		t.Fatalf("deleted %v, want b.example.com", f.deleted)
+	}
+	// a multi-segment path is still no such resource
+	if rec := serve(t, a, httptest.NewRequest("GET", "/acme/certificates/a/b", nil)); rec.Code != 404 {
+		t.Fatalf("GET a/b: %d %s", rec.Code, rec.Body)
+	}
+	// the app's own refusal of a name is 400 too
+	f.certErrs = map[string]error{"c.example.com": fmt.Errorf("%w: not a single host name", ErrBadHost)}
+	if rec := serve(t, a, httptest.NewRequest("GET", "/acme/certificates/c.example.com", nil)); rec.Code != 400 {
+		t.Fatalf("GET refused by the app: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// TestBooleanQuery: every boolean query parameter takes true/false, 1/0,
+// yes/no, on/off (any case; empty is false) and answers 400 for any other
+// value or for two values that disagree, instead of guessing.
+func TestBooleanQuery(t *testing.T) {
+	for _, tc := range []struct {
+		target string
+		status int
+		revoke bool // for a DELETE that succeeds
+		want   string
+	}{
+		{"/acme/certificates/b.example.com?revoke=true", 200, true, "is deleted"},
+		{"/acme/certificates/b.example.com?revoke=yes", 200, true, "is deleted"},
+		{"/acme/certificates/b.example.com?revoke=ON", 200, true, "is deleted"},
+		{"/acme/certificates/b.example.com?revoke=1", 200, true, "is deleted"},
+		{"/acme/certificates/b.example.com?revoke=false", 200, false, "is deleted"},
+		{"/acme/certificates/b.example.com?revoke=no", 200, false, "is deleted"},
+		{"/acme/certificates/b.example.com?revoke=", 200, false, "is deleted"},
+		{"/acme/certificates/b.example.com", 200, false, "is deleted"},
+		{"/acme/certificates/b.example.com?revoke=garbage", 400, false, `"error":"revoke: expected a boolean`},
+		{"/acme/certificates/b.example.com?revoke=yess", 400, false, `revoke: expected a boolean`},
+		{"/acme/certificates/b.example.com?revoke=true&revoke=false", 400, false, `revoke: conflicting values`},
+		{"/acme/certificates/b.example.com?revoke=" + strings.Repeat("x", 500), 400, false, `revoke: expected a boolean`},
+	} {
+		t.Run(tc.target, func(t *testing.T) {
+			f := newFake()
+			a := &adminAPI{find: func() (App, error) { return f, nil }}
+			rec := serve(t, a, httptest.NewRequest("DELETE", tc.target, nil))
+			if rec.Code != tc.status || !strings.Contains(rec.Body.String(), tc.want) {
+				t.Fatalf("status %d body %s, want %d with %q", rec.Code, rec.Body, tc.status, tc.want)
+			}
+			if strings.Contains(rec.Body.String(), strings.Repeat("x", 100)) {
+				t.Fatalf("the error repeats the long value: %s", rec.Body)
+			}
+			revoke, deleted := f.deleted["b.example.com"]
+			if deleted != (tc.status == 200) || revoke != tc.revoke {
+				t.Fatalf("deleted %v, want deleted=%v revoke=%v", f.deleted, tc.status == 200, tc.revoke)
+			}
+		})
+	}
+	for _, q := range []string{"invalid_only=garbage", "invalid_only=2", "invalid_only=true&invalid_only=0"} {
+		f := newFake()
+		a := &adminAPI{find: func() (App, error) { return f, nil }}
+		rec := serve(t, a, httptest.NewRequest("GET", "/acme/certificates?"+q, nil))
+		if rec.Code != 400 || !strings.Contains(rec.Body.String(), `"error":"invalid_only: `) {
+			t.Fatalf("GET ?%s: %d %s, want 400", q, rec.Code, rec.Body)
+		}
+		if len(f.batches) != 0 {
+			t.Fatalf("GET ?%s read certificates", q)
+		}
+	}
+	for _, q := range []string{"invalid_only=off", "invalid_only=False", "invalid_only="} {
+		f := newFake()
+		a := &adminAPI{find: func() (App, error) { return f, nil }}
+		if l := getList(t, a, "/acme/certificates?"+q); len(l.Data) != 4 {
+			t.Fatalf("GET ?%s: %d certificates, want all 4", q, len(l.Data))
+		}
+	}
+	// the POST body's flag reads the same words
+	f := newFake()
+	a := &adminAPI{find: func() (App, error) { return f, nil }}
+	rec := serve(t, a, httptest.NewRequest("POST", "/acme", strings.NewReader(`{"host":"a.example.com","test_http_challenge_flow":"yes"}`)))
+	if rec.Code != 200 || len(f.orders) != 0 {
+		t.Fatalf("POST test_http_challenge_flow=yes: %d %s, orders %v", rec.Code, rec.Body, f.orders)
+	}
+}
+
+// TestListUnreadableItem: one certificate that cannot be read is an item
+// carrying its error (without the storage's file path); the others are
+// listed as they are, and invalid_only lists it (it is not valid).
+func TestListUnreadableItem(t *testing.T) {
+	f := newFake()
+	f.certErrs = map[string]error{"b.example.com": fmt.Errorf("loading: %w", &fs.PathError{Op: "open", Path: "/var/lib/caddy/certificates/b.example.com/b.example.com.crt", Err: errors.New("input/output error")})}
+	a := &adminAPI{find: func() (App, error) { return f, nil }}
+	rec := serve(t, a, httptest.NewRequest("GET", "/acme/certificates", nil))
+	if rec.Code != 200 {
+		t.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	if strings.Contains(rec.Body.String(), "/var/lib/caddy") {
+		t.Fatalf("the storage path is shown: %s", rec.Body)
+	}
+	var l certList
+	if err := json.Unmarshal(rec.Body.Bytes(), &l); err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Data) != 4 {
+		t.Fatalf("%d items, want 4: %s", len(l.Data), rec.Body)
+	}
+	for _, c := range l.Data {
+		if c.Host == "b.example.com" {
+			if c.Error != "loading: open (storage path): input/output error" || c.Valid || !c.NotAfter.IsZero() {
+				t.Fatalf("unreadable item %+v", c)
+			}
+			continue
+		}
+		if c.Error != "" || c.SerialNumber != f.certs[c.Host].SerialNumber || c.Valid != f.certs[c.Host].Valid {
+			t.Fatalf("item %+v changed", c)
+		}
+	}
+	// the item shows its error and no zero times; valid items keep their fields
+	var raw struct {
+		Data []map[string]any `json:"data"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &raw); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := raw.Data[1]["not_after"]; ok {
+		t.Fatalf("the unreadable item has times: %v", raw.Data[1])
+	}
+	if _, ok := raw.Data[0]["error"]; ok || raw.Data[0]["not_after"] == nil {
+		t.Fatalf("a readable item: %v", raw.Data[0])
+	}
+	l = getList(t, a, "/acme/certificates?invalid_only=true")
+	if len(l.Data) != 2 || l.Data[0].Host != "b.example.com" || l.Data[1].Host != "expired.example.com" {
+		t.Fatalf("invalid_only: %+v", l.Data)
+	}
+	// one certificate: 500, without the path
+	rec = serve(t, a, httptest.NewRequest("GET", "/acme/certificates/b.example.com", nil))
+	if rec.Code != 500 || strings.Contains(rec.Body.String(), "/var/lib") || !strings.Contains(rec.Body.String(), "open (storage path): input/output error") {
+		t.Fatalf("GET one unreadable: %d %s", rec.Code, rec.Body)
 	}
 }

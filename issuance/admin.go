@@ -14,8 +14,12 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"github.com/acmekit/caddy-acme/internal/allowlist"
 )
 
 // The operations of the admin API (package admin, served by the app).
@@ -26,7 +30,34 @@ var (
 	ErrNotAllowed = errors.New("host not allowed")
 	// ErrConflict: the host is in backoff, or being ordered.
 	ErrConflict = errors.New("conflicting order")
+	// ErrBadHost: the name is not one host name or IPv4 address (the admin
+	// API checks it first; the runtime refuses it too, so that it never
+	// becomes a storage key or a name evicted from the other nodes).
+	ErrBadHost = errors.New("bad host")
 )
+
+// checkName refuses a name (normalised) that is not one host name or IPv4
+// address without wildcard: storage, memory and the change log must all
+// see the same valid name.
+func checkName(host string) error {
+	if host == "" || strings.HasSuffix(host, ".") || strings.Contains(host, "*") || len(host) > 253 {
+		return fmt.Errorf("%w: not a single host name", ErrBadHost)
+	}
+	if err := allowlist.Validate(host); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadHost, err)
+	}
+	return nil
+}
+
+// storageErr is err without the file path of an *fs.PathError (a file
+// system storage's), which the admin API must not show; errors.Is still
+// sees its cause (fs.ErrNotExist, …).
+func storageErr(what string, err error) error {
+	if pe, ok := errors.AsType[*fs.PathError](err); ok {
+		return fmt.Errorf("%s: %s: %w", what, pe.Op, pe.Err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
 
 // TriggerScan starts a renewal scan now, in the background; a scan asked
 // for while one runs is coalesced into one more after it, one asked for
@@ -92,10 +123,23 @@ func (r *Runtime) Order(ctx context.Context, host string) error {
 // answer (a 404, the next handler's reply, a redirect) means that the CA's
 // request would reach a server where the handler can answer. It cannot tell
 // this Caddy from another server on that address.
+//
+// It is not a way to reach this node's neighbours: the name must be one the
+// CA may be asked for (Options.Orderable: with a public CA, no local name
+// or non-public address), and so must every address it connects to (a
+// public name resolving to a private address is refused too). The error
+// gives the status of a failed answer, never its body.
 func (r *Runtime) SanityCheck(ctx context.Context, host string) error {
 	host = NormalizeHost(host)
-	if _, err := r.allow(host); err != nil {
-		return fmt.Errorf("%w: %v", ErrNotAllowed, err)
+	if err := checkName(host); err != nil {
+		return err
+	}
+	_, err := r.allow(host)
+	if err == nil && r.opts.Orderable != nil {
+		err = r.opts.Orderable(host)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNotAllowed, err)
 	}
 	token := make([]byte, 16)
 	_, _ = rand.Read(token)
@@ -106,15 +150,42 @@ func (r *Runtime) SanityCheck(ctx context.Context, host string) error {
 	if err != nil {
 		return err
 	}
-	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	dialer := &net.Dialer{Control: r.sanityDialControl}
+	client := &http.Client{
+		Transport: &http.Transport{
+			Proxy:             nil, // the CA connects directly
+			DialContext:       dialer.DialContext,
+			DisableKeepAlives: true,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 512))
 	if resp.StatusCode >= 500 {
-		return fmt.Errorf("unexpected response: %q, unexpected status code: %d", body, resp.StatusCode)
+		// the status only: the body is the answer of whatever server is
+		// there, not for the admin API's caller
+		return fmt.Errorf("unexpected status code: %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// sanityDialControl refuses to connect to an address the CA may not be
+// asked for (Options.Orderable): a name that resolves to a non-public
+// address with a public CA.
+func (r *Runtime) sanityDialControl(_, address string, _ syscall.RawConn) error {
+	if r.opts.Orderable == nil {
+		return nil
+	}
+	ip, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return err
+	}
+	if err := r.opts.Orderable(ip); err != nil {
+		return fmt.Errorf("%w: the host resolves to %w", ErrNotAllowed, err)
 	}
 	return nil
 }
@@ -192,7 +263,8 @@ func (r *Runtime) Certificates(ctx context.Context, hosts []string) (certs []Sto
 	now := time.Now()
 	policy := r.policy()
 	for i, host := range names {
-		if errs[i] = loadErrs[perHost*i]; errs[i] != nil {
+		if err := loadErrs[perHost*i]; err != nil {
+			errs[i] = storageErr("loading certificate for "+host, err)
 			continue
 		}
 		leaf, err := parseLeaf(host, values[perHost*i])
@@ -224,6 +296,9 @@ func (r *Runtime) Certificates(ctx context.Context, hosts []string) (certs []Sto
 // there is none.
 func (r *Runtime) Delete(ctx context.Context, host string, revoke bool) error {
 	host = NormalizeHost(host)
+	if err := checkName(host); err != nil {
+		return err
+	}
 	k := Site(r.issuer.IssuerKey(), host)
 	if !r.storage.Exists(ctx, k.Cert) {
 		return fmt.Errorf("certificate for %s: %w", host, fs.ErrNotExist)
@@ -233,9 +308,9 @@ func (r *Runtime) Delete(ctx context.Context, host string, revoke bool) error {
 			return fmt.Errorf("revoking: %w", err)
 		}
 	}
-	for _, key := range []string{k.Cert, k.Key, k.Meta, k.Dir} {
-		if err := r.storage.Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("deleting %s: %w", key, err)
+	for _, item := range []struct{ what, key string }{{"certificate", k.Cert}, {"private key", k.Key}, {"metadata", k.Meta}, {"directory", k.Dir}} {
+		if err := r.storage.Delete(ctx, item.key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return storageErr("deleting the "+item.what, err)
 		}
 	}
 	r.evict(host)
