@@ -69,6 +69,9 @@ func (c *converter) subject() string {
 }
 
 func (c *converter) convert(body []byte, kongConfPath string) ([]byte, error) {
+	if len(body) > MaxKongConfigSize { // checked before parsing: a huge input is refused at once
+		return nil, c.errorf(0, "the Kong configuration is %d bytes, more than %s, the limit of the kong adapter (a declarative file of Kong's acme plugin is far smaller)", len(body), sizeString(MaxKongConfigSize))
+	}
 	root, err := parse(body)
 	if err != nil {
 		return nil, c.errorf(0, "%v", err)

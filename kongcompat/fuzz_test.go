@@ -30,6 +30,11 @@ func FuzzAdapt(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
+	for _, c := range hugeInputs() { // over the adapter's limits of values
+		if len(c.body) <= 1<<20 {
+			f.Add(c.body)
+		}
+	}
 	env := map[string]string{"DECK_X": "x@example.com", "DECK_EMAIL": "ops@example.com", "DECK_DOMAIN": "a.example.com"}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var out []byte

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 )
@@ -41,8 +40,11 @@ var kongConfKeys = []string{
 func loadKongConf(file string, lookupEnv func(string) (string, bool)) (*kongConf, error) {
 	kc := &kongConf{file: file, values: make(map[string]confValue)}
 	if file != "" {
-		data, err := os.ReadFile(file)
+		data, err := readFileLimited(file, MaxKongConfSize, "kong.conf")
 		if err != nil {
+			if isTooLarge(err) {
+				return nil, err
+			}
 			return nil, fmt.Errorf("reading kong.conf: %w", err)
 		}
 		if err := kc.parse(data); err != nil {

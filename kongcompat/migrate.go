@@ -80,9 +80,35 @@ func cmdMigrate(fl caddycmd.Flags) (int, error) {
 		AccountKeyFile: fl.String("account-key-file"),
 		Out:            os.Stdout,
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), fl.Duration("timeout"))
+	timeout := fl.Duration("timeout")
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	report, err := Migrate(ctx, opts)
+	// --timeout covers everything: Migrate stops its network work when ctx
+	// ends, and what it cannot interrupt (reading a file that never ends
+	// or blocks, parsing) is abandoned, as the process exits.
+	type result struct {
+		report *MigrateReport
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		report, err := Migrate(ctx, opts)
+		done <- result{report, err}
+	}()
+	var res result
+	select {
+	case res = <-done:
+	case <-ctx.Done():
+		select {
+		case res = <-done: // give it a moment to say where it stopped
+		case <-time.After(2 * time.Second):
+			return caddy.ExitCodeFailedStartup, fmt.Errorf("gave up after --timeout %s; items reported as copied are done, run the command again (with a longer --timeout) for the others", timeout)
+		}
+	}
+	report, err := res.report, res.err
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		err = fmt.Errorf("gave up after --timeout %s: %w", timeout, err)
+	}
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
@@ -211,6 +237,11 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	if m.opts.Out == nil {
 		m.opts.Out = io.Discard
 	}
+	if opts.Apply && opts.AccountKeyFile != "" {
+		if err := checkAccountKeyFile(opts.AccountKeyFile); err != nil {
+			return nil, err
+		}
+	}
 	var err error
 	if m.kong, err = loadKongSide(opts.From, opts.KongConf, m.opts.LookupEnv); err != nil {
 		return nil, err
@@ -220,6 +251,12 @@ func Migrate(ctx context.Context, opts MigrateOptions) (*MigrateReport, error) {
 	switch {
 	case targetJSON != nil:
 	case opts.Config != "":
+		if _, err := readFileLimited(opts.Config, MaxCaddyConfigSize, "--config (the Caddy config)"); err != nil {
+			if isTooLarge(err) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("loading the Caddy config: %w", err)
+		}
 		if targetJSON, _, _, err = caddycmd.LoadConfig(opts.Config, opts.Adapter); err != nil {
 			return nil, fmt.Errorf("loading the Caddy config: %w", err)
 		}
@@ -396,9 +433,12 @@ func (m *migration) account(ctx context.Context) string {
 		}
 	}
 	if m.opts.Apply && m.opts.AccountKeyFile != "" {
-		if err := os.WriteFile(m.opts.AccountKeyFile, keyPEM, 0o600); err != nil {
-			m.note(fmt.Sprintf("writing Kong's account key to %s: %v", m.opts.AccountKeyFile, err))
-		} else {
+		switch same, err := writeAccountKeyFile(m.opts.AccountKeyFile, keyPEM); {
+		case err != nil:
+			m.add(MigrateItem{Kind: "file", Name: m.opts.AccountKeyFile, Action: ActionFail, Reason: err.Error()})
+		case same:
+			m.note(fmt.Sprintf("%s already holds Kong's account key; the app's account_key can be {file.%s}", m.opts.AccountKeyFile, m.opts.AccountKeyFile))
+		default:
 			m.note(fmt.Sprintf("wrote Kong's account key to %s; the app's account_key can be {file.%s}", m.opts.AccountKeyFile, m.opts.AccountKeyFile))
 		}
 	}

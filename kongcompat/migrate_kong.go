@@ -3,8 +3,8 @@ package kongcompat
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/acmekit/caddy-acme/internal/placeholder"
@@ -51,16 +51,25 @@ type kongSide struct {
 
 // loadKongSide reads and adapts Kong's configuration.
 func loadKongSide(from, kongConf string, lookup func(string) (string, bool)) (*kongSide, error) {
-	body, err := os.ReadFile(from)
+	body, err := readFileLimited(from, MaxKongConfigSize, "--from (Kong's configuration)")
 	if err != nil {
+		if isTooLarge(err) {
+			return nil, err
+		}
 		return nil, fmt.Errorf("reading Kong's configuration: %w", err)
 	}
+	confWhat := "--kong-conf (kong.conf)"
 	if kongConf == "" {
 		kongConf, _ = lookup("KONG_CONF")
+		confWhat = "$KONG_CONF (kong.conf)"
 	}
 	c := &converter{env: lookup, file: from}
 	out, err := c.convert(body, kongConf)
 	if err != nil {
+		var tl *TooLargeError
+		if errors.As(err, &tl) && tl.Path == kongConf {
+			tl.What = confWhat
+		}
 		return nil, err
 	}
 	k := &kongSide{file: from, adapted: out, storageMod: c.adaptedStorage}

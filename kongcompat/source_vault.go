@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
@@ -88,7 +87,7 @@ func (v *vaultSource) kubernetesLogin(ctx context.Context, s *vault.Storage) err
 			return err
 		}
 	}
-	jwt, err := os.ReadFile(jwtPath)
+	jwt, err := readFileLimited(jwtPath, maxSmallFileSize, "the service account token")
 	if err != nil {
 		return fmt.Errorf("vault kubernetes login: reading the service account token: %w", err)
 	}

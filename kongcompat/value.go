@@ -96,7 +96,15 @@ const (
 	maxNodes = 200_000
 )
 
-var errTooLarge = errors.New("too many values (YAML aliases expanding to more than 200000 nodes?)")
+// tooManyValues is the error of an input over maxNodes values; aliases
+// says whether YAML aliases were expanded on the way (each use counts).
+func tooManyValues(aliases bool) error {
+	msg := fmt.Sprintf("more than %d values (objects, arrays and scalars), the limit of the kong adapter", maxNodes)
+	if aliases {
+		msg += "; every use of a YAML alias counts its values again"
+	}
+	return errors.New(msg)
+}
 
 // parse reads a YAML document or a JSON value. Input whose first
 // non-space byte is { or [ is JSON (so that broken JSON is reported as
@@ -135,13 +143,14 @@ func parseYAML(body []byte) (*value, error) {
 }
 
 type yamlConverter struct {
-	nodes int
+	nodes   int
+	aliases bool // an alias was expanded
 }
 
 func (c *yamlConverter) convert(n *yaml.Node, depth int) (*value, error) {
 	c.nodes++
 	if c.nodes > maxNodes {
-		return nil, errTooLarge
+		return nil, tooManyValues(c.aliases)
 	}
 	if depth > maxDepth {
 		return nil, fmt.Errorf("line %d: nested more than %d levels deep", n.Line, maxDepth)
@@ -156,6 +165,7 @@ func (c *yamlConverter) convert(n *yaml.Node, depth int) (*value, error) {
 		if n.Alias == nil {
 			return nil, fmt.Errorf("line %d: unknown alias", n.Line)
 		}
+		c.aliases = true
 		v, err := c.convert(n.Alias, depth+1)
 		if err != nil {
 			return nil, err
@@ -334,7 +344,7 @@ func (p *jsonParser) startLine() int {
 func (p *jsonParser) value(depth int) (*value, error) {
 	p.nodes++
 	if p.nodes > maxNodes {
-		return nil, errTooLarge
+		return nil, tooManyValues(false)
 	}
 	line := p.startLine()
 	if depth > maxDepth {
