@@ -23,6 +23,9 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if err != nil {
 		return fmt.Errorf("storing: %w", err)
 	}
+	if err := s.checkConflict(ctx, k); err != nil {
+		return err
+	}
 	sealed := s.rt.Sealer.Seal(k, value)
 	if len(sealed) > inlineMax {
 		return s.storeChunked(ctx, k, sealed, len(value))
@@ -35,6 +38,46 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if _, err := s.client.KV().Put(&api.KVPair{Key: s.dataKey(k), Value: sealed, Flags: nowFlags()},
 		(&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		return s.fail("storing", k, err)
+	}
+	return nil
+}
+
+// checkConflict refuses to store k below a value (backend.ErrUnderValue)
+// or over a directory (backend.ErrIsDir), as Caddy's file storage does: one
+// transaction reading the directories above k (if any), and one listing of
+// k's direct children (empty unless k is a directory). It is a check before
+// the write, not a transaction with it: two nodes storing "a" and "a/b" at
+// the same moment can both succeed.
+func (s *Storage) checkConflict(ctx context.Context, k string) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if parents := backend.Parents(k); len(parents) > 0 {
+		ops := make(api.TxnOps, len(parents))
+		for i, p := range parents {
+			ops[i] = &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetOrEmpty, Key: s.dataKey(p)}}
+		}
+		ok, resp, _, err := s.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+		if err == nil && !ok {
+			err = txnErrors(resp)
+		}
+		if err != nil {
+			return s.fail("storing", k, err)
+		}
+		for i, p := range parents {
+			// get-or-empty answers a missing key with an empty pair
+			// (no index); a stored value has been modified at least once
+			if pair := resultAt(resp, i); pair != nil && pair.ModifyIndex != 0 {
+				return backend.ErrUnderValue(k, p)
+			}
+		}
+	}
+	base := s.dirKey(k)
+	keys, _, err := s.client.KV().Keys(base, "/", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return s.fail("storing", k, err)
+	}
+	if len(children(keys, base)) > 0 {
+		return backend.ErrIsDir(k)
 	}
 	return nil
 }
@@ -343,7 +386,9 @@ func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, erro
 }
 
 // List returns the full keys under path: its direct children (values and
-// directories), or with recursive every value and directory below it.
+// directories), or with recursive every value and directory below it. A
+// missing path is fs.ErrNotExist; a value has no children; an empty root
+// has none either (no error).
 func (s *Storage) List(ctx context.Context, path string, recursive bool) ([]string, error) {
 	dir, err := dirKey(path)
 	if err != nil {
@@ -365,12 +410,16 @@ func (s *Storage) List(ctx context.Context, path string, recursive bool) ([]stri
 	}
 	rel := children(keys, base)
 	if len(rel) == 0 {
-		// A value has no children; anything else is missing.
+		// A value has no children, nor has an empty root; anything else
+		// is missing.
 		isValue, err := s.probe(ctx, dir)
 		if err != nil {
 			return nil, s.fail("listing", dir, err)
 		}
-		if isValue {
+		if isValue || dir == "" {
+			// the root always exists (as the root directory of Caddy's
+			// file storage does once Caddy has run): an empty storage
+			// lists no keys
 			return []string{}, nil
 		}
 		return nil, notExist("listing", dir)

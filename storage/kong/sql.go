@@ -49,6 +49,12 @@ const (
 	sqlStore = `INSERT INTO acme_storage (id, key, value, created_at) VALUES ($1, $2, $3, now())
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, created_at = excluded.created_at, ttl = NULL`
 
+	// sqlConflict returns a live row among the keys $1 (the directories
+	// above a key being stored), or NULL, and whether a live key lies below
+	// it in [$2, $3): Store refuses both (see backend.ErrUnderValue,
+	// backend.ErrIsDir).
+	sqlConflict = `SELECT (SELECT key FROM acme_storage WHERE key = ANY($1) AND ` + live + ` LIMIT 1), ` + sqlFirstBelow + ` IS NOT NULL`
+
 	// sqlStat returns the file's size, the first 33 characters of its value
 	// (of an encoded one: the marker and 28 base64 characters, 21 bytes;
 	// decodedHead) and its time, else one row of NULLs when it is a

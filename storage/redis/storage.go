@@ -51,6 +51,9 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if err := checkKey(key); err != nil {
 		return fmt.Errorf("storing %q: %w", key, err)
 	}
+	if err := s.checkConflict(ctx, key); err != nil {
+		return err
+	}
 	sealed := s.rt.Sealer.Seal(key, value)
 	now := time.Now()
 	fields := s.recent.stale(indexFields(key), now)
@@ -81,6 +84,43 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 		return fmt.Errorf("storing %s: %w", key, err)
 	}
 	s.recent.add(fields, now)
+	return nil
+}
+
+// checkConflict refuses to store key below a value (backend.ErrUnderValue)
+// or over a directory (backend.ErrIsDir), as Caddy's file storage does. It
+// costs one round trip: whether each directory above key is a value, and
+// whether key has a directory index; only an index (key is, or was, a
+// directory: rare) costs a Stat, whose search stops at the first live key
+// below. It is a check before the write, not a transaction with it: two
+// nodes storing "a" and "a/b" at the same moment can both succeed.
+func (s *Storage) checkConflict(ctx context.Context, key string) error {
+	parents := backend.Parents(key)
+	pipe := s.client.Pipeline()
+	above := make([]*goredis.IntCmd, len(parents))
+	for i, p := range parents {
+		above[i] = pipe.Exists(ctx, s.valueKey(p))
+	}
+	index := pipe.Exists(ctx, s.indexKey(key))
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("storing %s: %w", key, err)
+	}
+	for i, c := range above {
+		if c.Val() > 0 {
+			return backend.ErrUnderValue(key, parents[i])
+		}
+	}
+	if index.Val() == 0 {
+		return nil
+	}
+	switch info, err := s.Stat(ctx, key); {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil // only stale index fields
+	case err != nil:
+		return fmt.Errorf("storing %s: %w", key, err)
+	case !info.IsTerminal:
+		return backend.ErrIsDir(key)
+	}
 	return nil
 }
 
@@ -242,7 +282,9 @@ func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, erro
 
 // List returns the full keys of the files and directories directly in dir,
 // or with recursive everything below it. A missing dir is an error wrapping
-// fs.ErrNotExist; a file has no children.
+// fs.ErrNotExist; a file has no children; the root always exists (an
+// empty storage lists no keys, as the existing, empty root directory of
+// Caddy's file storage does).
 func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]string, error) {
 	dir = backend.Clean(dir)
 	index, err := s.client.HGetAll(ctx, s.indexKey(dir)).Result()
@@ -261,14 +303,15 @@ func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]strin
 	if len(keys) > 0 {
 		return keys, nil
 	}
-	if dir != "" {
-		n, err := s.client.Exists(ctx, s.valueKey(dir)).Result()
-		if err != nil {
-			return nil, fmt.Errorf("listing %s: %w", dir, err)
-		}
-		if n > 0 {
-			return []string{}, nil // a file
-		}
+	if dir == "" {
+		return []string{}, nil
+	}
+	n, err := s.client.Exists(ctx, s.valueKey(dir)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", dir, err)
+	}
+	if n > 0 {
+		return []string{}, nil // a file
 	}
 	return nil, fmt.Errorf("listing %s: %w", dir, fs.ErrNotExist)
 }

@@ -1,6 +1,10 @@
 // Package storagetest is a conformance suite for certmagic storages: the
 // whole certmagic v0.25.6 Storage contract (missing keys, recursive Delete,
-// directories in Exists, Stat and List, full keys, List("", true)), values
+// directories in Exists, Stat and List, full keys, List("", true)), what
+// Caddy's file storage does where that contract is silent (an empty root
+// lists no keys without error; a key cannot be both a value and a
+// directory: Store refuses either with the file storage's error, matching
+// fs.ErrExist or syscall.ENOTDIR), values
 // and keys that break naive implementations, concurrent use, and distributed
 // locks between two independent instances of the storage (two nodes):
 // exclusion, blocking, context cancellation, TryLock, RenewLockLease,
@@ -28,6 +32,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -66,6 +71,8 @@ func Run(t *testing.T, open Opener, opts Options) {
 	t.Run("Directories", func(t *testing.T) { testDirectories(t, open(t, ns(t))) })
 	t.Run("RecursiveDelete", func(t *testing.T) { testDelete(t, open(t, ns(t))) })
 	t.Run("ListRoot", func(t *testing.T) { testListRoot(t, open(t, ns(t))) })
+	t.Run("EmptyRoot", func(t *testing.T) { testEmptyRoot(t, open(t, ns(t))) })
+	t.Run("ValueDirectoryConflict", func(t *testing.T) { testConflict(t, open(t, ns(t))) })
 	t.Run("Values", func(t *testing.T) { testValues(t, open(t, ns(t))) })
 	t.Run("Keys", func(t *testing.T) { testKeys(t, open(t, ns(t))) })
 	t.Run("TwoNodesShareData", func(t *testing.T) {
@@ -284,6 +291,90 @@ func testListRoot(t *testing.T, s certmagic.Storage) {
 	if !slices.Equal(files, keys) {
 		t.Fatalf("terminal keys of List(\"\", true) = %q, want %q", files, keys)
 	}
+}
+
+// testEmptyRoot: the root of an empty storage (never written, or emptied)
+// lists as empty, without error, as the root of Caddy's file storage does
+// once its directory exists (Caddy creates it at start, writing
+// instance.uuid there); only a missing directory below the root is
+// fs.ErrNotExist.
+func testEmptyRoot(t *testing.T, s certmagic.Storage) {
+	ctx := context.Background()
+	wantEmpty := func(when string) {
+		t.Helper()
+		for _, recursive := range []bool{false, true} {
+			keys, err := s.List(ctx, "", recursive)
+			if err != nil || len(keys) != 0 {
+				t.Fatalf("%s: List(\"\", %v) = %q, %v; want no keys and no error", when, recursive, keys, err)
+			}
+		}
+	}
+	wantEmpty("a new storage")
+	store(t, s, "a/b/c", []byte("c"))
+	del(t, s, "a")
+	wantEmpty("after Delete of its only directory")
+	store(t, s, "x", []byte("x"))
+	del(t, s, "x")
+	wantEmpty("after Delete of its only key")
+	_, err := s.List(ctx, "a", false)
+	wantNotExist(t, "List of a deleted directory of an empty storage", err)
+}
+
+// testConflict: a key cannot be both a value and a directory. Caddy's file
+// storage refuses both orders (its rename onto a directory fails with
+// EEXIST, its MkdirAll below a file with ENOTDIR), and `caddy storage
+// export` could not write such a pair into an extractable archive.
+func testConflict(t *testing.T, s certmagic.Storage) {
+	ctx := context.Background()
+	store(t, s, "dir/child", []byte("child"))
+	for _, k := range []string{"dir", "dir/"} {
+		err := s.Store(ctx, k, []byte("value"))
+		if !errors.Is(err, fs.ErrExist) {
+			t.Fatalf("Store(%q) over a directory: %v, want an error matching fs.ErrExist", k, err)
+		}
+	}
+	store(t, s, "file", []byte("value"))
+	store(t, s, "deep/er/file", []byte("value"))
+	for _, k := range []string{"file/x", "file/x/y", "deep/er/file/x", "deep/er/file/x/y/z"} {
+		err := s.Store(ctx, k, []byte("below a value"))
+		if !errors.Is(err, syscall.ENOTDIR) {
+			t.Fatalf("Store(%q) below a value: %v, want an error matching syscall.ENOTDIR", k, err)
+		}
+		// (not Exists: the file storage's answers true for any error but
+		// fs.ErrNotExist, ENOTDIR here)
+		if v, err := s.Load(ctx, k); err == nil {
+			t.Fatalf("Load(%q) = %q after its Store was refused", k, v)
+		}
+	}
+	// nothing changed
+	if got := string(load(t, s, "dir/child")); got != "child" {
+		t.Fatalf("dir/child = %q after the refused Store(dir)", got)
+	}
+	if info, err := s.Stat(ctx, "dir"); err != nil || info.IsTerminal {
+		t.Fatalf("Stat(dir) = %+v, %v after the refused Store(dir); want a directory", info, err)
+	}
+	if v, err := s.Load(ctx, "dir"); err == nil { // the file storage: EISDIR
+		t.Fatalf("Load(dir) = %q after its Store was refused", v)
+	}
+	if info, err := s.Stat(ctx, "file"); err != nil || !info.IsTerminal || string(load(t, s, "file")) != "value" {
+		t.Fatalf("Stat(file) = %+v, %v after the refused Stores below it; want the value", info, err)
+	}
+	wantList(t, s, "", false, "deep", "dir", "file")
+	wantList(t, s, "file", true)
+
+	// what is not a conflict: overwriting a value, names that only share
+	// a prefix
+	store(t, s, "file", []byte("second"))
+	store(t, s, "dirx", []byte("dirx"))
+	store(t, s, "file2/x", []byte("file2/x"))
+	store(t, s, "file.x", []byte("file.x"))
+	store(t, s, "dir/child2", []byte("child2"))
+	// once the other is deleted, the name is free
+	del(t, s, "dir")
+	store(t, s, "dir", []byte("now a value"))
+	del(t, s, "file")
+	store(t, s, "file/x", []byte("now below a directory"))
+	wantList(t, s, "", true, "deep", "deep/er", "deep/er/file", "dir", "dirx", "file", "file/x", "file.x", "file2", "file2/x")
 }
 
 func testValues(t *testing.T, s certmagic.Storage) {

@@ -232,16 +232,32 @@ func TestSoftDeleted(t *testing.T) {
 	roundTrip(t, s, "a/b")
 }
 
-// TestValueAndFolder: in Vault a path can be a secret and a folder at once;
-// List shows it once, Stat calls it a value, Delete removes both.
+// TestValueAndFolder: in Vault a path can be a secret and a folder at once
+// (Store refuses to make one, as Caddy's file storage does, but Kong or an
+// earlier caddy-acme may have); List shows it once, Stat calls it a value,
+// Delete removes both.
 func TestValueAndFolder(t *testing.T) {
 	v := testenv.StartVault(t, testenv.VaultOptions{})
 	s := newStorage(t, v, nil)
 	ctx := context.Background()
-	for _, k := range []string{"a", "a/b", "a/c/d"} {
+	for _, k := range []string{"a/b", "a/c/d"} {
 		if err := s.Store(ctx, k, []byte(k)); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := s.Store(ctx, "a", []byte("a")); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("Store(a) over the folder a: %v, want fs.ErrExist", err)
+	}
+	// written as Store would, without its check
+	body, err := json.Marshal(writeRequest{Data: encodeValue(s.rt.Sealer.Seal("a", []byte("a")))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.client.call(ctx, http.MethodPut, s.dataPath("a"), nil, body, &writeResponse{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Load(ctx, "a"); err != nil || string(got) != "a" {
+		t.Fatalf("Load(a) = %q, %v", got, err)
 	}
 	list := func(prefix string, recursive bool) []string {
 		t.Helper()

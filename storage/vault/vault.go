@@ -19,6 +19,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -483,6 +484,9 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if err := checkNonEmpty(key); err != nil {
 		return fmt.Errorf("storing %q: %w", key, err)
 	}
+	if err := s.checkConflict(ctx, key); err != nil {
+		return err
+	}
 	body, err := json.Marshal(writeRequest{Data: encodeValue(s.rt.Sealer.Seal(key, value))})
 	if err != nil {
 		return fmt.Errorf("storing %s: %w", key, err)
@@ -498,6 +502,50 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 		return fmt.Errorf("storing %s: %s is not a KV version 2 mount (a write returned no version)", key, s.mount)
 	}
 	return nil
+}
+
+// checkConflict refuses to store key below a value (backend.ErrUnderValue)
+// or over a folder (backend.ErrIsDir), as Caddy's file storage does: it
+// reads each folder above key and lists key's own folder (empty unless key
+// is a folder), all at once, so a Store waits one more round trip. It is a
+// check before the write, not a transaction with it: two nodes storing "a"
+// and "a/b" at the same moment can both succeed.
+func (s *Storage) checkConflict(ctx context.Context, key string) error {
+	parents := backend.Parents(key)
+	values := make([]bool, len(parents))
+	errs := make([]error, len(parents)+1)
+	var folder bool
+	var wg sync.WaitGroup
+	for i, p := range parents {
+		wg.Go(func() { values[i], errs[i] = s.isValue(ctx, p) })
+	}
+	wg.Go(func() { _, folder, errs[len(parents)] = s.list(ctx, key) })
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("storing %s: %w", key, err)
+	}
+	for i, p := range parents {
+		if values[i] {
+			return backend.ErrUnderValue(key, p)
+		}
+	}
+	if folder {
+		return backend.ErrIsDir(key)
+	}
+	return nil
+}
+
+// isValue reports whether key holds a value (its current version is not
+// deleted), without decoding it.
+func (s *Storage) isValue(ctx context.Context, key string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.timeout)
+	defer cancel()
+	var resp readResponse
+	status, err := s.client.call(ctx, http.MethodGet, s.dataPath(key), nil, nil, &resp)
+	if err != nil {
+		return false, err
+	}
+	return status != http.StatusNotFound && resp.Data.Data != nil, nil
 }
 
 // Load returns the value at key, or an error wrapping fs.ErrNotExist.
