@@ -90,6 +90,8 @@ func testPlans(t *testing.T, dsn string) {
 		{"List(small, recursive)", sqlListRecursive, "text, text", []any{"caddy/small/", "caddy/small0"}, "acme_storage_key_c_idx", true},
 		{"Exists(big)", sqlExists, "text, text, text", []any{"caddy/big", "caddy/big/", "caddy/big0"}, "acme_storage_key_c_idx", true},
 		{"Stat(big)", sqlStat, "text, text, text", []any{"caddy/big", "caddy/big/", "caddy/big0"}, "acme_storage_key_c_idx", true},
+		{"Store(big/sub3/k3) conflict check", sqlConflict, "text[], text, text", []any{"{caddy/big,caddy/big/sub3}", "caddy/big/sub3/k3/", "caddy/big/sub3/k30"}, "acme_storage_key_c_idx", true},
+		{"Store(big) conflict check", sqlConflict, "text[], text, text", []any{"{}", "caddy/big/", "caddy/big0"}, "acme_storage_key_c_idx", true},
 		{"Load", sqlLoad, "text", []any{"caddy/small/f1"}, "acme_storage_key_key", true},
 		{"Delete(small)", sqlDelete, "text, text, text", []any{"caddy/small", "caddy/small/", "caddy/small0"}, "acme_storage_key_c_idx", false},
 	}
