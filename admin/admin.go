@@ -459,7 +459,7 @@ func (a *adminAPI) handleOrder(w http.ResponseWriter, r *http.Request, m App) er
 	if _, ok := errors.AsType[issuance.BudgetError](err); ok {
 		return apiErr(http.StatusTooManyRequests, fmt.Errorf("failed to update certificate: %v", err))
 	}
-	if _, ok := errors.AsType[issuance.PauseError](err); ok || errors.Is(err, issuance.ErrIntakeFull) {
+	if _, ok := errors.AsType[issuance.PauseError](err); ok {
 		return apiErr(http.StatusServiceUnavailable, fmt.Errorf("failed to update certificate: %v", err))
 	}
 	return apiErr(http.StatusInternalServerError, fmt.Errorf("failed to update certificate: %v", err))

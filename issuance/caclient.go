@@ -106,16 +106,16 @@ const maxCABody = 1 << 20
 
 func (t *caTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.next.RoundTrip(req)
+	v, ok := req.Context().Value(verdictKey{}).(*verdict)
 	if err == nil {
 		// for every request, an order's or not: the CA is of no use
 		if resp, err = t.notDirectory(req, resp); err != nil {
-			if v, ok := req.Context().Value(verdictKey{}).(*verdict); ok {
+			if ok {
 				v.noteUnreachable(err)
 			}
 			return nil, err
 		}
 	}
-	v, ok := req.Context().Value(verdictKey{}).(*verdict)
 	if !ok {
 		return resp, err // not an order's request (ARI, revocation, …)
 	}
