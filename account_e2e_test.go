@@ -1,9 +1,6 @@
 package caddyacme
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"encoding/base64"
 	"os"
 	"path/filepath"
@@ -22,19 +19,12 @@ import (
 // and the file's path.
 func accountKeyFile(t *testing.T) (keyPEM, file string) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pemBytes, err := certmagic.PEMEncodePrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	keyPEM = testenv.NewAccountKeyPEM(t)
 	file = filepath.Join(t.TempDir(), "account.key")
-	if err := os.WriteFile(file, pemBytes, 0o600); err != nil {
+	if err := os.WriteFile(file, []byte(keyPEM), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return string(pemBytes), file
+	return keyPEM, file
 }
 
 // caAccount returns the account the rig's Pebble knows for keyPEM (an

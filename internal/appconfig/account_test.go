@@ -1,9 +1,6 @@
 package appconfig
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
 	"os"
@@ -17,20 +14,6 @@ import (
 
 	"github.com/acmekit/caddy-acme/internal/testenv"
 )
-
-// newAccountKey returns a new account key's PEM.
-func newAccountKey(t *testing.T) string {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pemBytes, err := certmagic.PEMEncodePrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pemBytes)
-}
 
 // pebbleSettings returns the settings of an app ordering from p with
 // accountKey.
@@ -98,7 +81,7 @@ func TestPrepareAccount(t *testing.T) {
 		{"new key with EAB", pe, &acme.EAB{KeyID: "kid-1", MACKey: hmacKey}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			key := newAccountKey(t)
+			key := testenv.NewAccountKeyPEM(t)
 			if _, err := caAccount(t, tc.ca, key); err == nil {
 				t.Fatal("the CA knows a key just generated")
 			}
@@ -128,7 +111,7 @@ func TestPrepareAccount(t *testing.T) {
 	}
 
 	t.Run("known key", func(t *testing.T) {
-		key := newAccountKey(t)
+		key := testenv.NewAccountKeyPEM(t)
 		s := pebbleSettings(t, p, key)
 		if err := PrepareAccount(t.Context(), testIssuer(t, s, t.TempDir()), s); err != nil {
 			t.Fatal(err)
@@ -168,13 +151,13 @@ func TestPrepareAccount(t *testing.T) {
 		}
 	}
 	t.Run("EAB required, none given", func(t *testing.T) {
-		key := newAccountKey(t)
+		key := testenv.NewAccountKeyPEM(t)
 		s := pebbleSettings(t, pe, key)
 		err := PrepareAccount(t.Context(), testIssuer(t, s, t.TempDir()), s)
 		secretFree(t, err, key, "externalAccountRequired")
 	})
 	t.Run("wrong EAB key", func(t *testing.T) {
-		key := newAccountKey(t)
+		key := testenv.NewAccountKeyPEM(t)
 		s := pebbleSettings(t, pe, key)
 		s.EAB = &acme.EAB{KeyID: "kid-1", MACKey: base64.RawURLEncoding.EncodeToString([]byte("not the CA's HMAC key, 32 bytes."))}
 		err := PrepareAccount(t.Context(), testIssuer(t, s, t.TempDir()), s)
@@ -184,7 +167,7 @@ func TestPrepareAccount(t *testing.T) {
 		}
 	})
 	t.Run("CA unreachable", func(t *testing.T) {
-		key := newAccountKey(t)
+		key := testenv.NewAccountKeyPEM(t)
 		s := pebbleSettings(t, p, key)
 		s.Directory = "https://127.0.0.1:1/dir"
 		err := PrepareAccount(t.Context(), testIssuer(t, s, t.TempDir()), s)

@@ -2,6 +2,11 @@ package testenv
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"io/fs"
 	"os"
 	"strings"
@@ -36,4 +41,19 @@ func StoredAccountKeys(t testing.TB, dir string) []string {
 		t.Fatal(err)
 	}
 	return keys
+}
+
+// NewAccountKeyPEM returns the PEM of a new ECDSA P-256 key, as an ACME
+// account key never registered anywhere.
+func NewAccountKeyPEM(t testing.TB) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}))
 }
