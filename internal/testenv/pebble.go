@@ -49,11 +49,32 @@ type PebbleOptions struct {
 	// accounts and accepts exactly these keys.
 	EAB map[string]string
 
-	// ValidityPeriod is the lifetime of the certificates Pebble issues
-	// (rounded up to whole seconds). Zero means Pebble's default (90 days).
-	// Pebble is configured with exactly one profile, "default", so every
-	// order gets this lifetime.
+	// ValidityPeriod is the lifetime of the certificates Pebble issues under
+	// its profile "default" (rounded up to whole seconds). Zero means
+	// Pebble's default (90 days). Without Profiles, "default" is Pebble's
+	// only profile, so every order gets this lifetime.
 	ValidityPeriod time.Duration
+
+	// Profiles are ACME certificate profiles (draft-aaron-acme-profiles)
+	// Pebble offers besides "default": profile name → lifetime of its
+	// certificates (rounded up to whole seconds; zero means 90 days). The
+	// directory's meta.profiles lists them all. An order picks one with its
+	// "profile" field; Pebble (v2.10.3, wfe.NewOrder) rejects an unknown
+	// name (invalidProfile) and, as deliberate chaos, gives an order that
+	// names no profile a profile picked at random among all of them,
+	// "default" included. So with Profiles set, a test that relies on a
+	// certificate's lifetime must name the profile in its orders (e.g. the
+	// ACME issuer's "profile"). The name "default" is reserved: use
+	// ValidityPeriod.
+	Profiles map[string]time.Duration
+
+	// DNSServer, if set, is the host:port of the DNS server Pebble resolves
+	// names with during validation (its -dnsserver), e.g. the Addr of a
+	// StartDNS server for DNS-01 tests. No pebble-challtestsrv is started
+	// then: Pebble.ChallSrvURL is empty and the methods that need it (such
+	// as SetServFail) fail the test. Empty: StartPebble starts
+	// pebble-challtestsrv, which resolves every name to 127.0.0.1.
+	DNSServer string
 
 	// AlternateRoots is the number of additional root certificates that
 	// cross-sign Pebble's issuing intermediate (PEBBLE_ALTERNATE_ROOTS), i.e.
@@ -72,8 +93,9 @@ type PebbleOptions struct {
 }
 
 // Pebble is a running Pebble ACME CA, with a pebble-challtestsrv DNS server
-// that resolves every name to 127.0.0.1 (A records only). It is stopped when
-// the test that started it finishes.
+// that resolves every name to 127.0.0.1 (A records only), or using the DNS
+// server in PebbleOptions.DNSServer. It is stopped when the test that
+// started it finishes.
 //
 // Clients reach the ACME API through DirectoryURL, which is served by a small
 // recording reverse proxy in the test process in front of Pebble; the proxy
@@ -101,10 +123,12 @@ type Pebble struct {
 	// ChallSrvURL is the base URL of pebble-challtestsrv's management API,
 	// http://127.0.0.1:<port> (no trailing slash), which can for example add
 	// DNS records (/add-a, /set-txt) or make lookups fail (/set-servfail).
+	// It is empty when PebbleOptions.DNSServer is set (no
+	// pebble-challtestsrv runs).
 	ChallSrvURL string
 
 	// DNSServer is the host:port of the DNS server Pebble resolves names
-	// with (pebble-challtestsrv).
+	// with: pebble-challtestsrv's, or PebbleOptions.DNSServer.
 	DNSServer string
 
 	// HTTPPort is the port HTTP-01 validation connects to (PebbleOptions.HTTPPort).
@@ -148,10 +172,10 @@ type PebbleOrder struct {
 // FreePort and the child process binding it; those are retried.
 var errPortInUse = errors.New("port already in use")
 
-// StartPebble starts pebble-challtestsrv and Pebble on free 127.0.0.1 ports
-// and waits until both answer. Orders need a fresh validation every time
-// (authorization reuse is off), validation does not sleep, and no nonces are
-// rejected. The test is skipped (or, with CI=true, failed) if the binaries
+// StartPebble starts pebble-challtestsrv (unless opts.DNSServer is set) and
+// Pebble on free 127.0.0.1 ports and waits until both answer. Orders need a
+// fresh validation every time (authorization reuse is off), validation does
+// not sleep, and no nonces are rejected. The test is skipped (or, with CI=true, failed) if the binaries
 // are not installed; it fails if the servers do not come up. Everything is
 // stopped in t.Cleanup.
 func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
@@ -162,8 +186,21 @@ func StartPebble(t testing.TB, opts PebbleOptions) *Pebble {
 	if opts.AlternateRoots < 0 || opts.ChainLength < 0 {
 		t.Fatalf("testenv: StartPebble: AlternateRoots and ChainLength must not be negative")
 	}
+	for name, validity := range opts.Profiles {
+		if name == "" || name == "default" || validity < 0 {
+			t.Fatalf("testenv: StartPebble: invalid profile %q (%s): names must be non-empty and not \"default\" (use ValidityPeriod), lifetimes not negative", name, validity)
+		}
+	}
+	if opts.DNSServer != "" {
+		if _, _, err := net.SplitHostPort(opts.DNSServer); err != nil {
+			t.Fatalf("testenv: StartPebble: PebbleOptions.DNSServer %q is not host:port: %v", opts.DNSServer, err)
+		}
+	}
 	pebbleBin := FindBinary(t, "pebble")
-	challBin := FindBinary(t, "pebble-challtestsrv")
+	challBin := ""
+	if opts.DNSServer == "" {
+		challBin = FindBinary(t, "pebble-challtestsrv")
+	}
 
 	dir := t.TempDir()
 	p := &Pebble{
@@ -254,13 +291,18 @@ type pebbleProfile struct {
 	ValidityPeriod uint64 `json:"validityPeriod"`
 }
 
-// startProcesses is one attempt at starting pebble-challtestsrv and Pebble on
-// fresh ports. On failure it stops whatever it started.
+// startProcesses is one attempt at starting pebble-challtestsrv (unless
+// opts.DNSServer is set) and Pebble on fresh ports. On failure it stops
+// whatever it started.
 func (p *Pebble) startProcesses(t testing.TB, dir, pebbleBin, challBin string, opts PebbleOptions) (err error) {
-	dnsPort, challMgmtPort := FreePort(t), FreePort(t)
+	if opts.DNSServer != "" {
+		p.DNSServer, p.ChallSrvURL = opts.DNSServer, ""
+	} else {
+		dnsPort, challMgmtPort := FreePort(t), FreePort(t)
+		p.DNSServer = net.JoinHostPort("127.0.0.1", strconv.Itoa(dnsPort))
+		p.ChallSrvURL = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(challMgmtPort))
+	}
 	listenPort, mgmtPort := FreePort(t), FreePort(t)
-	p.DNSServer = net.JoinHostPort("127.0.0.1", strconv.Itoa(dnsPort))
-	p.ChallSrvURL = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(challMgmtPort))
 	listenAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(listenPort))
 	mgmtAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(mgmtPort))
 	p.ManagementURL = "https://" + mgmtAddr
@@ -289,12 +331,7 @@ func (p *Pebble) startProcesses(t testing.TB, dir, pebbleBin, challBin string, o
 	if c.KeyAlgorithm == "" {
 		c.KeyAlgorithm = "ecdsa"
 	}
-	if opts.ValidityPeriod > 0 {
-		secs := uint64((opts.ValidityPeriod + time.Second - 1) / time.Second)
-		c.Profiles = map[string]pebbleProfile{
-			"default": {Description: "testenv profile", ValidityPeriod: secs},
-		}
-	}
+	c.Profiles = pebbleProfiles(opts)
 	cfgJSON, err := json.MarshalIndent(&cfg, "", "  ")
 	if err != nil {
 		return err
@@ -304,17 +341,20 @@ func (p *Pebble) startProcesses(t testing.TB, dir, pebbleBin, challBin string, o
 		return err
 	}
 
-	chall, err := startChallSrv(challBin, p.DNSServer, p.ChallSrvURL, "127.0.0.1", p.challLog)
-	if err != nil {
-		return err
-	}
-	defer func() {
+	var chall *process
+	if challBin != "" {
+		chall, err = startChallSrv(challBin, p.DNSServer, p.ChallSrvURL, "127.0.0.1", p.challLog)
 		if err != nil {
-			chall.stop()
+			return err
 		}
-	}()
-	if err := p.waitDNS(chall); err != nil {
-		return err
+		defer func() {
+			if err != nil {
+				chall.stop()
+			}
+		}()
+		if err := p.waitDNS(chall); err != nil {
+			return err
+		}
 	}
 
 	chainLength := ""
@@ -344,15 +384,42 @@ func (p *Pebble) startProcesses(t testing.TB, dir, pebbleBin, challBin string, o
 		return err
 	}
 	// Cleanups run last-in first-out: Pebble stops before its DNS server.
-	t.Cleanup(chall.stop)
+	p.procs = nil
+	if chall != nil {
+		t.Cleanup(chall.stop)
+		p.procs = append(p.procs, chall)
+	}
 	t.Cleanup(peb.stop)
-	p.procs = []*process{chall, peb}
+	p.procs = append(p.procs, peb)
 	return nil
 }
 
-// CPUTime is the CPU time (user and system) that Pebble and its DNS
-// server have used so far, for benchmarks that compare it with the
-// client's. The ACME proxy that counts orders runs in the test process.
+// pebbleProfiles returns the "profiles" of Pebble's configuration for opts:
+// nil (Pebble's own single "default" profile, 90 days) when neither
+// ValidityPeriod nor Profiles is set, else "default" (ValidityPeriod) and
+// every profile of opts.Profiles.
+func pebbleProfiles(opts PebbleOptions) map[string]pebbleProfile {
+	if opts.ValidityPeriod <= 0 && len(opts.Profiles) == 0 {
+		return nil
+	}
+	secs := func(d time.Duration) uint64 {
+		if d <= 0 {
+			return 0 // Pebble's default, 90 days
+		}
+		return uint64((d + time.Second - 1) / time.Second)
+	}
+	profiles := map[string]pebbleProfile{
+		"default": {Description: "testenv profile", ValidityPeriod: secs(opts.ValidityPeriod)},
+	}
+	for name, validity := range opts.Profiles {
+		profiles[name] = pebbleProfile{Description: "testenv profile " + name, ValidityPeriod: secs(validity)}
+	}
+	return profiles
+}
+
+// CPUTime is the CPU time (user and system) that Pebble and its DNS server
+// (pebble-challtestsrv; not a PebbleOptions.DNSServer) have used so far, for
+// benchmarks that compare it with the client's. The ACME proxy that counts orders runs in the test process.
 func (p *Pebble) CPUTime() (time.Duration, error) {
 	var sum time.Duration
 	for _, proc := range p.procs {
@@ -553,8 +620,11 @@ func (p *Pebble) OrdersFor(name string) int { return p.proxy.ordersFor(name) }
 func (p *Pebble) OrderList() []PebbleOrder { return p.proxy.list() }
 
 // Log returns Pebble's output so far (plus any errors of the recording proxy),
-// followed by pebble-challtestsrv's output, for debugging.
+// followed by pebble-challtestsrv's output if it runs, for debugging.
 func (p *Pebble) Log() string {
+	if p.ChallSrvURL == "" {
+		return p.pebbleLog.String()
+	}
 	return p.pebbleLog.String() + "\n--- pebble-challtestsrv ---\n" + p.challLog.String()
 }
 
@@ -657,9 +727,14 @@ func (p *Pebble) SetRenewalInfo(t testing.TB, certPEM []byte, start, end time.Ti
 }
 
 // SetServFail makes pebble-challtestsrv answer SERVFAIL to every DNS query
-// for host, so that the CA's validation of host fails.
+// for host, so that the CA's validation of host fails. It fails the test if
+// Pebble was started with PebbleOptions.DNSServer (no pebble-challtestsrv).
 func (p *Pebble) SetServFail(t testing.TB, host string) {
 	t.Helper()
+	if p.ChallSrvURL == "" {
+		t.Fatalf("testenv: SetServFail(%q): Pebble was started with PebbleOptions.DNSServer %s, so no pebble-challtestsrv runs; make the name fail in that DNS server instead", host, p.DNSServer)
+		return // for test doubles whose Fatalf returns
+	}
 	body, err := json.Marshal(map[string]string{"host": host})
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 func TestFreePort(t *testing.T) {
@@ -50,6 +52,9 @@ type recordingTB struct {
 func (r *recordingTB) Helper()           {}
 func (r *recordingTB) Skip(args ...any)  { r.skipped = fmt.Sprint(args...) }
 func (r *recordingTB) Fatal(args ...any) { r.failed = fmt.Sprint(args...) }
+func (r *recordingTB) Fatalf(format string, args ...any) {
+	r.failed = fmt.Sprintf(format, args...)
+}
 
 func TestFindBinary(t *testing.T) {
 	// Uses t.Setenv, so not parallel.
@@ -482,11 +487,29 @@ type acmeOrder struct {
 // obtain orders, validates (HTTP-01), finalizes and downloads a certificate
 // for name, returning the parsed chain (leaf first).
 func (c *acmeClient) obtain(name string) []*x509.Certificate {
+	c.t.Helper()
+	return c.obtainWith(name, orderOpts{})
+}
+
+// orderOpts are the options of obtainWith.
+type orderOpts struct {
+	profile string     // the order's "profile", if set
+	dns01   *DNSServer // if set, validate by DNS-01 through this server
+}
+
+// obtainWith is obtain with a profile and/or DNS-01 validation: the TXT
+// record is written into opts.dns01 by a TSIG-signed dynamic update before
+// the challenge is answered, and removed once the authorization is valid.
+func (c *acmeClient) obtainWith(name string, opts orderOpts) []*x509.Certificate {
 	t := c.t
 	t.Helper()
-	resp, body := c.post(c.dir["newOrder"], map[string]any{
+	newOrder := map[string]any{
 		"identifiers": []map[string]string{{"type": "dns", "value": name}},
-	})
+	}
+	if opts.profile != "" {
+		newOrder["profile"] = opts.profile
+	}
+	resp, body := c.post(c.dir["newOrder"], newOrder)
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("newOrder: %s %s", resp.Status, body)
 	}
@@ -499,8 +522,9 @@ func (c *acmeClient) obtain(name string) []*x509.Certificate {
 		var authz struct {
 			Status     string `json:"status"`
 			Challenges []struct {
-				Type string `json:"type"`
-				URL  string `json:"url"`
+				Type  string `json:"type"`
+				URL   string `json:"url"`
+				Token string `json:"token"`
 			} `json:"challenges"`
 		}
 		_, body := c.post(authzURL, nil)
@@ -510,14 +534,27 @@ func (c *acmeClient) obtain(name string) []*x509.Certificate {
 		if authz.Status != "pending" {
 			t.Fatalf("new order's authorization is %q, want pending (no reuse)", authz.Status)
 		}
+		want := "http-01"
+		if opts.dns01 != nil {
+			want = "dns-01"
+		}
+		var txt dns.RR
 		for _, ch := range authz.Challenges {
-			if ch.Type == "http-01" {
-				if resp, body := c.post(ch.URL, struct{}{}); resp.StatusCode != http.StatusOK {
-					t.Fatalf("responding to challenge: %s %s", resp.Status, body)
-				}
+			if ch.Type != want {
+				continue
+			}
+			if opts.dns01 != nil {
+				digest := sha256.Sum256([]byte(ch.Token + "." + c.thumbprint()))
+				txt = c.setTXT(opts.dns01, "_acme-challenge."+strings.TrimPrefix(name, "*."), b64(digest[:]), true)
+			}
+			if resp, body := c.post(ch.URL, struct{}{}); resp.StatusCode != http.StatusOK {
+				t.Fatalf("responding to challenge: %s %s", resp.Status, body)
 			}
 		}
 		c.poll(authzURL, "valid", &authz.Status)
+		if txt != nil {
+			c.setTXT(opts.dns01, txt.Header().Name, txt.(*dns.TXT).Txt[0], false)
+		}
 	}
 
 	certKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -552,6 +589,25 @@ func (c *acmeClient) obtain(name string) []*x509.Certificate {
 	return chain
 }
 
+// setTXT adds (add) or deletes the TXT record name → value in s by a
+// dynamic update signed with s's TSIG key, and returns the record.
+func (c *acmeClient) setTXT(s *DNSServer, name, value string, add bool) dns.RR {
+	t := c.t
+	t.Helper()
+	rr := txtRR(t, name, value)
+	m := new(dns.Msg)
+	m.SetUpdate(dns.Fqdn(s.Zone))
+	if add {
+		m.Insert([]dns.RR{rr})
+	} else {
+		m.Remove([]dns.RR{rr})
+	}
+	if r, err := sendUpdate(t, s, m, s.KeyName, s.Key); err != nil || r.Rcode != dns.RcodeSuccess {
+		t.Fatalf("dynamic update of TXT %s (add %t): response %v, error %v", name, add, r, err)
+	}
+	return rr
+}
+
 // poll POSTs-as-GET u until its status is want, decoding into out (which
 // must have a "status" field, or be a *string receiving it).
 func (c *acmeClient) poll(u, want string, out any) {
@@ -578,5 +634,71 @@ func (c *acmeClient) poll(u, want string, out any) {
 			t.Fatalf("%s is %q, want %q: %s", u, st.Status, want, body)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPebbleProfilesAndDNSServer starts Pebble with an extra profile and
+// with a StartDNS server as its DNS, and obtains a certificate by DNS-01
+// under that profile.
+func TestPebbleProfilesAndDNSServer(t *testing.T) {
+	t.Parallel()
+	const shortLived = 6 * 24 * time.Hour
+	dnsSrv := StartDNS(t, DNSOptions{})
+	p := StartPebble(t, PebbleOptions{
+		HTTPPort:  FreePort(t),
+		DNSServer: dnsSrv.Addr,
+		Profiles:  map[string]time.Duration{"shortlived": shortLived},
+	})
+	if p.DNSServer != dnsSrv.Addr || p.ChallSrvURL != "" {
+		t.Errorf("DNSServer = %q, ChallSrvURL = %q; want %q and empty", p.DNSServer, p.ChallSrvURL, dnsSrv.Addr)
+	}
+	if strings.Contains(p.Log(), "pebble-challtestsrv") {
+		t.Errorf("Log() mentions pebble-challtestsrv, which does not run:\n%s", p.Log())
+	}
+	r := &recordingTB{TB: t}
+	if p.SetServFail(r, "www.dns01.test"); !strings.Contains(r.failed, "DNSServer") {
+		t.Errorf("SetServFail without pebble-challtestsrv: failure %q, want one naming DNSServer", r.failed)
+	}
+
+	dir := getJSON(t, p.ListenerCAPEM, p.DirectoryURL)
+	meta, _ := dir["meta"].(map[string]any)
+	profiles, _ := meta["profiles"].(map[string]any)
+	var names []string
+	for name := range profiles {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"default", "shortlived"}) {
+		t.Fatalf("directory meta.profiles = %v, want default and shortlived", meta["profiles"])
+	}
+
+	c := newACMEClient(t, p)
+	if status, body := c.newAccount(nil); status != http.StatusCreated {
+		t.Fatalf("newAccount: %d %s", status, body)
+	}
+	resp, body := c.post(c.dir["newOrder"], map[string]any{
+		"identifiers": []map[string]string{{"type": "dns", "value": "x.dns01.test"}},
+		"profile":     "no-such-profile",
+	})
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "invalidProfile") {
+		t.Errorf("newOrder with an unknown profile: %s %s; want 400 invalidProfile", resp.Status, body)
+	}
+
+	// DNS-01 through the BIND server, under profile "shortlived"; a
+	// wildcard name validates at _acme-challenge.<base>.
+	for _, name := range []string{"www.dns01.test", "*.wild.dns01.test"} {
+		leaf := c.obtainWith(name, orderOpts{profile: "shortlived", dns01: dnsSrv})[0]
+		if got := leaf.NotAfter.Sub(leaf.NotBefore) + time.Second; got != shortLived {
+			t.Errorf("%s: leaf lifetime %s, want %s (profile shortlived)", name, got, shortLived)
+		}
+		if len(leaf.DNSNames) != 1 || leaf.DNSNames[0] != name {
+			t.Errorf("leaf names %v, want %s", leaf.DNSNames, name)
+		}
+	}
+	if got := dnsSrv.ChallengeRecords(t); len(got) != 0 {
+		t.Errorf("challenge records left after issuance: %v", got)
+	}
+	if n := p.Orders(); n != 2 {
+		t.Errorf("Orders() = %d, want 2 (the refused order is not created)", n)
 	}
 }
