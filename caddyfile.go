@@ -77,11 +77,29 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		max_pending_orders <count>
 //		domain_budget <count>
 //		domain_budget_window <duration>
+//		dns <provider> [...]
+//		propagation_delay <duration>
+//		propagation_timeout <duration>|-1
+//		resolvers <address...>
+//		dns_ttl <duration>
+//		dns_challenge_override_domain <domain>
+//		disable_http_challenge
+//		disable_tlsalpn_challenge
+//		alt_tlsalpn_port <port>
+//		distributed false
+//		wildcard_certificates [true|false]
+//		profile <name>
+//		enable_ipv6 [true|false]
 //	}
 //
 // permission takes any tls.permission module as Caddy's on_demand_tls
 // does (e.g. `permission http <url>`); `ask <endpoint>` is
 // short for `permission http <endpoint>`. Only one of them may be given.
+//
+// The challenge subdirectives (from dns to distributed) are Caddy's own
+// acme_issuer words, parsed by Caddy's parser into the challenges field:
+// `dns <provider> …` takes any dns.providers module; TLS-ALPN-01 is
+// turned on by disable_http_challenge (no port 80) or alt_tlsalpn_port.
 //
 // domains and trusted_roots may be repeated; their values add up. Any other
 // subdirective may appear once.
@@ -91,6 +109,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	seen := make(map[string]bool)
+	var challenges caddytls.ACMEIssuer // Caddy's parser of the challenge words
 	for d.NextBlock(0) {
 		key := d.Val()
 		if seen[key] && key != "domains" && key != "trusted_roots" {
@@ -212,6 +231,22 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "domain_budget_window":
 			err = oneDuration(d, &a.DomainBudgetWindow)
+		case "dns", "propagation_delay", "propagation_timeout", "resolvers", "dns_ttl",
+			"dns_challenge_override_domain", "disable_http_challenge",
+			"disable_tlsalpn_challenge", "alt_tlsalpn_port", "distributed":
+			if err := caddyIssuerWord(d, &challenges); err != nil {
+				return err
+			}
+			a.Challenges = challenges.Challenges
+		case "wildcard_certificates":
+			var on bool
+			if err = flag(d, &on); err == nil {
+				a.WildcardCertificates = &on
+			}
+		case "profile":
+			err = oneString(d, &a.Profile)
+		case "enable_ipv6":
+			err = flag(d, &a.EnableIPv6)
 		default:
 			return d.Errf("unrecognized subdirective '%s'", key)
 		}
@@ -220,6 +255,21 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// caddyIssuerWord parses the subdirective at d (its line and block) with
+// Caddy's own acme_issuer parser, into iss, as if it were written inside
+// `acme_issuer { … }`.
+func caddyIssuerWord(d *caddyfile.Dispenser, iss *caddytls.ACMEIssuer) error {
+	seg := d.NextSegment()
+	first, last := seg[0], seg[len(seg)-1]
+	tokens := make([]caddyfile.Token, 0, len(seg)+3)
+	tokens = append(tokens,
+		caddyfile.Token{File: first.File, Line: first.Line, Text: "acme_issuer"},
+		caddyfile.Token{File: first.File, Line: first.Line, Text: "{"})
+	tokens = append(tokens, seg...)
+	tokens = append(tokens, caddyfile.Token{File: last.File, Line: last.Line + 1, Text: "}"})
+	return iss.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens))
 }
 
 // oneString reads exactly one argument and no block.

@@ -10,6 +10,10 @@ import (
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	// a DNS provider for the DNS-01 tests and golden files: compiled into
+	// the test binary and cmd/caddy only, never into the module
+	_ "github.com/caddy-dns/rfc2136"
 )
 
 // TestCaddyfileAdapt runs the golden files in testdata/caddyfile_adapt: a

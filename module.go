@@ -70,6 +70,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := a.LoadDNSProvider(ctx, &s, a.logger.Named("dns")); err != nil {
+		return err
+	}
 	a.set = s
 
 	var storageModule caddy.Module
@@ -145,6 +148,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		BudgetWindow:      s.BudgetWindow,
 		OnBudgetDenied:    a.budgetDenied,
 		MaxPending:        s.MaxPending,
+		Wildcard:          s.Wildcard(),
 	})
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
 		if err := issuance.RegisterMetrics(reg, a.rt); err != nil {

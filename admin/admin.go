@@ -468,7 +468,8 @@ func (a *adminAPI) handleOrder(w http.ResponseWriter, r *http.Request, m App) er
 var errSingleHost = errors.New("host must be provided and containing a single domain")
 
 // checkHost checks that host is one host name or IPv4 address, without
-// port or wildcard, and returns it normalised: lower case, without its
+// port, or a wildcard subject `*.<domain>` (the app decides whether it may
+// have a certificate), and returns it normalised: lower case, without its
 // trailing dot. POST /acme's host and the {host} of
 // /acme/certificates/{host} are checked here, so that the app gets the
 // same name for both (the name of the storage keys, of the certificate in
@@ -485,13 +486,14 @@ func checkHost(host string) (string, error) {
 	if strings.Contains(host, ":") {
 		return "", errors.New("port is not allowed in host")
 	}
-	if strings.Contains(host, "*") {
-		return "", errors.New("wildcard host is not allowed: certificates are obtained with the HTTP-01 challenge, one name each")
+	name := strings.TrimPrefix(host, "*.") // a wildcard certificate's subject
+	if strings.Contains(name, "*") {
+		return "", errors.New("wildcard host is not allowed but as *.x, the subject of a wildcard certificate (wildcard_certificates, with challenges.dns)")
 	}
 	if strings.HasSuffix(host, ".") {
 		return "", fmt.Errorf("invalid host %q: empty label (repeated trailing dot)", host)
 	}
-	if err := allowlist.Validate(host); err != nil {
+	if err := allowlist.Validate(name); err != nil {
 		// A single name, but not a host name or IPv4 address: never
 		// passed on (it would end up in storage keys and in the sanity
 		// check's URL).

@@ -55,11 +55,13 @@ func boolWord(s string) bool {
 // statuses are the status codes the admin API documents.
 var statuses = map[int]bool{200: true, 201: true, 202: true, 400: true, 404: true, 405: true, 409: true, 413: true, 415: true, 500: true}
 
-// singleName reports whether host is one valid host name or IPv4 address
-// in the form the handler passes on: what the allowlist takes as an exact
-// entry, in lower case without a trailing dot.
+// singleName reports whether host is one valid host name or IPv4 address,
+// or a wildcard subject *.<domain>, in the form the handler passes on:
+// what the allowlist takes as an exact entry (after the "*."), in lower
+// case without a trailing dot.
 func singleName(host string) bool {
-	return allowlist.Validate(host) == nil && !strings.Contains(host, "*") &&
+	name := strings.TrimPrefix(host, "*.")
+	return allowlist.Validate(name) == nil && !strings.Contains(name, "*") &&
 		host == strings.ToLower(host) && !strings.HasSuffix(host, ".")
 }
 

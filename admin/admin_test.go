@@ -223,8 +223,19 @@ func TestHandlers(t *testing.T) {
 			status: 400, want: `host must be provided`},
 		{name: "port", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"a.example.com:443"}`,
 			status: 400, want: `"error":"port is not allowed in host"`},
-		{name: "wildcard", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"*.example.com"}`,
-			status: 400, want: `wildcard`},
+		{name: "wildcard subject", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"*.Example.com"}`,
+			status: 201, want: `{"message":"certificate for host *.example.com is created"}`,
+			check: func(t *testing.T, f *fakeApp) {
+				if len(f.orders) != 1 || f.orders[0] != "*.example.com" {
+					t.Fatalf("orders = %v", f.orders)
+				}
+			}},
+		{name: "wildcard inside", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"a.*.example.com"}`,
+			status: 400, want: `wildcard host is not allowed but as *.x`},
+		{name: "wildcard twice", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"*.*.example.com"}`,
+			status: 400, want: `wildcard host is not allowed`},
+		{name: "wildcard alone", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"*"}`,
+			status: 400, want: `wildcard host is not allowed`},
 		{name: "not allowed", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"evil.example"}`,
 			setup:  func(f *fakeApp) { f.orderErr = fmt.Errorf("evil.example: %w", ErrNotAllowed) },
 			status: 400, want: `host not allowed`},
@@ -553,7 +564,7 @@ func TestDomainsRoutes(t *testing.T) {
 
 // TestCertificateHostChecked: the {host} of /acme/certificates/{host} is
 // checked and normalised as POST /acme's: an encoded space, NUL,
-// backslash or slash, a port, a wildcard, a name over 253 octets or a
+// backslash or slash, a port, a wildcard but *.<domain>, a name over 253 octets or a
 // label over 63 is 400 and never reaches the app (no Delete, no
 // Certificate), and the error does not repeat a long name.
 func TestCertificateHostChecked(t *testing.T) {
@@ -568,7 +579,8 @@ func TestCertificateHostChecked(t *testing.T) {
 		{"/acme/certificates/demo%2Ftest", "single domain"},
 		{"/acme/certificates/%20demo.test", "single domain"},
 		{"/acme/certificates/demo.test:443", "port is not allowed"},
-		{"/acme/certificates/%2A.demo.test", "wildcard"},
+		{"/acme/certificates/a.%2A.demo.test", "wildcard"},
+		{"/acme/certificates/%2A%2A.demo.test", "wildcard"},
 		{"/acme/certificates/demo.test..", "invalid host"},
 		{"/acme/certificates/" + long, "longer than 253 octets"},
 		{"/acme/certificates/" + strings.Repeat("a", 64) + ".test", "longer than 63 octets"},

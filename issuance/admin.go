@@ -36,14 +36,16 @@ var (
 	ErrBadHost = errors.New("bad host")
 )
 
-// checkName refuses a name (normalised) that is not one host name or IPv4
-// address without wildcard: storage, memory and the change log must all
-// see the same valid name.
+// checkName refuses a name (normalised) that is not one host name, IP
+// address or wildcard subject `*.x`: storage, memory and the change log
+// must all see the same valid name. (Whether `*.x` may have a certificate
+// is the runtime's allow.)
 func checkName(host string) error {
-	if host == "" || strings.HasSuffix(host, ".") || strings.Contains(host, "*") || len(host) > 253 {
+	name := strings.TrimPrefix(host, "*.")
+	if name == "" || strings.HasSuffix(name, ".") || strings.Contains(name, "*") || len(host) > 253 {
 		return fmt.Errorf("%w: not a single host name", ErrBadHost)
 	}
-	if err := allowlist.Validate(host); err != nil {
+	if err := allowlist.Validate(name); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadHost, err)
 	}
 	return nil
@@ -69,7 +71,9 @@ func (r *Runtime) TriggerScan() { r.runner.Trigger() }
 // (Kong documents POST as a forced renewal). Unlike Kong the allowlist
 // applies, a name in backoff or being ordered is refused (ErrConflict)
 // instead of answering "created" for nothing, and the CA's refusal sets
-// the backoff like a failed handshake-time order.
+// the backoff like a failed handshake-time order. With wildcard
+// certificates, `*.x` may be ordered, and a name one label below x orders
+// (or renews) `*.x`, the certificate that serves it.
 func (r *Runtime) Order(ctx context.Context, host string) error {
 	host = NormalizeHost(host)
 	ask, err := r.allow(host)
@@ -79,6 +83,7 @@ func (r *Runtime) Order(ctx context.Context, host string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrNotAllowed, err)
 	}
+	host = r.subject(host) // a.x is served by *.x with wildcard certificates
 	if err := r.checkBackoff(ctx, host); err != nil {
 		if _, ok := errors.AsType[BackoffError](err); !ok {
 			return err // a storage error

@@ -82,7 +82,7 @@ func TestDeleteRefusesBadNames(t *testing.T) {
 	if err := r.storage.Store(t.Context(), key, []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	for _, host := range []string{"demo.example.com ", " demo.example.com", "demo.example.com\x00", `demo.example.com\`, "a/demo.example.com", "*.example.com",
+	for _, host := range []string{"demo.example.com ", " demo.example.com", "demo.example.com\x00", `demo.example.com\`, "a/demo.example.com", "a.*.example.com", "**.example.com", "*",
 		"demo.example.com..", "", strings.Repeat("a", 5000), strings.Repeat("a", 64) + ".example.com"} {
 		if err := r.Delete(t.Context(), host, false); !errors.Is(err, ErrBadHost) {
 			t.Errorf("Delete(%.40q) = %v, want ErrBadHost", host, err)

@@ -58,7 +58,7 @@ func (r *Runtime) names(ctx context.Context) ([]string, error) {
 	}
 	names := make([]string, 0, len(keys))
 	for _, k := range keys {
-		names = append(names, path.Base(k))
+		names = append(names, storedName(path.Base(k)))
 	}
 	return names, nil
 }

@@ -34,6 +34,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -140,6 +141,13 @@ type Options struct {
 	// the CA); past it a handshake for a new name fails at once. Default:
 	// 200.
 	MaxPending int
+
+	// Wildcard turns wildcard certificates on: it reports whether `*.parent`
+	// is an entry of the app's domains (the domain list's `*.x` entries
+	// count too). A name one label below such a parent is then served by
+	// one certificate for `*.parent`, and `*.parent` itself may be ordered
+	// (POST /acme) and deleted. nil: one certificate per name.
+	Wildcard func(parent string) bool
 }
 
 // Runtime runs the issuance of one app configuration: make it with New,
@@ -279,8 +287,9 @@ func (r *Runtime) Certificate(ctx context.Context, hello *tls.ClientHelloInfo) (
 		return &cert.Certificate, nil
 	}
 
-	j := r.startJob(name, ask)
-	defer r.jobs.leave(name, j)
+	subject := r.subject(name) // *.x for a.x with wildcard certificates
+	j := r.startJob(subject, ask)
+	defer r.jobs.leave(subject, j)
 	timer := time.NewTimer(r.opts.IssueTimeout)
 	defer timer.Stop()
 	peer := newPeerWatch(hello.Conn)
@@ -289,13 +298,13 @@ func (r *Runtime) Certificate(ctx context.Context, hello *tls.ClientHelloInfo) (
 		case <-j.done:
 			if j.err != nil {
 				if _, ok := errors.AsType[BackoffError](j.err); ok {
-					r.backoffDenied(name, j.err)
+					r.backoffDenied(subject, j.err)
 				}
 				return nil, j.err
 			}
 			return &j.cert.Certificate, nil
 		case <-timer.C:
-			return nil, r.queue.notReady(name, r.opts.IssueTimeout)
+			return nil, r.queue.notReady(subject, r.opts.IssueTimeout)
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-peer.tick():
@@ -317,8 +326,16 @@ func (r *Runtime) Allowed(name string) error {
 }
 
 // allow returns Allow's verdict on name, with the names added through
-// AddDomains: nil, or ask true when only Options.Ask may allow it.
+// AddDomains: nil, or ask true when only Options.Ask may allow it. A
+// wildcard `*.x` is allowed only as the subject of a wildcard certificate
+// (Options.Wildcard), never through Options.Ask.
 func (r *Runtime) allow(name string) (ask bool, err error) {
+	if strings.Contains(name, "*") {
+		if parent, ok := strings.CutPrefix(name, "*."); ok && r.wildcardEntry(parent) {
+			return false, nil
+		}
+		return false, fmt.Errorf("%s: a wildcard certificate is obtained only for a *.x entry of domains, with wildcard_certificates and challenges.dns", name)
+	}
 	err = r.opts.Allow(name)
 	if err == nil || !errors.Is(err, ErrNotListed) {
 		return false, err

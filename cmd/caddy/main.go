@@ -9,6 +9,10 @@ import (
 	// plug in Caddy's standard modules and caddy-acme
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
+	// a DNS provider for DNS-01 (the demo and the tests): any other
+	// dns.providers module is plugged in the same way
+	_ "github.com/caddy-dns/rfc2136"
+
 	_ "github.com/acmekit/caddy-acme"
 )
 

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
 	"go.uber.org/zap"
@@ -202,6 +203,42 @@ type Config struct {
 
 	// The window of domain_budget. Default: 168h (7 days).
 	DomainBudgetWindow caddy.Duration `json:"domain_budget_window,omitempty"`
+
+	// How the CA validates control of a name: Caddy's own ACME issuer
+	// `challenges` object, same shape and meaning — `http`
+	// (`{"disabled": true}`; `alternate_port` is http_port), `tls-alpn`
+	// (TLS-ALPN-01 on 443, or `alternate_port`), `dns` (`provider`: any
+	// `dns.providers.*` module compiled into Caddy, `ttl`,
+	// `propagation_delay`, `propagation_timeout` (-1: do not wait),
+	// `resolvers`, `override_domain`), `bind_host`, `distributed`. With
+	// `dns`, every order is validated with DNS-01 only (as Caddy does).
+	// Without `dns`, HTTP-01 is used unless `http` is disabled, and
+	// TLS-ALPN-01 when `tls-alpn` is given or HTTP-01 is disabled (unless
+	// `tls-alpn` is disabled too). For TLS-ALPN-01 on a node that did not
+	// place the order, see the acme_tls_alpn listener wrapper. Default:
+	// HTTP-01 only, as Kong.
+	Challenges *caddytls.ChallengesConfig `json:"challenges,omitempty"`
+
+	// With a DNS provider (challenges.dns), a `*.x` entry of domains is
+	// served by one wildcard certificate for `*.x`, ordered once on the
+	// first handshake for any name one label below x; a deeper name gets
+	// its own certificate. Needs challenges.dns (a CA validates a wildcard
+	// with DNS-01 only). Default: true when challenges.dns is set.
+	WildcardCertificates *bool `json:"wildcard_certificates,omitempty"`
+
+	// The ACME profile to order certificates with, from those the CA
+	// offers in its directory (e.g. Let's Encrypt's `classic`,
+	// `tlsserver`, `shortlived`: 6-day certificates, renewed at half their
+	// life or in the CA's ARI window). Renewals use it too. Default: the
+	// CA's default profile.
+	Profile string `json:"profile,omitempty"`
+
+	// Whether IPv6 addresses may have certificates (as ACME `ip`
+	// identifiers), under the same rules as IPv4 addresses
+	// (enable_ipv4_common_name): an exact entry of domains or
+	// allow_any_domain, and a public CA issues only for public addresses
+	// (Let's Encrypt only under the `shortlived` profile). Default: false.
+	EnableIPv6 bool `json:"enable_ipv6,omitempty"`
 }
 
 // Settings is a Config checked, with its placeholders expanded, its files
@@ -230,6 +267,21 @@ type Settings struct {
 	MaxPending        int
 	Budget            int // 0: no budget
 	BudgetWindow      time.Duration
+
+	// The challenges (see Config.Challenges): HTTP-01 and TLS-ALPN-01 on
+	// TLSALPNPort (0: 443), unless DNS is set (DNS-01 only).
+	HTTPChallenge    bool
+	TLSALPNChallenge bool
+	TLSALPNPort      int
+	BindHost         string
+	NoDistributed    bool // challenges.distributed false
+	// The DNS-01 settings; nil: no DNS-01. Its provider is a module the
+	// app loads (it needs the Caddy context) into DNSSolver.
+	DNS       *caddytls.DNSChallengeConfig
+	DNSSolver *certmagic.DNS01Solver
+	Wildcards bool // one *.x certificate for a *.x entry
+	Profile   string
+	IPv6      bool
 }
 
 // CheckFields checks every field that needs neither its placeholders
@@ -294,6 +346,9 @@ func (c *Config) check() (dir string, matcher *allowlist.Matcher, err error) {
 	}
 	if matcher, err = allowlist.New(c.Domains); err != nil {
 		return "", nil, fmt.Errorf("domains: %w", err)
+	}
+	if err := c.checkChallenges(); err != nil {
+		return "", nil, err
 	}
 	return dir, matcher, nil
 }
@@ -459,6 +514,10 @@ func (c *Config) Settings() (Settings, error) {
 		s.Budget = *c.DomainBudget
 	}
 	s.BudgetWindow = durationOr(c.DomainBudgetWindow, 7*24*time.Hour)
+	s.IPv6 = c.EnableIPv6
+	if err := c.challengeSettings(&s); err != nil {
+		return s, err
+	}
 	return s, nil
 }
 
@@ -478,8 +537,13 @@ func (s *Settings) Allow(name string) error {
 	if name == "" {
 		return errors.New("no server name")
 	}
-	if ip := net.ParseIP(name); ip != nil && ip.To4() != nil && !s.IPv4 {
-		return fmt.Errorf("%s: IPv4 addresses are not served (enable_ipv4_common_name is false)", name)
+	if ip := net.ParseIP(name); ip != nil {
+		switch {
+		case ip.To4() != nil && !s.IPv4:
+			return fmt.Errorf("%s: IPv4 addresses are not served (enable_ipv4_common_name is false)", name)
+		case ip.To4() == nil && !s.IPv6:
+			return fmt.Errorf("%s: IPv6 addresses are not served (enable_ipv6 is false)", name)
+		}
 	}
 	if s.AllowAny || s.Matcher.Match(name) {
 		return nil
@@ -513,24 +577,34 @@ func qualifiesForPublicCA(name string) bool {
 }
 
 // NewIssuer returns the app's ACME issuer for s over magic (whose storage
-// it uses): the CA and account of s, HTTP-01 only, never another CA. The
-// app and the data migration both make their issuer here, so that the
-// issuer key, and with it every storage key of a certificate, is the same.
+// it uses): the CA and account of s, its challenges (HTTP-01 only by
+// default, as Kong) and profile, never another CA. The app and the data
+// migration both make their issuer here, so that the issuer key, and with
+// it every storage key of a certificate, is the same.
 func NewIssuer(magic *certmagic.Config, s Settings, logger *zap.Logger) *certmagic.ACMEIssuer {
-	return certmagic.NewACMEIssuer(magic, certmagic.ACMEIssuer{
-		CA:                      s.Directory,
-		TestCA:                  s.Directory, // never fall back to another CA
-		Email:                   s.Email,
-		Agreed:                  true, // see TOSAccepted
-		ExternalAccount:         s.EAB,
-		AccountKeyPEM:           s.AccountKey,
-		TrustedRoots:            s.Roots,
-		AltHTTPPort:             s.HTTPPort,
-		DisableTLSALPNChallenge: true, // HTTP-01 only, as Kong
-		PreferredChains:         s.Chains,
-		CertObtainTimeout:       s.IssueTimeout,
-		Logger:                  logger,
-	})
+	template := certmagic.ACMEIssuer{
+		CA:                        s.Directory,
+		TestCA:                    s.Directory, // never fall back to another CA
+		Email:                     s.Email,
+		Agreed:                    true, // see TOSAccepted
+		ExternalAccount:           s.EAB,
+		AccountKeyPEM:             s.AccountKey,
+		TrustedRoots:              s.Roots,
+		AltHTTPPort:               s.HTTPPort,
+		DisableHTTPChallenge:      !s.HTTPChallenge,
+		DisableTLSALPNChallenge:   !s.TLSALPNChallenge,
+		AltTLSALPNPort:            s.TLSALPNPort,
+		ListenHost:                s.BindHost,
+		DisableDistributedSolvers: s.NoDistributed,
+		Profile:                   s.Profile,
+		PreferredChains:           s.Chains,
+		CertObtainTimeout:         s.IssueTimeout,
+		Logger:                    logger,
+	}
+	if s.DNSSolver != nil { // never a nil *DNS01Solver in the interface
+		template.DNS01Solver = s.DNSSolver
+	}
+	return certmagic.NewACMEIssuer(magic, template)
 }
 
 // IsLetsEncrypt reports whether the directory is Let's Encrypt's
