@@ -602,7 +602,7 @@ func NewIssuer(magic *certmagic.Config, s Settings, logger *zap.Logger) *certmag
 		Logger:                    logger,
 	}
 	if s.DNSSolver != nil { // never a nil *DNS01Solver in the interface
-		template.DNS01Solver = s.DNSSolver
+		template.DNS01Solver = issuance.WatchSolver(s.DNSSolver)
 	}
 	return certmagic.NewACMEIssuer(magic, template)
 }
