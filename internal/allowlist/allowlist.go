@@ -6,6 +6,12 @@
 //
 //   - an exact host name or IPv4 address ("api.example.com", "192.0.2.1"),
 //     which matches that name only;
+//   - an exact IPv6 address ("2001:db8::1", also written "2001:DB8:0:0:0:0:0:1"
+//     or "[2001:db8::1]"), which matches that address in any spelling. It
+//     must have no zone ("fe80::1%eth0") and no port, and must not be an
+//     IPv4-mapped address ("::ffff:192.0.2.1": the IPv4 address is written
+//     instead). Whether IPv6 addresses may be served at all is the app's
+//     rule (enable_ipv6), not this package's;
 //   - a leftmost wildcard ("*.example.com"), which matches every name with
 //     at least one more label below the suffix ("a.example.com",
 //     "a.b.example.com"), but not "example.com" itself nor "badexample.com";
@@ -16,8 +22,10 @@
 //
 // Entries and hosts are compared case-insensitively (Kong never matched an
 // entry written in upper case), internationalised names are compared in
-// their punycode (A-label) form, and one trailing dot is ignored. IPv4
-// addresses are matched by exact entries only, never by a wildcard.
+// their punycode (A-label) form, and one trailing dot is ignored. IPv6
+// addresses are compared in their netip.Addr.String form (lower case,
+// compressed, no brackets; see NormalizeIP). IPv4 and IPv6 addresses are
+// matched by exact entries only, never by a wildcard.
 //
 // Matching costs a number of map lookups bounded by the number of labels in
 // the host, whatever the number of entries, and does not allocate for an
@@ -37,7 +45,7 @@ import (
 // immutable once built by New and safe for concurrent use. A nil *Matcher
 // allows nothing.
 type Matcher struct {
-	exact    map[string]struct{} // "example.com", "192.0.2.1"
+	exact    map[string]struct{} // "example.com", "192.0.2.1", "2001:db8::1"
 	suffixes map[string]struct{} // "example.com" for "*.example.com"
 	prefixes map[string]struct{} // "example" for "example.*"
 	entries  []string            // distinct normalised entries, in input order
@@ -46,8 +54,9 @@ type Matcher struct {
 // New validates every entry with Validate and builds a Matcher from their
 // normalised forms. The first invalid entry fails the whole list; its error
 // names its index and the entry. Duplicates, also those that differ only in
-// case, punycode encoding or a trailing dot, are kept once. An empty list
-// gives a Matcher that matches nothing.
+// case, punycode encoding or a trailing dot, or IPv6 addresses written
+// differently ("2001:DB8:0::1", "[2001:db8::1]"), are kept once. An empty
+// list gives a Matcher that matches nothing.
 func New(entries []string) (*Matcher, error) {
 	m := &Matcher{
 		exact:    make(map[string]struct{}),
@@ -82,15 +91,22 @@ func New(entries []string) (*Matcher, error) {
 // rules, with Kong's messages for misplaced wildcards: at most one "*", which
 // must be the whole leftmost or rightmost label, and once it is replaced by a
 // label the entry must be a valid host name without a port. It also rejects
-// what Kong lets through but can never be served: a bare "*", IPv6 addresses,
-// empty labels, labels longer than 63 octets, names longer than 253 octets,
-// characters other than letters, digits and hyphens (underscores included),
-// hyphens at the start or end of a label, an all-numeric rightmost label that
-// is not part of an exact IPv4 address, and internationalised names or
-// punycode labels that fail IDNA (UTS #46 lookup) processing. One trailing dot
-// is allowed and ignored. The error names the entry and the reason, for
-// example: domain "a.*.com": invalid wildcard: must be placed at leftmost or
-// rightmost label.
+// what Kong lets through but can never be served: a bare "*", empty labels,
+// labels longer than 63 octets, names longer than 253 octets, characters
+// other than letters, digits and hyphens (underscores included), hyphens at
+// the start or end of a label, an all-numeric rightmost label that is not
+// part of an exact IPv4 address, and internationalised names or punycode
+// labels that fail IDNA (UTS #46 lookup) processing. One trailing dot is
+// allowed and ignored.
+//
+// An exact IPv6 address is valid, bracketed or not, in any case, compressed
+// or not; it is refused with a zone ("fe80::1%eth0"), a port
+// ("[::1]:443"), a wildcard ("2001:db8::*", "*.2001:db8::1") or a trailing
+// dot, and when it is an IPv4-mapped address ("::ffff:192.0.2.1", to be
+// written "192.0.2.1"). Validate does not apply the app's enable_ipv6 rule.
+//
+// The error names the entry and the reason, for example: domain "a.*.com":
+// invalid wildcard: must be placed at leftmost or rightmost label.
 func Validate(entry string) error {
 	_, _, err := parse(entry)
 	return err
@@ -99,15 +115,48 @@ func Validate(entry string) error {
 // Match reports whether host, a TLS server name or an HTTP Host header value
 // without a port, is allowed. The host is normalised as entries are: lower
 // case, one trailing dot ignored, internationalised names converted to
-// punycode. A host that is not a valid host name (a port, an empty label, a
-// bracketed IPv6 address, …) is never allowed.
+// punycode, an IPv6 address (bracketed or not, in any case, compressed or
+// not) in its netip.Addr.String form. A host that is neither a valid host
+// name nor an IP address (a port, an empty label, an IPv6 zone, …) is never
+// allowed, nor is an IPv4-mapped IPv6 address.
 func (m *Matcher) Match(host string) bool {
 	if m == nil || len(m.entries) == 0 {
 		return false
 	}
 	var buf [maxNameLen]byte
-	n, ok := normalizeHost(host, &buf)
-	return ok && m.lookup(buf[:n])
+	if n, ok := normalizeHost(host, &buf); ok {
+		return m.lookup(buf[:n])
+	}
+	if ip, ok := parseIPv6Host(host); ok {
+		// Exact entries only; the form is at most 39 bytes, buf holds it.
+		_, found := m.exact[string(ip.AppendTo(buf[:0]))]
+		return found
+	}
+	return false
+}
+
+// NormalizeIP reports whether host is an IP address that Match would look
+// up, and returns it in the form of the entries: the netip.Addr.String form
+// (an IPv6 address in lower case, compressed, without brackets). An IPv4
+// address is dotted decimal without leading zeros, one trailing dot
+// ignored; an IPv6 address may be bracketed, in any case, compressed or
+// not, but has no zone and is not IPv4-mapped. Anything else, host names
+// included, gives false.
+//
+// It is for the app, which keys storage, logs and its own IPv4/IPv6 rule
+// by the name it matched: "2001:DB8:0::1" and "[2001:db8::1]" are one
+// address, "2001:db8::1", as an entry and as a host.
+func NormalizeIP(host string) (string, bool) {
+	if ip, ok := parseIPv6Host(host); ok {
+		return ip.String(), true
+	}
+	if len(host) > maxRawLen {
+		return "", false
+	}
+	if ip, err := netip.ParseAddr(strings.TrimSuffix(host, ".")); err == nil && ip.Is4() {
+		return ip.String(), true
+	}
+	return "", false
 }
 
 // Len returns the number of distinct normalised entries.
@@ -181,8 +230,11 @@ func parse(entry string) (kind, string, error) {
 		return fail(errManyWildcards)
 	}
 	if i := strings.LastIndexByte(entry, ':'); i >= 0 {
-		if ip, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(entry, "["), "]")); err == nil && ip.Is6() {
-			return fail("IPv6 addresses are not supported")
+		if ip, isIP, reason := parseIPv6Entry(entry); isIP {
+			if reason != "" {
+				return fail(reason)
+			}
+			return exact, ip, nil
 		}
 		if port := entry[i+1:]; port != "" && allDigits(port) {
 			return fail("must not have a port")
@@ -255,6 +307,100 @@ func parse(entry string) (kind, string, error) {
 	case exact:
 	}
 	return k, name, nil
+}
+
+// parseIPv6Entry reads an entry that has a colon as an IPv6 address. isIP
+// false: the entry is not meant as one (it is a name with a port, or has a
+// stray colon) and is left to the host name rules. isIP true: the entry is
+// an IPv6 address, in brackets or not, or was meant as one; reason says why
+// it is refused, or is empty and name is its normalised form.
+func parseIPv6Entry(entry string) (name string, isIP bool, reason string) {
+	s := entry
+	bracketed := strings.HasPrefix(s, "[")
+	if bracketed {
+		end := strings.IndexByte(s, ']')
+		switch {
+		case end < 0:
+			return "", true, `invalid IPv6 address: missing "]"`
+		case end+1 < len(s) && s[end+1] == ':':
+			return "", true, "must not have a port"
+		case end+1 < len(s):
+			return "", true, `invalid IPv6 address: text after "]"`
+		}
+		s = s[1:end]
+	}
+	if strings.Contains(s, "*") {
+		for _, c := range []string{strings.ReplaceAll(s, "*", "0"), strings.TrimPrefix(s, "*."), strings.TrimSuffix(s, ".*")} {
+			if ip, err := netip.ParseAddr(c); err == nil && ip.Is6() {
+				return "", true, "invalid wildcard: IPv6 addresses are matched by exact entries only"
+			}
+		}
+		if bracketed {
+			return "", true, "invalid IPv6 address"
+		}
+		return "", false, ""
+	}
+	ip, err := netip.ParseAddr(s)
+	switch {
+	case err != nil || !ip.Is6():
+		if bracketed || looksIPv6(s) {
+			return "", true, "invalid IPv6 address"
+		}
+		return "", false, ""
+	case ip.Zone() != "":
+		return "", true, fmt.Sprintf("IPv6 zones are not allowed (%%%s)", ip.Zone())
+	case ip.Is4In6():
+		return "", true, fmt.Sprintf("IPv4-mapped IPv6 address: write the IPv4 address %s instead", ip.Unmap())
+	}
+	return ip.String(), true, ""
+}
+
+// looksIPv6 reports whether s, which is not an IPv6 address, was meant as
+// one: two colons or more (no host name, with or without a port, has
+// them), and before any zone only letters, digits, colons, dots and
+// brackets.
+func looksIPv6(s string) bool {
+	if i := strings.IndexByte(s, '%'); i >= 0 {
+		s = s[:i]
+	}
+	if strings.Count(s, ":") < 2 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == ':', c == '.', c == '[', c == ']':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// parseIPv6Host reads host, bracketed or not, as an IPv6 address without
+// zone that is not IPv4-mapped. It allocates only when host is made of hex
+// digits, colons and dots but is not an IPv6 address (netip's error).
+func parseIPv6Host(host string) (netip.Addr, bool) {
+	if len(host) >= 2 && host[0] == '[' && host[len(host)-1] == ']' {
+		host = host[1 : len(host)-1]
+	}
+	// The longest form is 45 bytes ("0000:…:0000:255.255.255.255"). A zone
+	// ('%') is refused before parsing, as netip would intern it.
+	if len(host) > maxIPv6Len || strings.IndexByte(host, ':') < 0 {
+		return netip.Addr{}, false
+	}
+	for i := 0; i < len(host); i++ {
+		switch c := host[i]; {
+		case '0' <= c && c <= '9', 'a' <= c && c <= 'f', 'A' <= c && c <= 'F', c == ':', c == '.':
+		default:
+			return netip.Addr{}, false
+		}
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" {
+		return netip.Addr{}, false
+	}
+	return ip, true
 }
 
 // normalizeHost writes the normalised form of host into buf and reports its
@@ -413,6 +559,7 @@ const (
 	maxNameLen  = 253  // octets in a host name without the trailing dot (RFC 1035)
 	maxLabelLen = 63   // octets in one label (RFC 1035)
 	maxRawLen   = 1024 // bytes of input considered at all; bounds IDNA work on hostile input
+	maxIPv6Len  = 64   // bytes of an IPv6 host considered at all (the longest valid one has 45)
 
 	// wildcardLabel stands in for "*" while an entry is validated, as in Kong.
 	wildcardLabel = "abc"

@@ -58,6 +58,39 @@ func TestMatch(t *testing.T) {
 			deny:    []string{"192.0.2.10", "192.0.2", "x.192.0.2.1", "192.000.002.001", "192.0.2.1:443"},
 		},
 		{
+			name:    "IPv6 entry matches the address in any spelling",
+			entries: []string{"2001:db8::1", "[::1]", "FE80::A:B", "2001:0db8:0:0:1:0:0:0"},
+			allow: []string{
+				"2001:db8::1", "2001:DB8::1", "2001:0db8:0000:0000:0000:0000:0000:0001", "[2001:db8::1]", "[2001:DB8:0::1]",
+				"::1", "[::1]", "0:0:0:0:0:0:0:1", "::0:1",
+				"fe80::a:b", "[fe80:0:0:0:0:0:a:b]",
+				"2001:db8:0:0:1::", "2001:db8::1:0:0:0",
+			},
+			deny: []string{
+				"2001:db8::2", "2001:db8::", "::", "::2",
+				"[2001:db8::1]:443", "[::1]:443", "2001:db8::1.", "[2001:db8::1].", "[[::1]]", "[::1", "::1]",
+				"fe80::a:b%eth0", "[fe80::a:b%25eth0]", "fe80::a:b%",
+				"x.2001:db8::1", "2001:db8::1.x", " ::1", "::1 ",
+			},
+		},
+		{
+			name:    "IPv6 host never matches a wildcard or a host name",
+			entries: []string{"*.example.com", "example.*", "*.com", "a.*", "localhost"},
+			deny:    []string{"::1", "[::1]", "a::1", "2001:db8::a", "[a::]", "::a.b.c.d"},
+		},
+		{
+			name:    "IPv4-mapped IPv6 hosts never match, not even the IPv4 entry",
+			entries: []string{"192.0.2.1", "::c000:201"},
+			allow:   []string{"192.0.2.1", "::c000:201", "::192.0.2.1"},
+			deny:    []string{"::ffff:192.0.2.1", "[::ffff:192.0.2.1]", "::ffff:c000:201", "::FFFF:C000:201"},
+		},
+		{
+			name:    "IPv4 and IPv6 entries are distinct",
+			entries: []string{"192.0.2.1", "2001:db8::c000:201"},
+			allow:   []string{"192.0.2.1", "2001:db8::192.0.2.1", "2001:db8::c000:201"},
+			deny:    []string{"::192.0.2.1", "::ffff:192.0.2.1", "[192.0.2.1]"},
+		},
+		{
 			name:    "upper-case entries match (Kong never matched them)",
 			entries: []string{"API.Example.COM", "*.Wild.Example.COM", "Prefix.*"},
 			allow:   []string{"api.example.com", "a.wild.example.com", "prefix.net"},
@@ -112,7 +145,7 @@ func TestMatch(t *testing.T) {
 			name:    "invalid hosts never match",
 			entries: []string{"*.example.com", "example.*", "example.com"},
 			deny: []string{
-				"", ".", "..", "example.com:443", "a.example.com:443", "[::1]", "::1",
+				"", ".", "..", "example.com:443", "a.example.com:443", "[::1]", "::1", "[example.com]", "[]", "[",
 				"a..example.com", ".example.com", "example..com", "-a.example.com", "a-.example.com",
 				"a_b.example.com", "a b.example.com", "*.example.com", "a.example.com/", "example.com\x00",
 				"\xff.example.com",
@@ -181,6 +214,25 @@ func TestEntries(t *testing.T) {
 			want:    []string{"example.com", "*.xn--bcher-kva.example", "xn--mnchen-3ya.*", "192.0.2.1"},
 		},
 		{
+			name: "IPv6 normalised",
+			entries: []string{
+				"2001:DB8::1", "2001:0db8:0:0:0:0:0:2", "[2001:db8::3]", "[::1]", "::", "FE80::AB:CD",
+				"2001:db8:0:0:1::", "64:ff9b::192.0.2.1", "::192.0.2.1", "1:2:3:4:5:6:7:8",
+			},
+			want: []string{
+				"2001:db8::1", "2001:db8::2", "2001:db8::3", "::1", "::", "fe80::ab:cd",
+				"2001:db8:0:0:1::", "64:ff9b::c000:201", "::c000:201", "1:2:3:4:5:6:7:8",
+			},
+		},
+		{
+			name: "IPv6 deduplicated in every spelling",
+			entries: []string{
+				"2001:db8::1", "2001:DB8::1", "2001:0db8:0000:0000:0000:0000:0000:0001", "[2001:db8::1]",
+				"[2001:DB8:0::1]", "example.com", "2001:db8:0::0:1", "::1", "0:0:0:0:0:0:0:1", "[::1]",
+			},
+			want: []string{"2001:db8::1", "example.com", "::1"},
+		},
+		{
 			name:    "deduplicated in first-seen order",
 			entries: []string{"b.example", "a.example", "B.EXAMPLE", "xn--bcher-kva.example", "bücher.example", "*.a.example", "a.example"},
 			want:    []string{"b.example", "a.example", "xn--bcher-kva.example", "*.a.example"},
@@ -226,6 +278,8 @@ func TestValidate(t *testing.T) {
 		"1.2.3.4.", "bücher.example", "*.bücher.example", "münchen.*", "xn--bcher-kva.example",
 		"ｅｘａｍｐｌｅ.com", "a-b.example", "r3---sn-apo3qvuoxuxbt-j5pe.googlevideo.com",
 		"0.example", "123abc.example", "1.2.3.*",
+		"2001:db8::1", "::1", "::", "2001:DB8::1", "2001:0db8:0:0:0:0:0:1", "[2001:db8::1]", "[::1]",
+		"fe80::1", "1:2:3:4:5:6:7:8", "64:ff9b::192.0.2.1", "::192.0.2.1", "::1:443",
 		strings.Repeat("a", 63) + ".example",
 		strings.Repeat("a.", 125) + "abc",      // 253 octets
 		"*." + strings.Repeat("a.", 124) + "a", // 253 octets with "*" as "abc"
@@ -257,8 +311,32 @@ func TestValidate(t *testing.T) {
 		{"example.com:443", "must not have a port"},
 		{"*.example.com:8443", "must not have a port"},
 		{"192.0.2.1:80", "must not have a port"},
-		{"::1", "IPv6 addresses are not supported"},
-		{"[2001:db8::1]", "IPv6 addresses are not supported"},
+		{"fe80::1%eth0", "IPv6 zones are not allowed (%eth0)"},
+		{"[fe80::1%25eth0]", "IPv6 zones are not allowed"},
+		{"fe80::1%", "invalid IPv6 address"},
+		{"::ffff:192.0.2.1", "IPv4-mapped IPv6 address: write the IPv4 address 192.0.2.1 instead"},
+		{"[::FFFF:C000:201]", "IPv4-mapped IPv6 address: write the IPv4 address 192.0.2.1 instead"},
+		{"::ffff:192.0.2.1%eth0", "IPv6 zones are not allowed"},
+		{"[::1]:443", "must not have a port"},
+		{"[2001:db8::1]:", "must not have a port"},
+		{"[2001:db8::1]x", `invalid IPv6 address: text after "]"`},
+		{"[2001:db8::1", `invalid IPv6 address: missing "]"`},
+		{"2001:db8::1]", "invalid IPv6 address"},
+		{"[[::1]]", "invalid IPv6 address"},
+		{"[example.com:443]", "invalid IPv6 address"},
+		{"[*.example.com:443]", "invalid IPv6 address"},
+		{"2001:db8::*", "invalid wildcard: IPv6 addresses are matched by exact entries only"},
+		{"*::1", "invalid wildcard: IPv6 addresses are matched by exact entries only"},
+		{"*.2001:db8::1", "invalid wildcard: IPv6 addresses are matched by exact entries only"},
+		{"2001:db8::1.*", "invalid wildcard: IPv6 addresses are matched by exact entries only"},
+		{"[2001:db8::*]", "invalid wildcard: IPv6 addresses are matched by exact entries only"},
+		{"2001:db8::1.", "invalid IPv6 address"},
+		{"2001:db8::g", "invalid IPv6 address"},
+		{"1:2:3:4:5:6:7:8:9", "invalid IPv6 address"},
+		{"2001:db8:::1", "invalid IPv6 address"},
+		{"::1.2.3", "invalid IPv6 address"},
+		{"a:b", "invalid character ':'"},
+		{"1:2", "must not have a port"},
 		{"http://example.com", "invalid character ':'"},
 		{"example.com:", "invalid character ':'"},
 		{".example.com", "empty label"},
@@ -328,6 +406,11 @@ func TestNewError(t *testing.T) {
 			name:    "names the index and the entry",
 			entries: []string{"example.com", "a.*.com"},
 			want:    `domains[1]: domain "a.*.com": invalid wildcard: must be placed at leftmost or rightmost label`,
+		},
+		{
+			name:    "IPv6 entry",
+			entries: []string{"2001:db8::1", "fe80::1%eth0"},
+			want:    `domains[1]: domain "fe80::1%eth0": IPv6 zones are not allowed (%eth0)`,
 		},
 		{
 			name:    "first error wins",
@@ -427,11 +510,14 @@ func TestMatchConcurrent(t *testing.T) {
 }
 
 func TestMatchDoesNotAllocate(t *testing.T) {
-	m, err := New(bigEntries(1000))
+	m, err := New(append(bigEntries(1000), "2001:db8::1"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, host := range []string{"host0.example.com", "a.b.svc1.example.net", "tenant2.co.uk", "nope.example.org", "MiXeD.Case.Example.Com.", "bad host"} {
+	for _, host := range []string{
+		"host0.example.com", "a.b.svc1.example.net", "tenant2.co.uk", "nope.example.org", "MiXeD.Case.Example.Com.", "bad host",
+		"2001:db8::1", "[2001:DB8:0::1]", "2001:db8::2", "fe80::1%eth0", "[::1]:443", "::ffff:192.0.2.1",
+	} {
 		if n := testing.AllocsPerRun(100, func() { m.Match(host) }); n != 0 {
 			t.Errorf("Match(%q) allocates %v times per call, want 0", host, n)
 		}
@@ -448,6 +534,7 @@ func BenchmarkMatch(b *testing.B) {
 		{"miss", "www.nothing-here.example.org"},
 		{"upper", "HOST9.EXAMPLE.COM"},
 		{"idn", "bücher.example.org"},
+		{"ipv6", "[2001:DB8:0::1]"},
 	}
 	for _, n := range []int{10, 100_000} {
 		m, err := New(bigEntries(n))
@@ -463,6 +550,70 @@ func BenchmarkMatch(b *testing.B) {
 			})
 		}
 	}
+}
+
+func TestNormalizeIP(t *testing.T) {
+	tests := []struct {
+		host, want string
+		ok         bool
+	}{
+		{"2001:db8::1", "2001:db8::1", true},
+		{"2001:DB8::1", "2001:db8::1", true},
+		{"[2001:db8::1]", "2001:db8::1", true},
+		{"[2001:0DB8:0000:0000:0000:0000:0000:0001]", "2001:db8::1", true},
+		{"2001:db8:0:0:1::", "2001:db8:0:0:1::", true},
+		{"::1", "::1", true},
+		{"::", "::", true},
+		{"::192.0.2.1", "::c000:201", true},
+		{"192.0.2.1", "192.0.2.1", true},
+		{"192.0.2.1.", "192.0.2.1", true},
+		{"0.0.0.0", "0.0.0.0", true},
+		{"192.000.002.001", "", false},
+		{"[192.0.2.1]", "", false},
+		{"::ffff:192.0.2.1", "", false},
+		{"fe80::1%eth0", "", false},
+		{"[fe80::1%25eth0]", "", false},
+		{"[::1]:443", "", false},
+		{"::1.", "", false},
+		{"[::1", "", false},
+		{"example.com", "", false},
+		{"1.2.3", "", false},
+		{"", "", false},
+		{"[]", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.host, func(t *testing.T) {
+			got, ok := NormalizeIP(tt.host)
+			if got != tt.want || ok != tt.ok {
+				t.Fatalf("NormalizeIP(%q) = %q, %v; want %q, %v", tt.host, got, ok, tt.want, tt.ok)
+			}
+			if !ok {
+				return
+			}
+			// The normalised form is the entry's, and matches the host.
+			m, err := New([]string{tt.host})
+			if err != nil {
+				t.Fatalf("New(%q): %v", tt.host, err)
+			}
+			if e := m.Entries()[0]; e != got {
+				t.Errorf("New(%q).Entries() = %q, NormalizeIP gives %q", tt.host, e, got)
+			}
+			if !m.Match(tt.host) || !m.Match(got) {
+				t.Errorf("entry %q does not match %q or %q", tt.host, tt.host, got)
+			}
+		})
+	}
+}
+
+func ExampleNormalizeIP() {
+	for _, host := range []string{"[2001:DB8:0::1]", "192.0.2.1", "fe80::1%eth0", "example.com"} {
+		fmt.Println(NormalizeIP(host))
+	}
+	// Output:
+	// 2001:db8::1 true
+	// 192.0.2.1 true
+	//  false
+	//  false
 }
 
 func ExampleMatcher_Match() {

@@ -2,13 +2,14 @@ package allowlist
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 )
 
 // fuzzSeeds are entries and hosts worth mutating: every kind of entry, and the
-// edges of the syntax (ports, dots, hyphens, IPv4, IDN, lengths, bytes that
-// idna treats specially).
+// edges of the syntax (ports, dots, hyphens, IPv4, IPv6, IDN, lengths, bytes
+// that idna treats specially).
 var fuzzSeeds = []string{
 	"", ".", "*", "*.", "..", "example.com", "EXAMPLE.COM.", "*.example.com", "example.*",
 	"www.example.*", "a.*.com", "*.*", "example.com:443", "[::1]", "::1", "192.0.2.1",
@@ -18,6 +19,11 @@ var fuzzSeeds = []string{
 	"\xff.example", "\ufffd.example", "ß.de", "שלום.example", "١٢٣.example", "r3---sn-ü.de",
 	strings.Repeat("a", 63) + ".example", strings.Repeat("a", 64) + ".example",
 	strings.Repeat("a.", 126) + "a",
+	// IPv6: spellings, zones, ports, mapped and embedded IPv4, wildcards.
+	"2001:db8::1", "2001:DB8:0:0:0:0:0:1", "[2001:db8::1]", "::", "[::]", "fe80::1%eth0",
+	"[fe80::1%25eth0]", "::ffff:192.0.2.1", "::192.0.2.1", "64:ff9b::192.0.2.1", "[::1]:443",
+	"2001:db8::*", "*.2001:db8::1", "2001:db8::1.*", "1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8:9",
+	"2001:db8::g", "[2001:db8::1", "::1.", "0000:0000:0000:0000:0000:0000:255.255.255.255",
 }
 
 func FuzzMatch(f *testing.F) {
@@ -42,6 +48,17 @@ func FuzzMatch(f *testing.F) {
 		got := m.Match(host)
 		if isASCII(host) && m.Match(strings.ToUpper(host)) != got {
 			t.Errorf("entry %q: Match(%q) = %v but Match(%q) = %v", entry, host, got, strings.ToUpper(host), !got)
+		}
+		// An IP address host matches as its normalised form, which is an
+		// entry's own form, matching the host.
+		if ip, ok := NormalizeIP(host); ok {
+			if m.Match(ip) != got {
+				t.Errorf("entry %q: Match(%q) = %v but Match(%q) = %v (its NormalizeIP)", entry, host, got, ip, !got)
+			}
+			e, err := New([]string{ip})
+			if err != nil || e.Entries()[0] != ip || !e.Match(host) {
+				t.Errorf("host %q normalised to %q: New = %v, %v; it must be an entry of that form matching the host", host, ip, e.Entries(), err)
+			}
 		}
 
 		norm := m.Entries()[0]
@@ -92,8 +109,19 @@ func FuzzValidate(f *testing.F) {
 			t.Fatalf("Validate(%q) = nil but New: %v", entry, err)
 		}
 		norm := m.Entries()[0]
-		if !isASCII(norm) || norm != strings.ToLower(norm) || strings.HasSuffix(norm, ".") {
+		if !isASCII(norm) || norm != strings.ToLower(norm) || strings.HasSuffix(norm, ".") || strings.ContainsAny(norm, "[]%") {
 			t.Errorf("entry %q normalised to %q", entry, norm)
+		}
+		// An IPv6 entry is an address without zone, not IPv4-mapped, in
+		// netip's form, which NormalizeIP gives too.
+		if strings.Contains(norm, ":") {
+			ip, err := netip.ParseAddr(norm)
+			if err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" || ip.String() != norm {
+				t.Errorf("entry %q normalised to %q, not an IPv6 address in netip's form: %v", entry, norm, err)
+			}
+			if got, ok := NormalizeIP(entry); !ok || got != norm {
+				t.Errorf("entry %q normalised to %q, but NormalizeIP gives %q, %v", entry, norm, got, ok)
+			}
 		}
 		// Normalising is idempotent.
 		again, err := New([]string{norm})

@@ -1,6 +1,7 @@
 package allowlist
 
 import (
+	"net"
 	"regexp"
 	"slices"
 	"strings"
@@ -47,11 +48,37 @@ func refNormalize(host string) (string, bool) {
 	return name, true
 }
 
+// refIPv6 is the address of host if Match takes it as an IPv6 address: in
+// brackets or not, with a colon, as net.ParseIP reads it (no zone), not an
+// IPv4-mapped address.
+func refIPv6(host string) (net.IP, bool) {
+	if len(host) >= 2 && host[0] == '[' && host[len(host)-1] == ']' {
+		host = host[1 : len(host)-1]
+	}
+	if !strings.Contains(host, ":") {
+		return nil, false
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || ip.To4() != nil {
+		return nil, false
+	}
+	return ip, true
+}
+
 // refMatch is Match as a loop over the normalised entries: an exact entry
 // matches itself; "*.s" matches names that end in ".s"; "p.*" matches names
 // that start with "p."; a name whose last label is all digits (an IPv4
-// address) is matched by exact entries only.
+// address) is matched by exact entries only; an IPv6 address is matched by
+// the exact IPv6 entry of the same 16 bytes only.
 func refMatch(entries []string, host string) bool {
+	if ip, ok := refIPv6(host); ok {
+		for _, e := range entries {
+			if strings.Contains(e, ":") && net.ParseIP(e).Equal(ip) {
+				return true
+			}
+		}
+		return false
+	}
 	name, ok := refNormalize(host)
 	if !ok {
 		return false
@@ -87,6 +114,11 @@ func FuzzMatchReference(f *testing.F) {
 	f.Add("*.example.com", "example.*", "192.0.2.1", "example.192")
 	f.Add("*.com", "a.*", "", "a.1")
 	f.Add("*.b.example", "a.b.*", "A.B.Example", "a.b.example")
+	f.Add("2001:db8::1", "[::1]", "*.example.com", "[2001:DB8:0:0:0:0:0:1]")
+	f.Add("2001:db8::1", "::1", "192.0.2.1", "0:0:0:0:0:0:0:1")
+	f.Add("::c000:201", "192.0.2.1", "example.*", "::ffff:192.0.2.1")
+	f.Add("fe80::1", "example.*", "*.com", "fe80::1%eth0")
+	f.Add("::1", "", "", "[::1]:443")
 	f.Fuzz(func(t *testing.T, e1, e2, e3, host string) {
 		var valid []string
 		for _, e := range []string{e1, e2, e3} {
