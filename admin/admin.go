@@ -467,8 +467,8 @@ func (a *adminAPI) handleOrder(w http.ResponseWriter, r *http.Request, m App) er
 
 var errSingleHost = errors.New("host must be provided and containing a single domain")
 
-// checkHost checks that host is one host name or IPv4 address, without
-// port, or a wildcard subject `*.<domain>` (the app decides whether it may
+// checkHost checks that host is one host name or IP address (an IPv6
+// address also in brackets), without port, or a wildcard subject `*.<domain>` (the app decides whether it may
 // have a certificate), and returns it normalised: lower case, without its
 // trailing dot. POST /acme's host and the {host} of
 // /acme/certificates/{host} are checked here, so that the app gets the
@@ -484,6 +484,9 @@ func checkHost(host string) (string, error) {
 		return "", fmt.Errorf("invalid host: longer than %d octets (%d)", maxHostLen, len(host))
 	}
 	if strings.Contains(host, ":") {
+		if ip, ok := allowlist.NormalizeIP(host); ok && strings.Contains(ip, ":") {
+			return ip, nil // an IPv6 address, in the form of the domains entries
+		}
 		return "", errors.New("port is not allowed in host")
 	}
 	name := strings.TrimPrefix(host, "*.") // a wildcard certificate's subject

@@ -230,6 +230,10 @@ func TestHandlers(t *testing.T) {
 					t.Fatalf("orders = %v", f.orders)
 				}
 			}},
+		{name: "ipv6", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"[2001:DB8:0::1]"}`,
+			status: 201, want: `{"message":"certificate for host 2001:db8::1 is created"}`},
+		{name: "ipv6 with port", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"[2001:db8::1]:443"}`,
+			status: 400, want: `port is not allowed in host`},
 		{name: "wildcard inside", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"a.*.example.com"}`,
 			status: 400, want: `wildcard host is not allowed but as *.x`},
 		{name: "wildcard twice", method: "POST", target: "/acme", contentType: "application/json", body: `{"host":"*.*.example.com"}`,

@@ -142,6 +142,16 @@ func (r *Runtime) AddDomains(ctx context.Context, entries []string) ([]string, e
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidDomain, err)
 	}
+	for _, e := range add.Entries() {
+		// an address the app never serves (enable_ipv4_common_name,
+		// enable_ipv6) is refused rather than listed for nothing
+		if _, ok := allowlist.NormalizeIP(e); !ok {
+			continue
+		}
+		if err := r.opts.Allow(e); err != nil && !errors.Is(err, ErrNotListed) {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidDomain, err)
+		}
+	}
 	return r.changeDomains(ctx, func(cur *allowlist.Matcher) ([]string, bool, error) {
 		next, err := allowlist.New(append(cur.Entries(), add.Entries()...))
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"strings"
 	"sync"
@@ -120,7 +121,8 @@ func TestDomainsInvalidStoresNothing(t *testing.T) {
 		{"", "empty"},
 		{"*", "wildcard"},
 		{"under_score.example", "invalid character"},
-		{"::1", "IPv6"},
+		{"[::1]:443", "port"},
+		{"fe80::1%eth0", "zone"},
 		{"x." + strings.Repeat("a", 64) + ".example", "63"},
 	} {
 		_, err := r.AddDomains(t.Context(), []string{"good.example", tc.bad, "good2.example"})
@@ -323,5 +325,31 @@ func BenchmarkDomainListed(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		r.domainListed(names[i%len(names)])
+	}
+}
+
+// TestDomainsRefuseUnservedAddresses: an address entry the app never
+// serves (Allow refuses it for a reason other than not being listed:
+// enable_ipv6, enable_ipv4_common_name) is refused, and nothing is
+// stored; one it serves is listed in its normal form.
+func TestDomainsRefuseUnservedAddresses(t *testing.T) {
+	storage := &certmagic.FileStorage{Path: t.TempDir()}
+	noIPv6 := errors.New("IPv6 addresses are not served (enable_ipv6 is false)")
+	r := newTestRuntime(t, noCA, storage, Options{Allow: func(name string) error {
+		if strings.Contains(name, ":") {
+			return noIPv6
+		}
+		return ErrNotListed
+	}})
+	if _, err := r.AddDomains(t.Context(), []string{"kept.example", "2001:DB8::1"}); !errors.Is(err, ErrInvalidDomain) || !strings.Contains(err.Error(), "enable_ipv6") {
+		t.Fatalf("adding an IPv6 address the app does not serve: %v, want ErrInvalidDomain naming enable_ipv6", err)
+	}
+	if _, err := storage.Load(t.Context(), DomainsKey); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a refused add stored the list: %v", err)
+	}
+	served := newTestRuntime(t, noCA, &certmagic.FileStorage{Path: t.TempDir()}, Options{Allow: func(string) error { return ErrNotListed }})
+	got, err := served.AddDomains(t.Context(), []string{"[2001:DB8:0::1]"})
+	if err != nil || len(got) != 1 || got[0] != "2001:db8::1" {
+		t.Fatalf("AddDomains(IPv6) = %v, %v; want [2001:db8::1]", got, err)
 	}
 }

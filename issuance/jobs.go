@@ -14,6 +14,8 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"github.com/acmekit/caddy-acme/internal/allowlist"
 )
 
 // jobs are the loads and orders in progress, one per name.
@@ -326,7 +328,14 @@ func ServerName(hello *tls.ClientHelloInfo) string {
 	return name
 }
 
-// NormalizeHost lowercases host and drops a trailing dot.
+// NormalizeHost lowercases host and drops a trailing dot; an IPv6
+// address (also in brackets) is written as the domains entries are
+// (allowlist.NormalizeIP), so that it has one storage key.
 func NormalizeHost(host string) string {
+	if strings.IndexByte(host, ':') >= 0 {
+		if ip, ok := allowlist.NormalizeIP(host); ok {
+			return ip
+		}
+	}
 	return strings.ToLower(strings.TrimSuffix(host, "."))
 }
