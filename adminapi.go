@@ -47,6 +47,7 @@ func (a *App) Certificates(ctx context.Context, hosts []string) ([]admin.CertInf
 		}
 		infos[i] = admin.NewCertInfo(s.Host, s.Leaf, now)
 		infos[i].RenewAt, infos[i].RenewalDue, infos[i].LastRenewalError = s.RenewAt, s.RenewalDue, s.LastRenewalError
+		infos[i].Profile = a.set.Profile
 	}
 	return infos, errs
 }

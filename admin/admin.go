@@ -132,6 +132,9 @@ type CertInfo struct {
 	RenewalDue       bool      `json:"renewal_due"`
 	RenewAt          time.Time `json:"renew_at,omitzero"`
 	LastRenewalError string    `json:"last_renewal_error,omitempty"`
+	// The ACME profile its renewals are ordered with (the app's
+	// profile); empty: the CA's default.
+	Profile string `json:"profile,omitempty"`
 	// Error says why the stored certificate cannot be read (list items
 	// only); the other fields are then empty.
 	Error string `json:"error,omitempty"`

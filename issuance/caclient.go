@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
 	"reflect"
@@ -67,7 +68,7 @@ func ObserveCA(iss *certmagic.ACMEIssuer, validation time.Duration) error {
 	if next == nil {
 		next = http.DefaultTransport
 	}
-	hc.Transport = &caTransport{next: next, validation: validation, directories: directoryURLs(iss)}
+	hc.Transport = &caTransport{next: next, validation: validation, directories: directoryURLs(iss), profile: iss.Profile}
 	return nil
 }
 
@@ -98,6 +99,7 @@ type caTransport struct {
 	next        http.RoundTripper
 	validation  time.Duration
 	directories []string // the issuer's directory URLs (see notDirectory)
+	profile     string   // the issuer's ACME profile ("": the CA's default)
 }
 
 // maxCABody bounds the CA's JSON answers read here (authorizations and
@@ -182,6 +184,9 @@ func (t *caTransport) notDirectory(req *http.Request, resp *http.Response) (*htt
 			NewNonce   string `json:"newNonce"`
 			NewAccount string `json:"newAccount"`
 			NewOrder   string `json:"newOrder"`
+			Meta       struct {
+				Profiles map[string]any `json:"profiles"`
+			} `json:"meta"`
 		}
 		switch {
 		case len(bytes.TrimSpace(body)) == 0:
@@ -190,6 +195,9 @@ func (t *caTransport) notDirectory(req *http.Request, resp *http.Response) (*htt
 			what = fmt.Sprintf("HTTP %d with Content-Type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 		case json.Unmarshal(body, &dir) != nil || dir.NewNonce == "" || dir.NewAccount == "" || dir.NewOrder == "":
 			what = fmt.Sprintf("HTTP %d with JSON that is not an ACME directory (newNonce, newAccount, newOrder)", resp.StatusCode)
+		case t.profile != "" && dir.Meta.Profiles[t.profile] == nil:
+			_ = resp.Body.Close()
+			return nil, unknownProfile(t.profile, req.URL.Redacted(), slices.Sorted(maps.Keys(dir.Meta.Profiles)))
 		default:
 			return resp, nil
 		}
@@ -199,6 +207,16 @@ func (t *caTransport) notDirectory(req *http.Request, resp *http.Response) (*htt
 	_ = resp.Body.Close()
 	return nil, fmt.Errorf("api_uri: the CA did not answer with an ACME directory at %s (%s); give the directory URL, e.g. %s://%s/acme/<name>/directory",
 		req.URL.Redacted(), what, req.URL.Scheme, req.URL.Host)
+}
+
+// unknownProfile is the error for a directory that does not offer the
+// configured profile.
+func unknownProfile(profile, dir string, offered []string) error {
+	list := "none"
+	if len(offered) > 0 {
+		list = strings.Join(offered, ", ")
+	}
+	return fmt.Errorf("profile: the CA at %s does not offer profile %q (it offers: %s); set profile to one of them, or leave it out for the CA's default", dir, profile, list)
 }
 
 // The problem types that say the CA will not issue for the identifier:
@@ -229,6 +247,10 @@ func (t *caTransport) noteProblem(v *verdict, req *http.Request, resp *http.Resp
 		// acmez retries it
 	case resp.StatusCode >= 500 || kind == "serverInternal":
 		v.noteUnreachable(fmt.Errorf("%s %s: %w", req.Method, req.URL.Redacted(), p))
+	case kind == "invalidProfile":
+		// a configuration error, as a CA of no use: the node pauses its
+		// orders instead of backing every name off
+		v.noteUnreachable(fmt.Errorf("profile: the CA refused profile %q: %w", t.profile, p))
 	case slices.Contains(identifierProblems, kind),
 		slices.Contains(orderProblems, kind) && isNewOrder(req):
 		v.noteRefused(p.Error())
