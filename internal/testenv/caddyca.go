@@ -37,6 +37,14 @@ type CaddyCAOptions struct {
 	// means 90 days, as a public CA's; acme_server's own default, 12
 	// hours, would be within any usual renewal threshold at once.
 	Lifetime time.Duration
+
+	// TXTResolver, if set, is the host:port of the DNS server acme_server
+	// looks up the TXT records of DNS-01 challenges with (its `resolvers`
+	// field), e.g. a DNSServer's Addr, for a DNS-01 test whose client
+	// writes the records there. Empty means the CA's own
+	// pebble-challtestsrv (CaddyCA.DNSServer). HTTP-01 validation resolves
+	// names through CaddyCA.DNSServer either way (SetA).
+	TXTResolver string
 }
 
 // CaddyCA is a running Caddy whose `acme_server` handler is an ACME CA (the
@@ -57,7 +65,8 @@ type CaddyCAOptions struct {
 // The Caddy binary is built once per test process (go build, see
 // caddyBinary) from a main package made of Caddy's standard modules and a
 // hook that sends the process's DNS lookups to the test DNS server:
-// acme_server's `resolvers` field (which is set too) applies only to the
+// acme_server's `resolvers` field (which is set too, to the same server
+// unless CaddyCAOptions.TXTResolver names another) applies only to the
 // TXT lookups of DNS-01, while HTTP-01 validation resolves names with Go's
 // default resolver.
 type CaddyCA struct {
@@ -278,6 +287,10 @@ func (ca *CaddyCA) writeConfig(opts CaddyCAOptions, httpPort int) error {
 	if err != nil {
 		return err
 	}
+	txtResolver := ca.DNSServer
+	if opts.TXTResolver != "" {
+		txtResolver = opts.TXTResolver
+	}
 	// acme_server refuses a lifetime that is not below the intermediate's.
 	intermediate := max(365*24*time.Hour, 2*opts.Lifetime)
 	cfg := map[string]any{
@@ -312,7 +325,7 @@ func (ca *CaddyCA) writeConfig(opts CaddyCAOptions, httpPort int) error {
 						"handler":   "acme_server",
 						"ca":        "local",
 						"lifetime":  opts.Lifetime.String(),
-						"resolvers": []string{ca.DNSServer},
+						"resolvers": []string{txtResolver},
 					}}}},
 					"tls_connection_policies": []any{map[string]any{"default_sni": "127.0.0.1"}},
 					"automatic_https":         map[string]any{"disable": true},
