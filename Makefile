@@ -60,6 +60,7 @@ FUZZ_TARGETS := \
 	./internal/allowlist:FuzzValidate \
 	./internal/allowlist:FuzzMatchReference \
 	.:FuzzCaddyfile \
+	.:FuzzTLSALPNFirstRecord \
 	./issuance:FuzzDecodeARI \
 	./issuance:FuzzCAAnswer \
 	./kongcompat:FuzzAdapt \
