@@ -47,9 +47,25 @@ func (a *App) Certificates(ctx context.Context, hosts []string) ([]admin.CertInf
 		}
 		infos[i] = admin.NewCertInfo(s.Host, s.Leaf, now)
 		infos[i].RenewAt, infos[i].RenewalDue, infos[i].LastRenewalError = s.RenewAt, s.RenewalDue, s.LastRenewalError
-		infos[i].Profile = a.set.Profile
+		infos[i].CA, infos[i].Profile = a.caOf(s.IssuerKey)
 	}
 	return infos, errs
+}
+
+// caOf returns the directory URL and profile of the app's CA whose issuer
+// key is key (the primary CA or a fallback CA).
+func (a *App) caOf(key string) (directory, profile string) {
+	for i, iss := range a.magic.Issuers {
+		if iss.IssuerKey() != key {
+			continue
+		}
+		if i == 0 {
+			return a.set.Directory, a.set.Profile
+		}
+		ca := a.set.Fallback[i-1]
+		return ca.Directory, ca.Profile
+	}
+	return "", ""
 }
 
 // Delete removes host's certificate from storage and every node's memory.

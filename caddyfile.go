@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
+
+	"github.com/acmekit/caddy-acme/internal/appconfig"
 )
 
 func init() {
@@ -90,6 +92,15 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 //		wildcard_certificates [true|false]
 //		profile <name>
 //		enable_ipv6 [true|false]
+//		fallback <api_uri> {
+//			tos_accepted [true|false]
+//			eab <kid> <hmac_key>
+//			eab_kid <kid>
+//			eab_hmac_key <hmac_key>
+//			trusted_roots <pem_file...>
+//			preferred_chain <root_common_name>
+//			profile <name>
+//		}
 //	}
 //
 // permission takes any tls.permission module as Caddy's on_demand_tls
@@ -100,6 +111,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 // acme_issuer words, parsed by Caddy's parser into the challenges field:
 // `dns <provider> …` takes any dns.providers module; TLS-ALPN-01 is
 // turned on by disable_http_challenge (no port 80) or alt_tlsalpn_port.
+//
+// fallback adds a further CA each time it is given, in order; its block
+// takes the words of the top-level fields of the same names.
 //
 // domains and trusted_roots may be repeated; their values add up. Any other
 // subdirective may appear once.
@@ -112,7 +126,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	var challenges caddytls.ACMEIssuer // Caddy's parser of the challenge words
 	for d.NextBlock(0) {
 		key := d.Val()
-		if seen[key] && key != "domains" && key != "trusted_roots" {
+		if seen[key] && key != "domains" && key != "trusted_roots" && key != "fallback" {
 			return d.Errf("duplicate subdirective '%s'", key)
 		}
 		seen[key] = true
@@ -247,6 +261,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneString(d, &a.Profile)
 		case "enable_ipv6":
 			err = flag(d, &a.EnableIPv6)
+		case "fallback":
+			var ca appconfig.FallbackCA
+			if ca, err = parseFallback(d); err == nil {
+				a.Fallback = append(a.Fallback, ca)
+			}
 		default:
 			return d.Errf("unrecognized subdirective '%s'", key)
 		}
@@ -255,6 +274,63 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// parseFallback reads one fallback CA: `fallback <api_uri> { … }`.
+func parseFallback(d *caddyfile.Dispenser) (appconfig.FallbackCA, error) {
+	var ca appconfig.FallbackCA
+	if !d.NextArg() {
+		return ca, d.Err("fallback: give the ACME directory URL of the fallback CA: fallback <api_uri> { … }")
+	}
+	ca.APIURI = d.Val()
+	if d.NextArg() {
+		return ca, d.ArgErr()
+	}
+	seen := make(map[string]bool)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		key := d.Val()
+		if seen[key] && key != "trusted_roots" {
+			return ca, d.Errf("duplicate subdirective '%s'", key)
+		}
+		seen[key] = true
+		var err error
+		switch key {
+		case "tos_accepted":
+			err = flag(d, &ca.TOSAccepted)
+		case "eab":
+			if seen["eab_kid"] || seen["eab_hmac_key"] {
+				return ca, d.Err("eab sets eab_kid and eab_hmac_key: give either eab or those two")
+			}
+			if !d.Args(&ca.EABKID, &ca.EABHMACKey) || d.NextArg() {
+				return ca, d.ArgErr()
+			}
+		case "eab_kid", "eab_hmac_key":
+			if seen["eab"] {
+				return ca, d.Err("eab sets eab_kid and eab_hmac_key: give either eab or those two")
+			}
+			if key == "eab_kid" {
+				err = oneString(d, &ca.EABKID)
+			} else {
+				err = oneString(d, &ca.EABHMACKey)
+			}
+		case "trusted_roots":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return ca, d.ArgErr()
+			}
+			ca.TrustedRoots = append(ca.TrustedRoots, args...)
+		case "preferred_chain":
+			err = oneString(d, &ca.PreferredChain)
+		case "profile":
+			err = oneString(d, &ca.Profile)
+		default:
+			return ca, d.Errf("fallback: unrecognized subdirective '%s'", key)
+		}
+		if err != nil {
+			return ca, d.WrapErr(err)
+		}
+	}
+	return ca, nil
 }
 
 // caddyIssuerWord parses the subdirective at d (its line and block) with

@@ -123,12 +123,18 @@ func (a *App) Provision(ctx caddy.Context) error {
 	})
 	a.issuer = appconfig.NewIssuer(a.magic, s, a.logger.Named("issuer"))
 	a.magic.Issuers = []certmagic.Issuer{a.issuer}
+	var fallback []issuance.Issuer
+	for _, iss := range appconfig.NewFallbackIssuers(a.magic, s, a.logger.Named("issuer")) {
+		a.magic.Issuers = append(a.magic.Issuers, iss)
+		fallback = append(fallback, iss)
+	}
 	// made here, not in Start: the http app may serve handshakes before
 	// this app starts (Caddy starts apps in no set order)
 	a.rt = issuance.New(ctx, issuance.Options{
 		Magic:             a.magic,
 		Cache:             a.cache,
 		Issuer:            a.issuer,
+		Fallback:          fallback,
 		Storage:           a.storage,
 		Logger:            a.logger,
 		Allow:             s.Allow,

@@ -132,8 +132,11 @@ type CertInfo struct {
 	RenewalDue       bool      `json:"renewal_due"`
 	RenewAt          time.Time `json:"renew_at,omitzero"`
 	LastRenewalError string    `json:"last_renewal_error,omitempty"`
-	// The ACME profile its renewals are ordered with (the app's
-	// profile); empty: the CA's default.
+	// The directory URL of the CA that issued it: the app's api_uri or
+	// one of its fallback CAs.
+	CA string `json:"ca,omitempty"`
+	// The ACME profile that CA is asked for (its profile setting); empty:
+	// the CA's default.
 	Profile string `json:"profile,omitempty"`
 	// Error says why the stored certificate cannot be read (list items
 	// only); the other fields are then empty.

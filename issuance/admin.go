@@ -84,11 +84,11 @@ func (r *Runtime) Order(ctx context.Context, host string) error {
 		return fmt.Errorf("%w: %v", ErrNotAllowed, err)
 	}
 	host = r.subject(host) // a.x is served by *.x with wildcard certificates
-	if err := r.checkBackoff(ctx, host); err != nil {
-		if _, ok := errors.AsType[BackoffError](err); !ok {
-			return err // a storage error
+	if _, err := r.usableCAs(ctx, host, false); err != nil {
+		if _, ok := errors.AsType[BackoffError](err); ok {
+			return fmt.Errorf("%w: %w", ErrConflict, err)
 		}
-		return fmt.Errorf("%w: %v", ErrConflict, err)
+		return err // the CAs are paused, or reading storage
 	}
 
 	// handshakes for host wait for this job, as for one they started
@@ -99,16 +99,13 @@ func (r *Runtime) Order(ctx context.Context, host string) error {
 	defer r.jobs.finish(host, j)
 	j.ask = ask
 
-	if !r.storage.Exists(ctx, Site(r.issuer.IssuerKey(), host).Cert) {
+	if !r.storedAtAnyCA(ctx, host) {
 		j.cert, j.err = r.loadOrObtain(j, host)
 		return j.err
 	}
 	rctx, cancel := context.WithTimeout(r.ctx, r.opts.IssueTimeout)
 	defer cancel()
-	if v, err := r.renew(rctx, host); err != nil {
-		if v.refused {
-			r.setBackoff(host, v.reason)
-		}
+	if err := r.renew(rctx, host, true); err != nil {
 		j.err = fmt.Errorf("renewing certificate for %s: %w", host, err)
 		return j.err
 	}
@@ -233,6 +230,7 @@ type hostsSnapshot struct {
 type Stored struct {
 	Host             string
 	Leaf             *x509.Certificate
+	IssuerKey        string    // of the CA that issued it (the app's or a fallback CA)
 	RenewAt          time.Time // UTC
 	RenewalDue       bool
 	LastRenewalError string
@@ -243,22 +241,11 @@ type Stored struct {
 // /acme/certificates. certs[i] and errs[i] are hosts[i]'s; a host without
 // a certificate has an error wrapping fs.ErrNotExist.
 func (r *Runtime) Certificates(ctx context.Context, hosts []string) (certs []Stored, errs []error) {
-	issuerKey := r.issuer.IssuerKey()
-	perHost := 2 // certificate and metadata (its stored ARI window)
-	if r.opts.DisableARI {
-		perHost = 1
-	}
 	names := make([]string, len(hosts))
-	keys := make([]string, 0, perHost*len(hosts))
 	for i, host := range hosts {
 		names[i] = NormalizeHost(host)
-		k := Site(issuerKey, names[i])
-		keys = append(keys, k.Cert)
-		if !r.opts.DisableARI {
-			keys = append(keys, k.Meta)
-		}
 	}
-	values, loadErrs := LoadMany(ctx, r.storage, keys)
+	stored, loadErrs := r.loadNewest(ctx, names, !r.opts.DisableARI)
 
 	certs, errs = make([]Stored, len(hosts)), make([]error, len(hosts))
 	st, err := r.loadStatus(ctx)
@@ -268,23 +255,19 @@ func (r *Runtime) Certificates(ctx context.Context, hosts []string) (certs []Sto
 	now := time.Now()
 	policy := r.policy()
 	for i, host := range names {
-		if err := loadErrs[perHost*i]; err != nil {
-			errs[i] = storageErr("loading certificate for "+host, err)
-			continue
-		}
-		leaf, err := parseLeaf(host, values[perHost*i])
-		if err != nil {
+		if err := loadErrs[i]; err != nil {
 			errs[i] = err
 			continue
 		}
+		leaf := stored[i].leaf
 		rc := renewCert(host, leaf)
-		if !r.opts.DisableARI && loadErrs[perHost*i+1] == nil {
+		if !r.opts.DisableARI && stored[i].metaErr == nil {
 			// the stored window only: listing certificates asks the CA nothing
-			if ari, err := decodeARI(values[perHost*i+1]); err == nil {
+			if ari, err := decodeARI(stored[i].meta); err == nil {
 				rc = withARI(rc, ari)
 			}
 		}
-		c := Stored{Host: host, Leaf: leaf, RenewAt: policy.RenewAt(rc).UTC(), RenewalDue: policy.Due(rc, now)}
+		c := Stored{Host: host, Leaf: leaf, IssuerKey: stored[i].ca.key, RenewAt: policy.RenewAt(rc).UTC(), RenewalDue: policy.Due(rc, now)}
 		if st != nil {
 			if hs, ok := st.Hosts[host]; ok && hs.NotAfter.Equal(leaf.NotAfter) {
 				c.LastRenewalError = hs.LastError
@@ -304,18 +287,23 @@ func (r *Runtime) Delete(ctx context.Context, host string, revoke bool) error {
 	if err := checkName(host); err != nil {
 		return err
 	}
-	k := Site(r.issuer.IssuerKey(), host)
-	if !r.storage.Exists(ctx, k.Cert) {
+	holders := r.holders(ctx, host)
+	if len(holders) == 0 {
 		return fmt.Errorf("certificate for %s: %w", host, fs.ErrNotExist)
 	}
 	if revoke {
-		if err := r.magic.RevokeCert(ctx, host, 0, false); err != nil {
+		// each CA revokes its own (certmagic's RevokeCert asks every
+		// issuer of the configuration it is given)
+		if err := r.magicFor(holders).RevokeCert(ctx, host, 0, false); err != nil {
 			return fmt.Errorf("revoking: %w", err)
 		}
 	}
-	for _, item := range []struct{ what, key string }{{"certificate", k.Cert}, {"private key", k.Key}, {"metadata", k.Meta}, {"directory", k.Dir}} {
-		if err := r.storage.Delete(ctx, item.key); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return storageErr("deleting the "+item.what, err)
+	for _, c := range holders {
+		k := Site(c.key, host)
+		for _, item := range []struct{ what, key string }{{"certificate", k.Cert}, {"private key", k.Key}, {"metadata", k.Meta}, {"directory", k.Dir}} {
+			if err := r.storage.Delete(ctx, item.key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return storageErr("deleting the "+item.what, err)
+			}
 		}
 	}
 	r.evict(host)

@@ -46,21 +46,21 @@ type BackoffError string
 
 func (e BackoffError) Error() string { return string(e) }
 
-// caKey is the CA part of the storage keys of backoffs and pauses: the
-// issuer key of the configured directory, so that changing api_uri
-// starts clean.
-func (r *Runtime) caKey() string { return r.issuer.IssuerKey() }
+// caKey is the primary CA's part of the storage keys of backoffs and
+// pauses (each CA has its own, caState.key): the issuer key of the
+// configured directory, so that changing api_uri starts clean.
+func (r *Runtime) caKey() string { return r.cas[0].key }
 
-// checkBackoff returns a BackoffError if name is in backoff at this CA
+// checkBackoff returns a BackoffError if name is in backoff at the CA
 // after a failed order, on this node or any other sharing the storage. The
 // record is read against the current FailBackoff: lowering it (or 0)
 // takes effect at once.
-func (r *Runtime) checkBackoff(ctx context.Context, name string) error {
+func (r *Runtime) checkBackoff(ctx context.Context, ca *caState, name string) error {
 	d := r.opts.FailBackoff
 	if d <= 0 {
 		return nil
 	}
-	key := BackoffKey(r.caKey(), name)
+	key := BackoffKey(ca.key, name)
 	data, err := r.storage.Load(ctx, key)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -86,17 +86,17 @@ func (r *Runtime) checkBackoff(ctx context.Context, name string) error {
 
 // setBackoff records that the CA refused an order of name, so that no
 // node orders it again from this CA for FailBackoff.
-func (r *Runtime) setBackoff(name, reason string) {
+func (r *Runtime) setBackoff(ca *caState, name, reason string) {
 	d := r.opts.FailBackoff
 	if d <= 0 {
 		return
 	}
 	now := time.Now().UTC()
-	data, err := json.Marshal(backoff{Host: name, CA: r.caKey(), FailedAt: now, Until: now.Add(d), Error: reason})
+	data, err := json.Marshal(backoff{Host: name, CA: ca.key, FailedAt: now, Until: now.Add(d), Error: reason})
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), 30*time.Second)
 		defer cancel()
-		err = r.storage.Store(ctx, BackoffKey(r.caKey(), name), data)
+		err = r.storage.Store(ctx, BackoffKey(ca.key, name), data)
 	}
 	if err != nil {
 		r.logger.Error("recording backoff after failed order",
@@ -106,6 +106,7 @@ func (r *Runtime) setBackoff(name, reason string) {
 	}
 	r.logger.Warn("the CA refused the certificate order; backing off",
 		zap.String("identifier", name),
+		zap.String("ca", ca.key),
 		zap.Duration("backoff", d),
 		zap.String("error", reason))
 }
@@ -164,28 +165,28 @@ func (p *caPause) answered() bool {
 	return was
 }
 
-// caUnreachable pauses this node's new orders after an order could not
-// reach the CA.
-func (r *Runtime) caUnreachable(name string, cause error) {
-	d, started := r.pause.failed(cause)
+// caUnreachable pauses this node's new orders to the CA after an order
+// could not reach it.
+func (r *Runtime) caUnreachable(ca *caState, name string, cause error) {
+	d, started := ca.pause.failed(cause)
 	if started {
-		r.logger.Error("the CA cannot be reached; pausing new certificate orders on this node",
-			zap.String("ca", r.caKey()),
+		r.logger.Error("the CA cannot be reached; pausing new certificate orders to it on this node",
+			zap.String("ca", ca.key),
 			zap.String("identifier", name),
 			zap.Duration("pause", d),
 			zap.Error(cause))
 		return
 	}
 	r.logger.Debug("the CA still cannot be reached; pause extended",
-		zap.String("ca", r.caKey()),
+		zap.String("ca", ca.key),
 		zap.Duration("pause", d),
 		zap.Error(cause))
 }
 
-// caAnswered ends the node's pause, if any, after the CA answered.
-func (r *Runtime) caAnswered() {
-	if r.pause.answered() {
-		r.logger.Info("the CA answers again; new certificate orders resume", zap.String("ca", r.caKey()))
+// caAnswered ends the node's pause of the CA, if any, after it answered.
+func (r *Runtime) caAnswered(ca *caState) {
+	if ca.pause.answered() {
+		r.logger.Info("the CA answers again; new certificate orders resume", zap.String("ca", ca.key))
 	}
 }
 
@@ -204,7 +205,7 @@ const rateLimitAccount = "account"
 // answer to an order of name until its Retry-After (a minute if it gave
 // none): the registered domain of name if the CA's message names it, else
 // the account.
-func (r *Runtime) setRateLimit(name string, p *acme.Problem, until time.Time) {
+func (r *Runtime) setRateLimit(ca *caState, name string, p *acme.Problem, until time.Time) {
 	if until.IsZero() {
 		until = time.Now().Add(time.Minute)
 	}
@@ -216,13 +217,14 @@ func (r *Runtime) setRateLimit(name string, p *acme.Problem, until time.Time) {
 	if err == nil {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx), 30*time.Second)
 		defer cancel()
-		err = r.storage.Store(ctx, RateLimitKey(r.caKey(), scope), data)
+		err = r.storage.Store(ctx, RateLimitKey(ca.key, scope), data)
 	}
 	if err != nil {
 		r.logger.Error("recording the CA's rate limit", zap.String("identifier", name), zap.Error(err))
 		return
 	}
 	r.logger.Warn("the CA rate limited certificate orders; pausing them in its scope on every node",
+		zap.String("ca", ca.key),
 		zap.String("scope", scope),
 		zap.Time("until", until),
 		zap.String("error", p.Error()))
@@ -230,9 +232,9 @@ func (r *Runtime) setRateLimit(name string, p *acme.Problem, until time.Time) {
 
 // checkRateLimit returns a PauseError while name's registered domain or
 // the account is rate limited by the CA.
-func (r *Runtime) checkRateLimit(ctx context.Context, name string) error {
+func (r *Runtime) checkRateLimit(ctx context.Context, ca *caState, name string) error {
 	for _, scope := range []string{rateLimitAccount, RegisteredDomain(name)} {
-		data, err := r.storage.Load(ctx, RateLimitKey(r.caKey(), scope))
+		data, err := r.storage.Load(ctx, RateLimitKey(ca.key, scope))
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
@@ -241,7 +243,7 @@ func (r *Runtime) checkRateLimit(ctx context.Context, name string) error {
 		}
 		var l rateLimit
 		if err := json.Unmarshal(data, &l); err != nil {
-			r.logger.Warn("ignoring unreadable rate limit record", zap.String("key", RateLimitKey(r.caKey(), scope)), zap.Error(err))
+			r.logger.Warn("ignoring unreadable rate limit record", zap.String("key", RateLimitKey(ca.key, scope)), zap.Error(err))
 			continue
 		}
 		if left := time.Until(l.Until); left > 0 {
@@ -249,8 +251,8 @@ func (r *Runtime) checkRateLimit(ctx context.Context, name string) error {
 			if scope != rateLimitAccount {
 				what = scope
 			}
-			return PauseError(fmt.Sprintf("new certificate orders for %s are paused for %d more seconds: the CA rate limited %s: %s",
-				name, int(math.Ceil(left.Seconds())), what, l.Error))
+			return PauseError(fmt.Sprintf("new certificate orders for %s are paused for %d more seconds: the CA %s rate limited %s: %s",
+				name, int(math.Ceil(left.Seconds())), ca.key, what, l.Error))
 		}
 	}
 	return nil

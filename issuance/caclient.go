@@ -68,7 +68,7 @@ func ObserveCA(iss *certmagic.ACMEIssuer, validation time.Duration) error {
 	if next == nil {
 		next = http.DefaultTransport
 	}
-	hc.Transport = &caTransport{next: next, validation: validation, directories: directoryURLs(iss), profile: iss.Profile}
+	hc.Transport = &caTransport{next: next, validation: validation, directories: directoryURLs(iss), profile: iss.Profile, ca: iss.IssuerKey()}
 	return nil
 }
 
@@ -100,6 +100,7 @@ type caTransport struct {
 	validation  time.Duration
 	directories []string // the issuer's directory URLs (see notDirectory)
 	profile     string   // the issuer's ACME profile ("": the CA's default)
+	ca          string   // the issuer's key: whose verdict its answers mark
 }
 
 // maxCABody bounds the CA's JSON answers read here (authorizations and
@@ -108,7 +109,11 @@ const maxCABody = 1 << 20
 
 func (t *caTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.next.RoundTrip(req)
-	v, ok := req.Context().Value(verdictKey{}).(*verdict)
+	var v *verdict
+	o, ok := req.Context().Value(verdictKey{}).(*orderVerdict)
+	if ok {
+		v = o.at(t.ca)
+	}
 	if err == nil {
 		// for every request, an order's or not: the CA is of no use
 		if resp, err = t.notDirectory(req, resp); err != nil {

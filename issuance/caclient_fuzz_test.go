@@ -25,7 +25,7 @@ func FuzzCAAnswer(f *testing.F) {
 			return
 		}
 		tr := &caTransport{validation: time.Duration(validation)}
-		v := &verdict{name: "a.example.com"}
+		v := &verdict{ca: "test-ca"}
 		req, err := http.NewRequest(http.MethodPost, "https://ca.test/authz/1", bytes.NewReader([]byte(`{"payload":""}`)))
 		if err != nil {
 			t.Fatal(err)

@@ -5,15 +5,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"io"
 	"io/fs"
 	"net"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -95,8 +92,8 @@ func TestObserveCAReachesCertmagicsClient(t *testing.T) {
 	if err == nil {
 		t.Fatal("an order from nowhere succeeded")
 	}
-	if v.unreachable == nil || v.refused {
-		t.Fatalf("verdict on an order from nowhere: unreachable %v, refused %v; want unreachable, not refused (the transport saw nothing?)", v.unreachable, v.refused)
+	if last := v.last(); last.unreachable == nil || last.refused || last.ca != r.caKey() {
+		t.Fatalf("verdict on an order from nowhere: %+v; want the CA unreachable, not refused (the transport saw nothing?)", v)
 	}
 }
 
@@ -191,7 +188,7 @@ func TestCATransportAuthorization(t *testing.T) {
 	tr := &caTransport{validation: time.Minute}
 
 	t.Run("pending with a challenge error ends the order", func(t *testing.T) {
-		v := &verdict{name: "fail.example.com"}
+		v := &verdict{ca: "test-ca"}
 		resp := authzResponse()
 		out := tr.authorization(v, resp, []byte(smallstepPendingWithError))
 		if out == nil {
@@ -221,7 +218,7 @@ func TestCATransportAuthorization(t *testing.T) {
 	})
 
 	t.Run("pending polls back off", func(t *testing.T) {
-		v := &verdict{name: "www.example.org"}
+		v := &verdict{ca: "test-ca"}
 		var got []int
 		for range 12 {
 			resp := authzResponse()
@@ -251,7 +248,7 @@ func TestCATransportAuthorization(t *testing.T) {
 	})
 
 	t.Run("pending past the validation bound ends the order", func(t *testing.T) {
-		v := &verdict{name: "www.example.org", polls: 5, firstPending: time.Now().Add(-2 * time.Minute)}
+		v := &verdict{ca: "test-ca", polls: 5, firstPending: time.Now().Add(-2 * time.Minute)}
 		out := tr.authorization(v, authzResponse(), []byte(rfcPending))
 		if out == nil {
 			t.Fatal("an authorization pending past the validation bound was passed on as pending")
@@ -270,14 +267,14 @@ func TestCATransportAuthorization(t *testing.T) {
 		}
 
 		// without a bound, it is polled on
-		v = &verdict{name: "www.example.org", polls: 5, firstPending: time.Now().Add(-2 * time.Hour)}
+		v = &verdict{ca: "test-ca", polls: 5, firstPending: time.Now().Add(-2 * time.Hour)}
 		if out := (&caTransport{}).authorization(v, authzResponse(), []byte(rfcPending)); out != nil || v.refused != "" {
 			t.Fatalf("no validation bound: rewritten %s, refused %q; want it polled on", out, v.refused)
 		}
 	})
 
 	t.Run("valid is untouched", func(t *testing.T) {
-		v := &verdict{name: "www.example.org"}
+		v := &verdict{ca: "test-ca"}
 		resp := authzResponse()
 		if out := tr.authorization(v, resp, []byte(rfcValid)); out != nil {
 			t.Fatalf("a valid authorization was rewritten: %s", out)
@@ -288,7 +285,7 @@ func TestCATransportAuthorization(t *testing.T) {
 	})
 
 	t.Run("invalid is passed on and refuses the name", func(t *testing.T) {
-		v := &verdict{name: "fail.example.com"}
+		v := &verdict{ca: "test-ca"}
 		if out := tr.authorization(v, authzResponse(), []byte(pebbleInvalid)); out != nil {
 			t.Fatalf("an invalid authorization was rewritten: %s", out)
 		}
@@ -298,7 +295,7 @@ func TestCATransportAuthorization(t *testing.T) {
 	})
 
 	t.Run("not an authorization", func(t *testing.T) {
-		v := &verdict{name: "www.example.org"}
+		v := &verdict{ca: "test-ca"}
 		for _, body := range []string{
 			`{"status":"pending","expires":"2030-01-01T00:00:00Z","identifiers":[{"type":"dns","value":"www.example.org"}],"authorizations":["https://example.com/acme/authz/1"],"finalize":"https://example.com/acme/order/1/finalize"}`,
 			`{"status":"valid","contact":["mailto:ops@example.com"],"orders":"https://example.com/acme/acct/1/orders"}`,
@@ -425,7 +422,7 @@ func TestCATransportProblems(t *testing.T) {
 			if tc.retryAfter != "" {
 				resp.Header.Set("Retry-After", tc.retryAfter)
 			}
-			v := &verdict{name: "www.example.org"}
+			v := &verdict{ca: "test-ca"}
 			before := time.Now()
 			(&caTransport{}).noteProblem(v, req, resp, []byte(tc.problem))
 
@@ -537,7 +534,7 @@ func TestFailedValidationBacksOff(t *testing.T) {
 
 	// read with the setting in force, not the record's until
 	lower := buildRuntime(t, ca, r.storage, Options{FailBackoff: 2 * time.Minute})
-	err = lower.checkBackoff(t.Context(), name)
+	err = lower.checkBackoff(t.Context(), lower.cas[0], name)
 	if _, ok := errors.AsType[BackoffError](err); !ok {
 		t.Fatalf("fail_backoff 2m, a moment after the failure: %v, want a BackoffError", err)
 	}
@@ -546,14 +543,14 @@ func TestFailedValidationBacksOff(t *testing.T) {
 		t.Fatalf("fail_backoff 2m: %q, want at most 120 seconds left (the record says 10m)", err)
 	}
 	lower.opts.FailBackoff = time.Millisecond // less than the time since the failure
-	if err := lower.checkBackoff(t.Context(), name); err != nil {
+	if err := lower.checkBackoff(t.Context(), lower.cas[0], name); err != nil {
 		t.Fatalf("fail_backoff lowered below the time since the failure: %v, want no refusal", err)
 	}
 	off := buildRuntime(t, ca, r.storage, Options{})
 	if off.opts.FailBackoff != 0 {
 		t.Fatalf("FailBackoff %s, want 0", off.opts.FailBackoff)
 	}
-	if err := off.checkBackoff(t.Context(), name); err != nil {
+	if err := off.checkBackoff(t.Context(), off.cas[0], name); err != nil {
 		t.Fatalf("fail_backoff 0: %v, want no refusal", err)
 	}
 
@@ -620,113 +617,6 @@ func TestUnreachableCAPauses(t *testing.T) {
 	}
 }
 
-// relay forwards TCP connections from a fixed 127.0.0.1 port to target; it
-// can be closed (listener and every connection) and opened again on the
-// same port. It stands between a client and a real server, which it does
-// not interpret.
-type relay struct {
-	t      *testing.T
-	addr   string // 127.0.0.1:port, fixed
-	target string
-
-	mu       sync.Mutex // protects ln and conns
-	ln       net.Listener
-	conns    map[net.Conn]struct{}
-	accepted atomic.Int64
-}
-
-func newRelay(t *testing.T, target string) *relay {
-	t.Helper()
-	r := &relay{t: t, addr: "127.0.0.1:" + strconv.Itoa(testenv.FreePort(t)), target: target, conns: map[net.Conn]struct{}{}}
-	r.open()
-	t.Cleanup(r.close)
-	return r
-}
-
-// open listens on the relay's port and forwards what it accepts.
-func (r *relay) open() {
-	r.t.Helper()
-	var ln net.Listener
-	var err error
-	for range 50 { // the port was just given up by close
-		if ln, err = net.Listen("tcp", r.addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		r.t.Fatalf("relay: listening on %s again: %v", r.addr, err)
-	}
-	r.mu.Lock()
-	r.ln = ln
-	r.mu.Unlock()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			r.accepted.Add(1)
-			go r.forward(c)
-		}
-	}()
-}
-
-func (r *relay) track(c net.Conn) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.ln == nil {
-		return false
-	}
-	r.conns[c] = struct{}{}
-	return true
-}
-
-func (r *relay) forward(c net.Conn) {
-	up, err := net.DialTimeout("tcp", r.target, 5*time.Second)
-	if err != nil {
-		c.Close()
-		return
-	}
-	if !r.track(c) || !r.track(up) {
-		c.Close()
-		up.Close()
-		return
-	}
-	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
-		done <- struct{}{}
-	}
-	go pipe(up, c)
-	go pipe(c, up)
-	<-done
-	<-done
-	c.Close()
-	up.Close()
-	r.mu.Lock()
-	delete(r.conns, c)
-	delete(r.conns, up)
-	r.mu.Unlock()
-}
-
-// close stops listening and cuts every relayed connection.
-func (r *relay) close() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.ln != nil {
-		r.ln.Close()
-		r.ln = nil
-	}
-	for c := range r.conns {
-		c.Close()
-		delete(r.conns, c)
-	}
-}
-
 // TestCAOutageAndReturn: a real Pebble behind a relay that is cut and
 // restored. While cut, an order fails without a backoff and the next is
 // refused at once by the node's pause; restored, the node keeps away from
@@ -735,8 +625,8 @@ func (r *relay) close() {
 func TestCAOutageAndReturn(t *testing.T) {
 	ca := startCA(t, testenv.PebbleOptions{})
 	pebbleAddr := strings.TrimSuffix(strings.TrimPrefix(ca.dir, "https://"), "/dir")
-	rl := newRelay(t, pebbleAddr)
-	ca.dir = "https://" + rl.addr + "/dir"
+	rl := testenv.NewRelay(t, pebbleAddr)
+	ca.dir = "https://" + rl.Addr + "/dir"
 	r := newTestRuntime(t, ca, nil, Options{FailBackoff: 10 * time.Minute})
 
 	r.mustGet(t, "before.example.com") // the relay works, the account exists
@@ -744,7 +634,7 @@ func TestCAOutageAndReturn(t *testing.T) {
 		t.Fatalf("%d orders, want 1", n)
 	}
 
-	rl.close()
+	rl.Close()
 	if _, err := r.get(t.Context(), "during.example.com"); err == nil {
 		t.Fatal("an order succeeded with the CA cut off")
 	} else if _, ok := errors.AsType[PauseError](err); ok {
@@ -760,15 +650,15 @@ func TestCAOutageAndReturn(t *testing.T) {
 	}
 
 	// back, but the pause (5 s from the failure) lasts: nothing reaches it
-	rl.open()
-	accepted := rl.accepted.Load()
-	r.pause.mu.Lock()
-	pauseEnds := r.pause.until
-	r.pause.mu.Unlock()
+	rl.Open()
+	accepted := rl.Accepted()
+	r.cas[0].pause.mu.Lock()
+	pauseEnds := r.cas[0].pause.until
+	r.cas[0].pause.mu.Unlock()
 	_, err := r.get(t.Context(), "paused.example.com")
 	switch _, paused := errors.AsType[PauseError](err); {
 	case paused:
-		if n := rl.accepted.Load() - accepted; n != 0 {
+		if n := rl.Accepted() - accepted; n != 0 {
 			t.Fatalf("%d connections reached the CA during the pause, want none", n)
 		}
 		if n := ca.pebble.Orders(); n != 1 {
@@ -779,14 +669,14 @@ func TestCAOutageAndReturn(t *testing.T) {
 	default: // the machine was too slow to get there inside the pause
 		t.Logf("the pause ended before the get (%v): not checked that it keeps the node away from the CA", err)
 	}
-	for r.pause.check(r.caKey()) != nil {
+	for r.cas[0].pause.check(r.caKey()) != nil {
 		time.Sleep(100 * time.Millisecond)
 	}
 	r.mustGet(t, "paused.example.com")
 	if n := ca.pebble.OrdersFor("paused.example.com"); n != 1 {
 		t.Fatalf("%d orders for paused.example.com, want 1", n)
 	}
-	if err := r.pause.check(r.caKey()); err != nil {
+	if err := r.cas[0].pause.check(r.caKey()); err != nil {
 		t.Fatalf("still paused after the CA answered: %v", err)
 	}
 	for _, name := range []string{"during.example.com", "paused.example.com"} {
@@ -807,8 +697,8 @@ func TestCAPauseLoggedOnce(t *testing.T) {
 
 	var steps []time.Duration
 	for range 8 {
-		r.caUnreachable("a.example.com", cause)
-		steps = append(steps, r.pause.step)
+		r.caUnreachable(r.cas[0], "a.example.com", cause)
+		steps = append(steps, r.cas[0].pause.step)
 	}
 	want := []time.Duration{5 * time.Second, 10 * time.Second, 20 * time.Second, 40 * time.Second, 80 * time.Second, 160 * time.Second, 5 * time.Minute, 5 * time.Minute}
 	if !slices.Equal(steps, want) {
@@ -817,17 +707,17 @@ func TestCAPauseLoggedOnce(t *testing.T) {
 	if n := logs.FilterMessageSnippet("cannot be reached").Len(); n != 1 {
 		t.Fatalf("the outage was logged %d times, want once", n)
 	}
-	r.caAnswered()
-	r.caAnswered()
+	r.caAnswered(r.cas[0])
+	r.caAnswered(r.cas[0])
 	if n := logs.FilterMessageSnippet("answers again").Len(); n != 1 {
 		t.Fatalf("the CA's return was logged %d times, want once", n)
 	}
-	if err := r.pause.check(r.caKey()); err != nil {
+	if err := r.cas[0].pause.check(r.caKey()); err != nil {
 		t.Fatalf("still paused after the CA answered: %v", err)
 	}
-	r.caUnreachable("b.example.com", cause) // a new outage
-	if n := logs.FilterMessageSnippet("cannot be reached").Len(); n != 2 || r.pause.step != 5*time.Second {
-		t.Fatalf("a new outage: logged %d times in all, pause %s; want 2 and 5s", n, r.pause.step)
+	r.caUnreachable(r.cas[0], "b.example.com", cause) // a new outage
+	if n := logs.FilterMessageSnippet("cannot be reached").Len(); n != 2 || r.cas[0].pause.step != 5*time.Second {
+		t.Fatalf("a new outage: logged %d times in all, pause %s; want 2 and 5s", n, r.cas[0].pause.step)
 	}
 }
 
@@ -864,9 +754,10 @@ func TestOrderEndIsNotUnreachable(t *testing.T) {
 			}
 		}
 	}()
-	tr := &caTransport{next: http.DefaultTransport}
-	v := &verdict{name: "a.example.com"}
-	ctx, cancel := context.WithTimeout(context.WithValue(t.Context(), verdictKey{}, v), 200*time.Millisecond)
+	tr := &caTransport{next: http.DefaultTransport, ca: "test-ca"}
+	o := &orderVerdict{name: "a.example.com"}
+	v := o.at("test-ca")
+	ctx, cancel := context.WithTimeout(context.WithValue(t.Context(), verdictKey{}, o), 200*time.Millisecond)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+ln.Addr().String()+"/dir", nil)
 	if err != nil {
@@ -880,7 +771,7 @@ func TestOrderEndIsNotUnreachable(t *testing.T) {
 	}
 
 	free := testenv.FreePort(t)
-	req, err = http.NewRequestWithContext(context.WithValue(t.Context(), verdictKey{}, v), http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(free)+"/dir", nil)
+	req, err = http.NewRequestWithContext(context.WithValue(t.Context(), verdictKey{}, o), http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(free)+"/dir", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -904,14 +795,14 @@ func TestRateLimitPausesItsScope(t *testing.T) {
 
 	domain := acme.Problem{Type: acme.ProblemTypeNamespace + "rateLimited", Status: 429,
 		Detail: `too many certificates (50) already issued for "limited.example" in the last 168h0m0s`}
-	a.setRateLimit("x.limited.example", &domain, time.Now().Add(time.Hour))
+	a.setRateLimit(a.cas[0], "x.limited.example", &domain, time.Now().Add(time.Hour))
 	for _, name := range []string{"x.limited.example", "y.z.limited.example"} {
-		err := b.checkRateLimit(t.Context(), name)
+		err := b.checkRateLimit(t.Context(), b.cas[0], name)
 		if pe, ok := errors.AsType[PauseError](err); !ok || !strings.Contains(string(pe), "limited.example") {
 			t.Fatalf("%s on the other node: %v, want a PauseError naming limited.example", name, err)
 		}
 	}
-	if err := b.checkRateLimit(t.Context(), "free.example.org"); err != nil {
+	if err := b.checkRateLimit(t.Context(), b.cas[0], "free.example.org"); err != nil {
 		t.Fatalf("a name outside the rate-limited domain: %v", err)
 	}
 	if _, err := b.get(t.Context(), "y.limited.example"); err == nil {
@@ -921,12 +812,12 @@ func TestRateLimitPausesItsScope(t *testing.T) {
 	}
 
 	account := acme.Problem{Type: acme.ProblemTypeNamespace + "rateLimited", Status: 429, Detail: "too many new orders recently"}
-	a.setRateLimit("q.example.net", &account, time.Now().Add(1500*time.Millisecond))
-	if err := b.checkRateLimit(t.Context(), "free.example.org"); err == nil {
+	a.setRateLimit(a.cas[0], "q.example.net", &account, time.Now().Add(1500*time.Millisecond))
+	if err := b.checkRateLimit(t.Context(), b.cas[0], "free.example.org"); err == nil {
 		t.Fatal("the account's rate limit did not pause every name")
 	}
 	time.Sleep(2 * time.Second)
-	if err := b.checkRateLimit(t.Context(), "free.example.org"); err != nil {
+	if err := b.checkRateLimit(t.Context(), b.cas[0], "free.example.org"); err != nil {
 		t.Fatalf("after the account's Retry-After: %v", err)
 	}
 }

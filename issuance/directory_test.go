@@ -42,15 +42,16 @@ func TestCATransportDirectory(t *testing.T) {
 		{"not a GET", "HEAD", dir, 200, "", "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tr := &caTransport{directories: []string{dir}, next: roundTripFunc(func(*http.Request) (*http.Response, error) {
+			tr := &caTransport{directories: []string{dir}, ca: "test-ca", next: roundTripFunc(func(*http.Request) (*http.Response, error) {
 				h := http.Header{}
 				if tc.contentType != "" {
 					h.Set("Content-Type", tc.contentType)
 				}
 				return &http.Response{StatusCode: tc.status, Header: h, Body: io.NopCloser(strings.NewReader(tc.body))}, nil
 			})}
-			v := &verdict{name: "www.example.org"}
-			req, err := http.NewRequestWithContext(context.WithValue(t.Context(), verdictKey{}, v), tc.method, tc.url, nil)
+			o := &orderVerdict{name: "www.example.org"}
+			v := o.at("test-ca")
+			req, err := http.NewRequestWithContext(context.WithValue(t.Context(), verdictKey{}, o), tc.method, tc.url, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

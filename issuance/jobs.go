@@ -213,16 +213,12 @@ func (r *Runtime) loadOrObtain(j *job, name string) (certmagic.Certificate, erro
 
 	ctx, cancel = context.WithTimeout(r.ctx, r.opts.IssueTimeout)
 	defer cancel()
-	if err := r.checkBackoff(ctx, name); err != nil {
+	usable, err := r.usableCAs(ctx, name, true)
+	if err != nil {
 		return cert, err
 	}
-	if err := r.checkRateLimit(ctx, name); err != nil {
-		return cert, err
-	}
-	if r.opts.PrepareOrder != nil {
-		if err := r.opts.PrepareOrder(ctx); err != nil {
-			return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
-		}
+	if usable, err = r.prepareOrder(ctx, usable); err != nil {
+		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
 	}
 	release, err := r.budget.reserve(ctx, name)
 	if err != nil {
@@ -231,14 +227,33 @@ func (r *Runtime) loadOrObtain(j *job, name string) (certmagic.Certificate, erro
 		}
 		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
 	}
-	v, err := watch(ctx, name, func(ctx context.Context) error { return r.magic.ObtainCertSync(ctx, name) })
+	magic := r.magicFor(usable)
+	v, err := watch(ctx, name, func(ctx context.Context) error { return magic.ObtainCertSync(ctx, name) })
 	release(err == nil)
+	r.afterOrder(name, v, err, true)
 	if err != nil {
-		r.orderFailed(name, v)
 		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
 	}
-	r.caAnswered()
 	return r.magic.CacheManagedCertificate(ctx, name)
+}
+
+// prepareOrder runs Options.PrepareOrder (the primary CA's account setup)
+// before an order that may go to the primary CA. Its failure fails the
+// order, unless a fallback CA is usable: then the order goes to the
+// fallback CAs only.
+func (r *Runtime) prepareOrder(ctx context.Context, usable []*caState) ([]*caState, error) {
+	if r.opts.PrepareOrder == nil || usable[0] != r.cas[0] {
+		return usable, nil
+	}
+	err := r.opts.PrepareOrder(ctx)
+	if err == nil {
+		return usable, nil
+	}
+	if len(usable) == 1 {
+		return nil, err
+	}
+	r.logger.Warn("the primary CA's account cannot be set up; ordering from the fallback CAs", zap.Error(err))
+	return usable[1:], nil
 }
 
 // errDropped is the error of an order dropped from the queue because every
@@ -246,23 +261,20 @@ func (r *Runtime) loadOrObtain(j *job, name string) (certmagic.Certificate, erro
 var errDropped = errors.New("dropped from the queue before reaching the CA: every handshake waiting for it gave up")
 
 // mayOrder returns why name may not be ordered now, with no storage write
-// and no order: Options.Orderable, the CA pause, the budget (both in
-// memory), the backoff, and, for a name Allow refused as not listed,
-// Options.Ask.
+// and no order: Options.Orderable, the CAs' pauses and backoffs (no CA
+// usable for it), the budget (in memory), and, for a name Allow refused as
+// not listed, Options.Ask.
 func (r *Runtime) mayOrder(ctx context.Context, j *job, name string) error {
 	if r.opts.Orderable != nil {
 		if err := r.opts.Orderable(name); err != nil {
 			return err
 		}
 	}
-	if err := r.pause.check(r.caKey()); err != nil {
+	if _, err := r.usableCAs(ctx, name, false); err != nil {
 		return err
 	}
 	if err := r.budget.check(name); err != nil {
 		r.budgetDenied(name, err)
-		return err
-	}
-	if err := r.checkBackoff(ctx, name); err != nil {
 		return err
 	}
 	if j.ask {
@@ -271,22 +283,6 @@ func (r *Runtime) mayOrder(ctx context.Context, j *job, name string) error {
 		}
 	}
 	return nil
-}
-
-// orderFailed acts on the CA's verdict on a failed order of name: a
-// backoff for the name's fault only; a node-wide pause when the CA could
-// not be reached; a cluster-wide pause in the scope of a rate limit.
-func (r *Runtime) orderFailed(name string, v watched) {
-	switch {
-	case v.refused:
-		r.caAnswered()
-		r.setBackoff(name, v.reason)
-	case v.rateLimited != nil:
-		r.caAnswered()
-		r.setRateLimit(name, v.rateLimited, v.retryAfter)
-	case v.unreachable != nil:
-		r.caUnreachable(name, v.unreachable)
-	}
 }
 
 // orderingElsewhere reports whether another node (or job) holds certmagic's

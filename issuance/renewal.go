@@ -32,13 +32,11 @@ func parseLeaf(name string, data []byte) (*x509.Certificate, error) {
 	return leaf, nil
 }
 
-// loadStored reads the leaf of name's stored certificate.
+// loadStored reads the leaf of name's newest stored certificate (at any
+// of the CAs).
 func (r *Runtime) loadStored(ctx context.Context, name string) (*x509.Certificate, error) {
-	data, err := r.storage.Load(ctx, Site(r.issuer.IssuerKey(), name).Cert)
-	if err != nil {
-		return nil, err
-	}
-	return parseLeaf(name, data)
+	stored, errs := r.loadNewest(ctx, []string{name}, false)
+	return stored[0].leaf, errs[0]
 }
 
 // renewCert is what a renewal decision needs of name's certificate leaf.
@@ -46,19 +44,26 @@ func renewCert(name string, leaf *x509.Certificate) renew.Cert {
 	return renew.Cert{Name: name, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, Serial: leaf.SerialNumber}
 }
 
-// names lists every certificate of the issuer in storage, also those no
-// handshake asked for since this process started.
+// names lists every certificate in storage, at any of the CAs, also
+// those no handshake asked for since this process started.
 func (r *Runtime) names(ctx context.Context) ([]string, error) {
-	keys, err := r.storage.List(ctx, CertsPrefix(r.issuer.IssuerKey()), false)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	names := make([]string, 0, len(keys))
-	for _, k := range keys {
-		names = append(names, storedName(path.Base(k)))
+	var names []string
+	seen := make(map[string]bool)
+	for _, c := range r.cas {
+		keys, err := r.storage.List(ctx, CertsPrefix(c.key), false)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, k := range keys {
+			name := storedName(path.Base(k))
+			if !seen[name] {
+				seen[name] = true
+				names = append(names, name)
+			}
+		}
 	}
 	return names, nil
 }
@@ -84,23 +89,12 @@ func (s renewStore) Cert(ctx context.Context, name string) (renew.Cert, error) {
 // at once), and stored back for the next scan.
 func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []error) {
 	r := s.r
-	issuerKey := r.issuer.IssuerKey()
-	keys := make([]string, 0, 2*len(names))
-	for _, name := range names {
-		k := Site(issuerKey, name)
-		keys = append(keys, k.Cert, k.Meta)
-	}
-	values, loadErrs := LoadMany(ctx, r.storage, keys)
-
-	certs, errs := make([]renew.Cert, len(names)), make([]error, len(names))
-	leaves := make([]*x509.Certificate, len(names))
+	stored, errs := r.loadNewest(ctx, names, !r.opts.DisableARI)
+	certs := make([]renew.Cert, len(names))
 	for i, name := range names {
 		certs[i] = renew.Cert{Name: name}
-		if errs[i] = loadErrs[2*i]; errs[i] != nil {
-			continue
-		}
-		if leaves[i], errs[i] = parseLeaf(name, values[2*i]); errs[i] == nil {
-			certs[i] = renewCert(name, leaves[i])
+		if errs[i] == nil {
+			certs[i] = renewCert(name, stored[i].leaf)
 		}
 	}
 	if r.opts.DisableARI {
@@ -112,10 +106,11 @@ func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []
 		if errs[i] != nil {
 			continue
 		}
+		sc := stored[i]
 		var ari acme.RenewalInfo
-		err := loadErrs[2*i+1]
+		err := sc.metaErr
 		if err == nil {
-			ari, err = decodeARI(values[2*i+1])
+			ari, err = decodeARI(sc.meta)
 		}
 		if err != nil {
 			r.renewLog.Debug("no usable stored ARI", zap.String("identifier", name), zap.Error(err))
@@ -125,13 +120,13 @@ func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []
 			continue
 		}
 		var meta map[string]json.RawMessage // to store the fresh ARI into
-		if loadErrs[2*i+1] == nil {
-			_, meta, _ = parseARI(values[2*i+1])
+		if sc.metaErr == nil {
+			_, meta, _ = parseARI(sc.meta)
 		}
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			certs[i] = withARI(certs[i], r.refreshARI(ctx, name, leaves[i], ari, meta))
+			certs[i] = withARI(certs[i], r.refreshARI(ctx, sc.ca, name, sc.leaf, ari, meta))
 		})
 	}
 	wg.Wait()
@@ -141,17 +136,17 @@ func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []
 // ariFetchParallelism bounds the ARI requests to the CA in flight.
 const ariFetchParallelism = 8
 
-// refreshARI asks the CA for the ARI of name's certificate (leaf) and
+// refreshARI asks ca, which issued it, for the ARI of name's certificate (leaf) and
 // stores it into its metadata (meta, nil if unreadable). On failure it
 // returns stale, the CA's last word, and logs.
-func (r *Runtime) refreshARI(ctx context.Context, name string, leaf *x509.Certificate, stale acme.RenewalInfo, meta map[string]json.RawMessage) acme.RenewalInfo {
-	fresh, err := r.issuer.GetRenewalInfo(ctx, certmagic.Certificate{Certificate: tls.Certificate{Leaf: leaf}})
+func (r *Runtime) refreshARI(ctx context.Context, ca *caState, name string, leaf *x509.Certificate, stale acme.RenewalInfo, meta map[string]json.RawMessage) acme.RenewalInfo {
+	fresh, err := ca.issuer.GetRenewalInfo(ctx, certmagic.Certificate{Certificate: tls.Certificate{Leaf: leaf}})
 	if err != nil {
 		r.renewLog.Debug("getting ARI from the CA", zap.String("identifier", name), zap.Error(err))
 		return stale
 	}
 	if meta != nil {
-		if err := r.storeARI(ctx, name, meta, fresh); err != nil {
+		if err := r.storeARI(ctx, ca, name, meta, fresh); err != nil {
 			r.renewLog.Warn("storing ARI", zap.String("identifier", name), zap.Error(err))
 		}
 	}
@@ -208,7 +203,7 @@ func parseARI(data []byte) (acme.RenewalInfo, map[string]json.RawMessage, error)
 }
 
 // storeARI writes ari into the certificate's metadata, keeping the rest.
-func (r *Runtime) storeARI(ctx context.Context, name string, meta map[string]json.RawMessage, ari acme.RenewalInfo) error {
+func (r *Runtime) storeARI(ctx context.Context, ca *caState, name string, meta map[string]json.RawMessage, ari acme.RenewalInfo) error {
 	issuerData := make(map[string]json.RawMessage)
 	if len(meta["issuer_data"]) > 0 {
 		if err := json.Unmarshal(meta["issuer_data"], &issuerData); err != nil {
@@ -226,7 +221,7 @@ func (r *Runtime) storeARI(ctx context.Context, name string, meta map[string]jso
 	if err != nil {
 		return err
 	}
-	return r.storage.Store(ctx, Site(r.issuer.IssuerKey(), name).Meta, data)
+	return r.storage.Store(ctx, Site(ca.key, name).Meta, data)
 }
 
 // withARI sets c's ARI window: the random time in it that acmez selected
@@ -246,22 +241,30 @@ func withARI(c renew.Cert, ari acme.RenewalInfo) renew.Cert {
 // cache (the scan's renewal; the CA's refusal sets no backoff, the next
 // scan retries).
 func (s renewStore) Renew(ctx context.Context, name string) error {
-	_, err := s.r.renew(ctx, name)
-	return err
+	return s.r.renew(ctx, name, false)
 }
 
-// renew renews name's certificate at the CA, replaces it in this node's
-// cache and tells the other nodes, and returns the CA's verdict.
-func (r *Runtime) renew(ctx context.Context, name string) (watched, error) {
-	v, err := watch(ctx, name, func(ctx context.Context) error { return r.magic.RenewCertSync(ctx, name, true) })
+// renew renews name's certificate at the CAs usable for it (in order:
+// the primary first, whichever CA issued it), replaces it in this node's
+// cache and tells the other nodes. The CAs' verdicts pause them as an
+// order's do; a refusal backs the name off only with backoff (POST /acme,
+// not the scan, which retries at its next run).
+func (r *Runtime) renew(ctx context.Context, name string, backoff bool) error {
+	usable, err := r.usableCAs(ctx, name, true)
+	if err != nil {
+		return err
+	}
+	magic := r.magicFor(usable)
+	v, err := watch(ctx, name, func(ctx context.Context) error { return magic.RenewCertSync(ctx, name, true) })
+	r.afterOrder(name, v, err, backoff)
 	if v.renewed {
 		// published here, once certmagic has released the issue lock
 		defer r.changes.publish(ctx, name, false)
 	}
 	if err != nil {
-		return v, err
+		return err
 	}
-	return v, r.replaceCached(ctx, name)
+	return r.replaceCached(ctx, name)
 }
 
 // TryLock takes the cluster-wide scan lock without waiting.

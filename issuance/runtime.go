@@ -61,8 +61,13 @@ type Options struct {
 	Magic *certmagic.Config
 	// Magic's certificate cache.
 	Cache *certmagic.Cache
-	// Magic's ACME issuer.
+	// Magic's ACME issuer: the primary CA's.
 	Issuer Issuer
+	// Magic's further ACME issuers, the fallback CAs, in the order Magic
+	// asks them after Issuer (Magic.Issuers is Issuer, then these). Each
+	// CA has its own pause, rate limits and backoffs, and keeps its
+	// certificates under its own issuer key. Default: none.
+	Fallback []Issuer
 	// Magic's storage (default: Magic.Storage).
 	Storage certmagic.Storage
 	// Where the runtime logs. Default: no logs.
@@ -165,8 +170,8 @@ type Runtime struct {
 	jobs     jobs
 	queue    *orderQueue // nil: orders are not paced
 	intake   *intake
-	pause    caPause
-	budget   *budget // nil: no budget
+	cas      []*caState // the primary CA, then the fallback CAs
+	budget   *budget    // nil: no budget
 	asks     *askCache
 	clock    *issuanceClock
 	changes  *changeLog
@@ -215,11 +220,16 @@ func New(ctx context.Context, opts Options) *Runtime {
 	if opts.BudgetWindow <= 0 {
 		opts.BudgetWindow = 7 * 24 * time.Hour
 	}
-	if iss, ok := opts.Issuer.(*certmagic.ACMEIssuer); ok {
+	for _, issuer := range append([]Issuer{opts.Issuer}, opts.Fallback...) {
+		iss, ok := issuer.(*certmagic.ACMEIssuer)
+		if !ok {
+			continue
+		}
 		// the CA's answers are read as they pass (caclient.go); an issuer
 		// whose client cannot be reached is still used, as before
 		if err := ObserveCA(iss, opts.IssueTimeout/2); err != nil {
-			opts.Logger.Error("the CA's answers to orders cannot be read: orders that stay pending run to issue_timeout", zap.Error(err))
+			opts.Logger.Error("the CA's answers to orders cannot be read: orders that stay pending run to issue_timeout",
+				zap.String("ca", iss.IssuerKey()), zap.Error(err))
 		}
 	}
 	if opts.OrderEvents == 0 && opts.OrderWindow == 0 {
@@ -236,6 +246,7 @@ func New(ctx context.Context, opts Options) *Runtime {
 		jobs:     jobs{running: make(map[string]*job)},
 		queue:    newOrderQueue(opts.OrderEvents, opts.OrderWindow),
 		intake:   newIntake(opts.MaxPending, opts.Budget),
+		cas:      newCAStates(opts),
 		budget:   newBudget(opts.Storage, opts.Issuer.IssuerKey(), opts.Budget, opts.BudgetWindow, opts.Logger),
 		asks:     newAskCache(),
 		clock:    newIssuanceClock(),

@@ -43,8 +43,12 @@ func noteSolverFailure(ctx context.Context, chal acme.Challenge, step string, er
 	if err == nil || ctx.Err() != nil {
 		return
 	}
-	v, ok := ctx.Value(verdictKey{}).(*verdict)
+	o, ok := ctx.Value(verdictKey{}).(*orderVerdict)
 	if !ok {
+		return
+	}
+	v := o.current() // the CA whose challenge it is
+	if v == nil {
 		return
 	}
 	what := chal.Identifier.Value

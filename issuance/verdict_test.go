@@ -22,25 +22,25 @@ import (
 func TestBackoffOnlyWhenTheCARefuses(t *testing.T) {
 	r := buildRuntime(t, noCA, nil, Options{})
 	refusal := func(ctx context.Context) error {
-		ctx.Value(verdictKey{}).(*verdict).noteRefused("urn:ietf:params:acme:error:rejectedIdentifier")
+		ctx.Value(verdictKey{}).(*orderVerdict).at(r.caKey()).noteRefused("urn:ietf:params:acme:error:rejectedIdentifier")
 		return errors.New("urn:ietf:params:acme:error:rejectedIdentifier")
 	}
 	v, err := watch(t.Context(), "lock.example.com", func(context.Context) error {
 		return errors.New("unable to acquire lock 'issue_cert_lock.example.com': connection refused")
 	})
-	if err == nil || v.refused {
-		t.Fatalf("failure before the order: refused %v, err %v; want not refused", v.refused, err)
+	if err == nil || v.last().refused {
+		t.Fatalf("failure before the order: %+v, err %v; want not refused", v, err)
 	}
 	v, err = watch(t.Context(), "ca.example.com", refusal)
-	if err == nil || !v.refused || v.reason != "urn:ietf:params:acme:error:rejectedIdentifier" {
-		t.Fatalf("the CA's refusal: refused %v (%q), err %v; want refused with the CA's reason", v.refused, v.reason, err)
+	if last := v.last(); err == nil || !last.refused || last.reason != "urn:ietf:params:acme:error:rejectedIdentifier" || last.ca != r.caKey() {
+		t.Fatalf("the CA's refusal: %+v, err %v; want the CA refused with its reason", v, err)
 	}
 	// certmagic's cert_failed alone (an account error, an unreachable CA)
 	v, _ = watch(t.Context(), "acct.example.com", func(ctx context.Context) error {
 		r.HandleEvent(ctx, "cert_failed", map[string]any{"identifier": "acct.example.com"})
 		return errors.New("getting ACME account: urn:ietf:params:acme:error:accountDoesNotExist")
 	})
-	if v.refused {
+	if v.last().refused {
 		t.Fatal("cert_failed alone counted as the CA's refusal of the name")
 	}
 	if noteRenewed(t.Context(), "ca.example.com") {

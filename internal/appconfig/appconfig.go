@@ -11,14 +11,12 @@ package appconfig
 
 import (
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
@@ -219,6 +217,20 @@ type Config struct {
 	// HTTP-01 only, as Kong.
 	Challenges *caddytls.ChallengesConfig `json:"challenges,omitempty"`
 
+	// Further CAs, in order, each asked for a certificate when the CAs
+	// before it refused the name or could not be reached (the 2025–26
+	// Let's Encrypt incidents): {api_uri (required), tos_accepted, eab_kid,
+	// eab_hmac_key (secret), trusted_roots, preferred_chain, profile}, each
+	// checked as the top-level field of the same name. A renewal asks the
+	// CAs in the same order (the primary first, also for a certificate a
+	// fallback issued). Backoffs and pauses are per CA: a CA that is down
+	// or refused a name is skipped while they last, so it never holds up
+	// the next. account_key is the primary CA's account; a fallback CA
+	// gets an account whose key certmagic generates and keeps in storage.
+	// Each CA keeps its certificates under its own issuer key. Default:
+	// none.
+	Fallback []FallbackCA `json:"fallback,omitempty"`
+
 	// With a DNS provider (challenges.dns), a `*.x` entry of domains is
 	// served by one wildcard certificate for `*.x`, ordered once on the
 	// first handshake for any name one label below x; a deeper name gets
@@ -282,6 +294,7 @@ type Settings struct {
 	Wildcards bool // one *.x certificate for a *.x entry
 	Profile   string
 	IPv6      bool
+	Fallback  []CA // the fallback CAs, in order
 }
 
 // CheckFields checks every field that needs neither its placeholders
@@ -348,6 +361,9 @@ func (c *Config) check() (dir string, matcher *allowlist.Matcher, err error) {
 		return "", nil, fmt.Errorf("domains: %w", err)
 	}
 	if err := c.checkChallenges(); err != nil {
+		return "", nil, err
+	}
+	if err := c.checkFallback(dir); err != nil {
 		return "", nil, err
 	}
 	return dir, matcher, nil
@@ -428,29 +444,13 @@ func (c *Config) Settings() (Settings, error) {
 	}
 	s.Email = email
 
-	if IsLetsEncrypt(s.Directory) && !c.TOSAccepted {
-		return s, fmt.Errorf("tos_accepted: terms of service must be accepted, see https://letsencrypt.org/repository/ (set tos_accepted to true to use %s)", s.Directory)
-	}
-
-	kid, err := placeholder.Expand("eab_kid", c.EABKID)
+	primary, err := c.primaryCA().settings("", s.Directory)
 	if err != nil {
 		return s, err
 	}
-	hmacKey, err := placeholder.ExpandSecret("eab_hmac_key", c.EABHMACKey)
-	if err != nil {
+	s.EAB, s.Roots, s.Chains = primary.EAB, primary.Roots, primary.Chains
+	if s.Fallback, err = c.fallbackSettings(); err != nil {
 		return s, err
-	}
-	switch {
-	case kid == "" && hmacKey == "":
-	case kid == "":
-		return s, errors.New("eab_kid: required when eab_hmac_key is set: give both values of the CA's external account binding")
-	case hmacKey == "":
-		return s, errors.New("eab_hmac_key: required when eab_kid is set: give both values of the CA's external account binding")
-	default:
-		if _, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(hmacKey, "=")); err != nil {
-			return s, errors.New("eab_hmac_key: not base64url: give the HMAC key exactly as the CA shows it (value redacted)")
-		}
-		s.EAB = &acme.EAB{KeyID: kid, MACKey: strings.TrimRight(hmacKey, "=")}
 	}
 
 	rsaBits := c.RSAKeySize
@@ -458,29 +458,12 @@ func (c *Config) Settings() (Settings, error) {
 		rsaBits = 4096
 	}
 	s.Keys = keyGenerator{ecc: c.CertType == "ecc", rsaBits: rsaBits}
-	if c.PreferredChain != "" {
-		s.Chains = certmagic.ChainPreference{RootCommonName: []string{c.PreferredChain}}
-	}
-
 	if c.AccountKey != "" {
 		if s.AccountKey, err = placeholder.ExpandSecret("account_key", c.AccountKey); err != nil {
 			return s, err
 		}
 		if _, err := certmagic.PEMDecodePrivateKey([]byte(s.AccountKey)); err != nil {
 			return s, errors.New("account_key: not a PEM-encoded private key: give the key's PEM text, e.g. {file./etc/caddy/account.key} (value redacted)")
-		}
-	}
-
-	if len(c.TrustedRoots) > 0 {
-		s.Roots = x509.NewCertPool()
-		for _, file := range c.TrustedRoots {
-			pemBytes, err := os.ReadFile(file)
-			if err != nil {
-				return s, fmt.Errorf("trusted_roots: reading %s: %w", file, err)
-			}
-			if !s.Roots.AppendCertsFromPEM(pemBytes) {
-				return s, fmt.Errorf("trusted_roots: %s holds no PEM certificate", file)
-			}
 		}
 	}
 
@@ -556,10 +539,15 @@ func (s *Settings) Allow(name string) error {
 // CA issues for (ErrNotPublic). It is checked before an order, not on
 // every handshake: a certificate in memory or storage is served.
 func (s *Settings) Orderable(name string) error {
-	if s.Roots == nil && !qualifiesForPublicCA(name) {
-		return fmt.Errorf("%s: %w", name, ErrNotPublic)
+	if s.Roots != nil || qualifiesForPublicCA(name) {
+		return nil
 	}
-	return nil
+	for _, ca := range s.Fallback {
+		if ca.Roots != nil {
+			return nil // a private fallback CA may issue it
+		}
+	}
+	return fmt.Errorf("%s: %w", name, ErrNotPublic)
 }
 
 // qualifiesForPublicCA reports whether a public CA may issue a

@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
+	"crypto/x509"
 	"math"
 	"strings"
 	"testing"
@@ -67,7 +68,7 @@ func TestKeyGenerator(t *testing.T) {
 // error) and an unset placeholder give an error that names the field and
 // shows nothing of a literal value.
 func TestSecretsNotInErrors(t *testing.T) {
-	for _, field := range []string{"eab_hmac_key", "account_key"} {
+	for _, field := range []string{"eab_hmac_key", "account_key", "fallback[0].eab_hmac_key"} {
 		for _, value := range []string{"pa{QZfragment}ss", "{env.CADDY_ACME_UNSET_SECRET}"} {
 			t.Run(field+"/"+value, func(t *testing.T) {
 				c := Config{AccountEmail: "ops@example.com", APIURI: "https://ca.example/dir"}
@@ -76,6 +77,8 @@ func TestSecretsNotInErrors(t *testing.T) {
 					c.EABKID, c.EABHMACKey = "kid", value
 				case "account_key":
 					c.AccountKey = value
+				case "fallback[0].eab_hmac_key":
+					c.Fallback = []FallbackCA{{APIURI: "https://other.example/dir", EABKID: "kid", EABHMACKey: value}}
 				}
 				_, err := c.Settings()
 				if err == nil {
@@ -231,5 +234,64 @@ func TestSettingsAtLimits(t *testing.T) {
 		if 2*d.got <= 0 || time.Duration(float64(d.got)*1.1) <= 0 {
 			t.Errorf("%s = %s: a derived duration overflows", d.name, d.got)
 		}
+	}
+}
+
+// TestFallbackSettings: each fallback CA is checked as the top-level
+// fields of the same names, its errors naming it (fallback[i].field), and
+// its settings are its own.
+func TestFallbackSettings(t *testing.T) {
+	base := func(f ...FallbackCA) Config {
+		return Config{AccountEmail: "ops@example.com", APIURI: "https://ca.example/dir", Fallback: f}
+	}
+	for _, tc := range []struct {
+		f    []FallbackCA
+		want string
+	}{
+		{[]FallbackCA{{}}, "fallback[0].api_uri: required"},
+		{[]FallbackCA{{APIURI: "https://b.example/dir"}, {APIURI: "ftp://c.example"}}, `fallback[1].api_uri: invalid URL "ftp://c.example"`},
+		{[]FallbackCA{{APIURI: "https://CA.example/dir/"}}, "fallback[0].api_uri: https://CA.example/dir is the same CA as api_uri"},
+		{[]FallbackCA{{APIURI: "https://b.example/dir"}, {APIURI: "https://b.example/dir"}}, "fallback[1].api_uri: https://b.example/dir is the same CA as fallback[0].api_uri"},
+		{[]FallbackCA{{APIURI: "https://acme-staging-v02.api.letsencrypt.org/directory"}}, "fallback[0].tos_accepted: terms of service must be accepted"},
+		{[]FallbackCA{{APIURI: "https://b.example/dir", EABKID: "kid"}}, "fallback[0].eab_hmac_key: required when eab_kid is set"},
+		{[]FallbackCA{{APIURI: "https://b.example/dir", EABHMACKey: "aGk"}}, "fallback[0].eab_kid: required when eab_hmac_key is set"},
+		{[]FallbackCA{{APIURI: "https://b.example/dir", TrustedRoots: []string{"/nonexistent/root.pem"}}}, "fallback[0].trusted_roots: reading /nonexistent/root.pem"},
+		{[]FallbackCA{{APIURI: "https://b.example/dir", Profile: "a b"}}, `fallback[0].profile: "a b" is not a profile name`},
+	} {
+		c := base(tc.f...)
+		_, err := c.Settings()
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("fallback %+v: %v, want %q", tc.f, err, tc.want)
+		}
+	}
+
+	c := base(FallbackCA{APIURI: "https://b.example/", TOSAccepted: true, EABKID: "kid", EABHMACKey: "aGk=", PreferredChain: "Root B", Profile: "shortlived"})
+	s, err := c.Settings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Fallback) != 1 {
+		t.Fatalf("fallback settings %+v", s.Fallback)
+	}
+	f := s.Fallback[0]
+	if f.Directory != "https://b.example/directory" || f.EAB == nil || f.EAB.KeyID != "kid" || f.EAB.MACKey != "aGk" ||
+		len(f.Chains.RootCommonName) != 1 || f.Chains.RootCommonName[0] != "Root B" || f.Profile != "shortlived" || f.Roots != nil {
+		t.Fatalf("fallback settings %+v", f)
+	}
+	if s.EAB != nil || s.Profile != "" {
+		t.Fatalf("the fallback's settings leaked into the primary's: %+v", s)
+	}
+}
+
+// TestOrderableWithPrivateFallback: a name no public CA issues for may be
+// ordered when a fallback CA is private (trusted_roots).
+func TestOrderableWithPrivateFallback(t *testing.T) {
+	public := Settings{}
+	if err := public.Orderable("intranet.local"); err == nil {
+		t.Fatal("a public CA may be asked for intranet.local")
+	}
+	withPrivate := Settings{Fallback: []CA{{Roots: x509.NewCertPool()}}}
+	if err := withPrivate.Orderable("intranet.local"); err != nil {
+		t.Fatalf("with a private fallback CA: %v", err)
 	}
 }
