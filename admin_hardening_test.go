@@ -24,7 +24,7 @@ import (
 // reaches no non-public address with a public CA and echoes no body.
 
 // TestAdminCertificateHost: an encoded space, NUL or backslash, a slash, a
-// port, a wildcard, an overlong name or label is 400 and leaves the
+// port, a wildcard but a wildcard subject *.x, an overlong name or label is 400 and leaves the
 // certificate in storage and served; the normalised name (case, trailing
 // dot) deletes it.
 func TestAdminCertificateHost(t *testing.T) {
@@ -46,7 +46,8 @@ func TestAdminCertificateHost(t *testing.T) {
 		{"encoded slash", "x%2F" + host, "host must be provided and containing a single domain"},
 		{"leading space", "%20" + host, "host must be provided and containing a single domain"},
 		{"port", host + ":443", "port is not allowed in host"},
-		{"wildcard", "%2A.example.com", "wildcard host is not allowed"},
+		{"wildcard inside", "a.%2A.example.com", "wildcard host is not allowed"},
+		{"wildcard alone", "%2A", "wildcard host is not allowed"},
 		{"two trailing dots", host + "..", "invalid host"},
 		{"5000 characters", long, "invalid host: longer than 253 octets (5000)"},
 		{"label of 64", strings.Repeat("b", 64) + ".example.com", "longer than 63 octets"},
@@ -67,6 +68,8 @@ func TestAdminCertificateHost(t *testing.T) {
 			})
 		}
 	}
+	// a wildcard subject is a name: not found (nothing stored for it)
+	mustCall(t, "GET", base+"/acme/certificates/%2A.example.com", "", "", 404)
 	// still in memory: served without a new order
 	if got := r.mustHandshake(host)[0]; got.SerialNumber.Cmp(leaf.SerialNumber) != 0 || r.pebble.Orders() != 1 {
 		t.Fatalf("after the refused requests: serial %s (want %s), %d orders", got.SerialNumber, leaf.SerialNumber, r.pebble.Orders())

@@ -130,7 +130,8 @@ func TestPublicCARefusesLocalNames(t *testing.T) {
 	r := newRig(t, testenv.PebbleOptions{})
 
 	t.Run("public CA", func(t *testing.T) {
-		cfg, base := withAdmin(t, r.config(r.acme(map[string]any{"allow_any_domain": true, "trusted_roots": nil}), nil))
+		// enable_ipv6, so that ::1 meets the public-CA rule (not the IPv6 one)
+		cfg, base := withAdmin(t, r.config(r.acme(map[string]any{"allow_any_domain": true, "trusted_roots": nil, "enable_ipv6": true}), nil))
 		app := r.load(cfg)
 		for _, name := range notPublic {
 			// what Caddy's TLS app asks the acme manager for
