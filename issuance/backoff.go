@@ -46,11 +46,6 @@ type BackoffError string
 
 func (e BackoffError) Error() string { return string(e) }
 
-// caKey is the primary CA's part of the storage keys of backoffs and
-// pauses (each CA has its own, caState.key): the issuer key of the
-// configured directory, so that changing api_uri starts clean.
-func (r *Runtime) caKey() string { return r.cas[0].key }
-
 // checkBackoff returns a BackoffError if name is in backoff at the CA
 // after a failed order, on this node or any other sharing the storage. The
 // record is read against the current FailBackoff: lowering it (or 0)

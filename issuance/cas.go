@@ -29,7 +29,8 @@ type caState struct {
 
 // newCAStates returns the states of the CAs of opts, primary first.
 func newCAStates(opts Options) []*caState {
-	cas := []*caState{{issuer: opts.Issuer, key: opts.Issuer.IssuerKey()}}
+	cas := make([]*caState, 0, 1+len(opts.Fallback))
+	cas = append(cas, &caState{issuer: opts.Issuer, key: opts.Issuer.IssuerKey()})
 	for _, iss := range opts.Fallback {
 		cas = append(cas, &caState{issuer: iss, key: iss.IssuerKey()})
 	}
@@ -111,15 +112,15 @@ func (r *Runtime) magicFor(usable []*caState) *certmagic.Config {
 	m := *r.magic
 	m.Issuers = nil
 	for _, iss := range r.magic.Issuers {
-		if r.isUsable(usable, iss.IssuerKey()) {
+		if isUsable(usable, iss.IssuerKey()) {
 			m.Issuers = append(m.Issuers, iss)
 		}
 	}
 	return &m
 }
 
-// isUsable reports whether the CA with issuer key key is in usable.
-func (r *Runtime) isUsable(usable []*caState, key string) bool {
+// isUsable reports whether the CA whose issuer key is given is in usable.
+func isUsable(usable []*caState, key string) bool {
 	for _, c := range usable {
 		if c.key == key {
 			return true

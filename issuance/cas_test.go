@@ -97,3 +97,8 @@ func TestAfterOrderPerCA(t *testing.T) {
 		t.Fatal("the unreachable primary is not paused")
 	}
 }
+
+// caKey is the primary CA's part of the storage keys of backoffs and
+// pauses (each CA has its own, caState.key): the issuer key of the
+// configured directory, so that changing api_uri starts clean.
+func (r *Runtime) caKey() string { return r.cas[0].key }

@@ -153,15 +153,6 @@ type caWatched struct {
 	retryAfter  time.Time
 }
 
-// last returns the verdict of the CA the order reached last: the one
-// that issued when it succeeded (zero when it reached none).
-func (w watched) last() caWatched {
-	if len(w.cas) == 0 {
-		return caWatched{}
-	}
-	return w.cas[len(w.cas)-1]
-}
-
 // watch runs obtain, an order or renewal of name, with ctx carrying a
 // verdict, and returns the verdict and obtain's error. A CA's
 // unreachability is reported only for a CA that did not issue.

@@ -170,3 +170,12 @@ func TestEventsTouchNoStorage(t *testing.T) {
 		t.Fatalf("storage operations inside the event callback: %s", strings.Join(store.ops, ", "))
 	}
 }
+
+// last returns the verdict of the CA the order reached last: the one
+// that issued when it succeeded (zero when it reached none).
+func (w watched) last() caWatched {
+	if len(w.cas) == 0 {
+		return caWatched{}
+	}
+	return w.cas[len(w.cas)-1]
+}

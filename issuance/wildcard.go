@@ -37,9 +37,6 @@ func (r *Runtime) wildcardEntry(parent string) bool {
 	return r.opts.Wildcard(parent) || r.domains.matcher.Load().HasWildcard(parent)
 }
 
-// isWildcard reports whether name is a wildcard subject, `*.x`.
-func isWildcard(name string) bool { return strings.HasPrefix(name, "*.") }
-
 // storedName is the name of the certificate whose storage folder (under
 // CertsPrefix) is dir: certmagic writes `*.x` as wildcard_.x and an IPv6
 // address with dashes for its colons (StorageKeys.Safe), which are turned

@@ -4,14 +4,13 @@
 // `xcaddy build --with github.com/acmekit/caddy-acme`.
 package main
 
+// Caddy's standard modules, a DNS provider for DNS-01 (the tests use it;
+// any other dns.providers module is plugged in the same way) and
+// caddy-acme are plugged in.
 import (
-	caddycmd "github.com/caddyserver/caddy/v2/cmd"
-	// plug in Caddy's standard modules and caddy-acme
-	_ "github.com/caddyserver/caddy/v2/modules/standard"
-
-	// a DNS provider for DNS-01 (the demo and the tests): any other
-	// dns.providers module is plugged in the same way
 	_ "github.com/caddy-dns/rfc2136"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/acmekit/caddy-acme"
 )

@@ -157,7 +157,7 @@ func (f FallbackCA) settings(prefix, dir string) (CA, error) {
 // primary CA's account: each fallback CA gets an account with a key
 // certmagic generates and keeps in storage.
 func NewFallbackIssuers(magic *certmagic.Config, s Settings, logger *zap.Logger) []*certmagic.ACMEIssuer {
-	var out []*certmagic.ACMEIssuer
+	out := make([]*certmagic.ACMEIssuer, 0, len(s.Fallback))
 	for _, ca := range s.Fallback {
 		fs := s
 		fs.Directory, fs.EAB, fs.Roots, fs.Chains, fs.Profile = ca.Directory, ca.EAB, ca.Roots, ca.Chains, ca.Profile
