@@ -187,3 +187,29 @@ func (r *rig) handshakeFor(name, subject string) (leaf *x509.Certificate) {
 	}
 	return chain[0]
 }
+
+// TestWildcardKeepsOwnCertificates: a name that has its own certificate in
+// storage (ordered before wildcard certificates were turned on, or
+// migrated from Kong) is served it, with no order, once they are on; a
+// name without one gets the wildcard.
+func TestWildcardKeepsOwnCertificates(t *testing.T) {
+	r, dns := dnsRig(t)
+	zone := dns.Zone
+	fields := map[string]any{
+		"domains":               []string{"*." + zone},
+		"challenges":            dnsChallenge(dns, dns.RFC2136Provider()),
+		"wildcard_certificates": false,
+	}
+	r.load(r.config(r.acme(fields), nil))
+	own := r.handshakeFor("a."+zone, "a."+zone)
+
+	fields["wildcard_certificates"] = true
+	r.load(r.config(r.acme(fields), nil)) // a new cache: a.x is in storage only
+	if got := r.handshakeFor("a."+zone, "a."+zone); !got.Equal(own) {
+		t.Fatal("a.x is not served its own certificate once wildcard certificates are on")
+	}
+	r.handshakeFor("b."+zone, "*."+zone)
+	if n := r.pebble.Orders(); n != 2 || r.pebble.OrdersFor("*."+zone) != 1 {
+		t.Fatalf("orders = %v, want a.x then *.x", r.orderNames())
+	}
+}

@@ -32,6 +32,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -299,6 +300,14 @@ func (r *Runtime) Certificate(ctx context.Context, hello *tls.ClientHelloInfo) (
 	}
 
 	subject := r.subject(name) // *.x for a.x with wildcard certificates
+	if subject != name {
+		// a certificate of the name's own (ordered before wildcard
+		// certificates were turned on, or migrated from Kong) is served
+		// rather than ordering the wildcard
+		if cert, ok := r.loadOwn(ctx, name); ok {
+			return &cert.Certificate, nil
+		}
+	}
 	j := r.startJob(subject, ask)
 	defer r.jobs.leave(subject, j)
 	timer := time.NewTimer(r.opts.IssueTimeout)
@@ -324,6 +333,21 @@ func (r *Runtime) Certificate(ctx context.Context, hello *tls.ClientHelloInfo) (
 			}
 		}
 	}
+}
+
+// loadOwn loads name's own certificate from storage into memory, if there
+// is one.
+func (r *Runtime) loadOwn(ctx context.Context, name string) (certmagic.Certificate, bool) {
+	ctx, cancel := context.WithTimeout(ctx, r.opts.IssueTimeout)
+	defer cancel()
+	cert, err := r.magic.CacheManagedCertificate(ctx, name)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			r.logger.Warn("loading a certificate from storage", zap.String("identifier", name), zap.Error(err))
+		}
+		return cert, false
+	}
+	return cert, true
 }
 
 // Allowed returns nil if a certificate may be served or ordered for name
