@@ -32,11 +32,7 @@ func TestClusterRenewsOnceAndSyncsCaches(t *testing.T) {
 		// no periodic scan: only the ones the test asks for
 		"renew_first_delay": "1h",
 	}
-	cfgA, adminA := withAdmin(t, a.config(a.acme(fields), nil))
-	a.load(cfgA)
-	b := &rig{t: t, pebble: a.pebble, httpPort: testenv.FreePort(t), httpsPort: testenv.FreePort(t), storage: a.storage}
-	cfgB, adminB := withAdmin(t, b.config(a.acme(fields), nil))
-	startNode(t, cfgB)
+	b, adminA, adminB := startTwoNodes(t, a, fields)
 
 	names := []string{"a.cluster.example.com", "b.cluster.example.com", "c.cluster.example.com"}
 	current := make(map[string]*x509.Certificate)
@@ -159,4 +155,18 @@ func waitScansDone(t *testing.T, bases ...string) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+}
+
+// startTwoNodes loads the acme app with fields (over a's Pebble) on node A,
+// in this process, and on node B, another process sharing a's storage,
+// both with the admin API; it returns B's rig and both admin URLs.
+func startTwoNodes(t *testing.T, a *rig, fields map[string]any) (b *rig, adminA, adminB string) {
+	t.Helper()
+	var cfgA, cfgB []byte
+	cfgA, adminA = withAdmin(t, a.config(a.acme(fields), nil))
+	a.load(cfgA)
+	b = &rig{t: t, pebble: a.pebble, httpPort: testenv.FreePort(t), httpsPort: testenv.FreePort(t), storage: a.storage}
+	cfgB, adminB = withAdmin(t, b.config(a.acme(fields), nil))
+	startNode(t, cfgB)
+	return b, adminA, adminB
 }

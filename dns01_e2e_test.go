@@ -93,20 +93,7 @@ func TestWildcardCertificateThroughDNS01(t *testing.T) {
 	}
 
 	// the listing has the wildcard certificate under its own name
-	var list struct {
-		Data []struct {
-			Host string `json:"host"`
-		} `json:"data"`
-	}
-	if err := json.Unmarshal([]byte(mustCall(t, "GET", base+"/acme/certificates", "", "", 200)), &list); err != nil {
-		t.Fatal(err)
-	}
-	var hosts []string
-	for _, c := range list.Data {
-		hosts = append(hosts, c.Host)
-	}
-	slices.Sort(hosts)
-	if want := []string{"*." + zone, deep}; !slices.Equal(hosts, want) {
+	if hosts, want := listedHosts(t, base), []string{"*." + zone, deep}; !slices.Equal(hosts, want) {
 		t.Fatalf("listed hosts = %v, want %v", hosts, want)
 	}
 	one := mustCall(t, "GET", base+"/acme/certificates/*."+zone, "", "", 200)
@@ -212,4 +199,23 @@ func TestWildcardKeepsOwnCertificates(t *testing.T) {
 	if n := r.pebble.Orders(); n != 2 || r.pebble.OrdersFor("*."+zone) != 1 {
 		t.Fatalf("orders = %v, want a.x then *.x", r.orderNames())
 	}
+}
+
+// listedHosts returns the hosts of GET /acme/certificates, sorted.
+func listedHosts(t *testing.T, base string) []string {
+	t.Helper()
+	var list struct {
+		Data []struct {
+			Host string `json:"host"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal([]byte(mustCall(t, "GET", base+"/acme/certificates", "", "", 200)), &list); err != nil {
+		t.Fatal(err)
+	}
+	hosts := make([]string, 0, len(list.Data))
+	for _, c := range list.Data {
+		hosts = append(hosts, c.Host)
+	}
+	slices.Sort(hosts)
+	return hosts
 }

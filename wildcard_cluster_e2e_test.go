@@ -39,11 +39,7 @@ func TestWildcardClusterRenewsOnceAndSyncs(t *testing.T) {
 		// no periodic scan: only the ones the test asks for
 		"renew_first_delay": "1h",
 	}
-	cfgA, adminA := withAdmin(t, a.config(a.acme(fields), nil))
-	a.load(cfgA)
-	b := &rig{t: t, pebble: a.pebble, httpPort: testenv.FreePort(t), httpsPort: testenv.FreePort(t), storage: a.storage}
-	cfgB, adminB := withAdmin(t, b.config(a.acme(fields), nil))
-	startNode(t, cfgB)
+	b, adminA, adminB := startTwoNodes(t, a, fields)
 
 	current := a.handshakeFor("a."+zone, wild)
 	if fromB := b.handshakeFor("b."+zone, wild); !fromB.Equal(current) {
