@@ -191,13 +191,22 @@ func TestWildcardKeepsOwnCertificates(t *testing.T) {
 	own := r.handshakeFor("a."+zone, "a."+zone)
 
 	fields["wildcard_certificates"] = true
-	r.load(r.config(r.acme(fields), nil)) // a new cache: a.x is in storage only
+	cfg, base := withAdmin(t, r.config(r.acme(fields), nil))
+	r.load(cfg) // a new cache: a.x is in storage only
 	if got := r.handshakeFor("a."+zone, "a."+zone); !got.Equal(own) {
 		t.Fatal("a.x is not served its own certificate once wildcard certificates are on")
 	}
 	r.handshakeFor("b."+zone, "*."+zone)
 	if n := r.pebble.Orders(); n != 2 || r.pebble.OrdersFor("*."+zone) != 1 {
 		t.Fatalf("orders = %v, want a.x then *.x", r.orderNames())
+	}
+	// POST /acme a.x renews a.x's own certificate, not the wildcard
+	mustCall(t, "POST", base+"/acme", "application/json", `{"host":"a.`+zone+`"}`, 201)
+	if r.pebble.OrdersFor("a."+zone) != 2 || r.pebble.OrdersFor("*."+zone) != 1 {
+		t.Fatalf("orders = %v, want a.x renewed", r.orderNames())
+	}
+	if got := r.handshakeFor("a."+zone, "a."+zone); got.Equal(own) {
+		t.Fatal("a.x's renewal is not served")
 	}
 }
 

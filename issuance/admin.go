@@ -73,7 +73,8 @@ func (r *Runtime) TriggerScan() { r.runner.Trigger() }
 // instead of answering "created" for nothing, and the CA's refusal sets
 // the backoff like a failed handshake-time order. With wildcard
 // certificates, `*.x` may be ordered, and a name one label below x orders
-// (or renews) `*.x`, the certificate that serves it.
+// (or renews) `*.x`, the certificate that serves it, unless it has a
+// certificate of its own.
 func (r *Runtime) Order(ctx context.Context, host string) error {
 	host = NormalizeHost(host)
 	ask, err := r.allow(host)
@@ -83,7 +84,9 @@ func (r *Runtime) Order(ctx context.Context, host string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrNotAllowed, err)
 	}
-	host = r.subject(host) // a.x is served by *.x with wildcard certificates
+	if sub := r.subject(host); sub != host && !r.storedAtAnyCA(ctx, host) {
+		host = sub // a.x is served by *.x with wildcard certificates (unless it has its own)
+	}
 	if _, err := r.usableCAs(ctx, host, false); err != nil {
 		if _, ok := errors.AsType[BackoffError](err); ok {
 			return fmt.Errorf("%w: %w", ErrConflict, err)
