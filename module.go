@@ -32,11 +32,14 @@ func init() {
 // source and storage, run by an issuance.Runtime.
 //
 // Certificates are obtained on the first TLS handshake for a name the app
-// allows (see Domains and AllowAnyDomain), one certificate per name,
-// validated with the HTTP-01 challenge. Caddy's TLS app reaches them through
-// the `tls.get_certificate.acme` certificate manager; the CA reaches the
-// challenge answers through Caddy's HTTP server or the `acme_challenge`
-// handler.
+// allows (see Domains and AllowAnyDomain), one certificate per name (or
+// one `*.x` certificate for a `*.x` entry, with a DNS provider), validated
+// with the HTTP-01 challenge unless Challenges says otherwise, from the
+// CA of APIURI, else the Fallback CAs in turn. Caddy's TLS app reaches them
+// through the `tls.get_certificate.acme` certificate manager; the CA
+// reaches the challenge answers through Caddy's HTTP server or the
+// `acme_challenge` handler (HTTP-01), Caddy's TLS server or the
+// `acme_tls_alpn` listener wrapper (TLS-ALPN-01).
 type App struct {
 	appconfig.Config
 
