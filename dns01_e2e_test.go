@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/acmekit/caddy-acme/internal/testenv"
 	"github.com/acmekit/caddy-acme/issuance"
@@ -112,6 +113,25 @@ func TestWildcardCertificateThroughDNS01(t *testing.T) {
 	}
 	if _, err := app.storage.Load(t.Context(), issuance.Site(app.issuer.IssuerKey(), "*."+zone).Cert); err != nil {
 		t.Fatalf("the wildcard certificate is not where certmagic keeps it: %v", err)
+	}
+
+	// the renewal scan and the metrics count the wildcard certificate as
+	// one (none due: nothing ordered)
+	mustCall(t, "PATCH", base+"/acme", "", "", 202)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		mfs := scrape(t, strings.TrimPrefix(base, "http://"))
+		if v, ok := testenv.Sample(mfs, "caddy_acme_certificates_managed", nil); ok && v == 2 {
+			if n := mustSample(t, mfs, "caddy_acme_certificate_remaining_seconds", nil); n != 2 {
+				t.Fatalf("certificate_remaining_seconds count = %v, want 2 (*.x and b.a.x)", n)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("certificates_managed is not 2 (*.x and b.a.x) after a renewal scan")
+		}
+	}
+	if n := r.pebble.Orders(); n != 4 {
+		t.Fatalf("orders after the scan = %v, want still 4", r.orderNames())
 	}
 }
 
