@@ -546,29 +546,32 @@ func testLocks(t *testing.T, open Opener, opts Options) {
 	t.Run("ExclusionAndHandoff", func(t *testing.T) {
 		n := nodes(t, 2)
 		a, b := n[0], n[1]
-		if err := a.Lock(bg, "issue_cert_example.com"); err != nil {
-			t.Fatalf("a.Lock: %v", err)
-		}
-		got := make(chan error, 1)
-		go func() { got <- b.Lock(bg, "issue_cert_example.com") }()
-		select {
-		case err := <-got:
-			t.Fatalf("b.Lock returned (%v) while a holds the lock", err)
-		case <-time.After(300 * time.Millisecond):
-		}
-		if err := a.Unlock(bg, "issue_cert_example.com"); err != nil {
-			t.Fatalf("a.Unlock: %v", err)
-		}
-		select {
-		case err := <-got:
-			if err != nil {
-				t.Fatalf("b.Lock after a.Unlock: %v", err)
+		// certmagic's issue lock of a name, and of a wildcard certificate
+		for _, lock := range []string{"issue_cert_example.com", "issue_cert_*.example.com"} {
+			if err := a.Lock(bg, lock); err != nil {
+				t.Fatalf("a.Lock(%q): %v", lock, err)
 			}
-		case <-time.After(within):
-			t.Fatal("b.Lock did not return after a.Unlock")
-		}
-		if err := b.Unlock(bg, "issue_cert_example.com"); err != nil {
-			t.Fatalf("b.Unlock: %v", err)
+			got := make(chan error, 1)
+			go func() { got <- b.Lock(bg, lock) }()
+			select {
+			case err := <-got:
+				t.Fatalf("b.Lock(%q) returned (%v) while a holds the lock", lock, err)
+			case <-time.After(300 * time.Millisecond):
+			}
+			if err := a.Unlock(bg, lock); err != nil {
+				t.Fatalf("a.Unlock(%q): %v", lock, err)
+			}
+			select {
+			case err := <-got:
+				if err != nil {
+					t.Fatalf("b.Lock(%q) after a.Unlock: %v", lock, err)
+				}
+			case <-time.After(within):
+				t.Fatalf("b.Lock(%q) did not return after a.Unlock", lock)
+			}
+			if err := b.Unlock(bg, lock); err != nil {
+				t.Fatalf("b.Unlock(%q): %v", lock, err)
+			}
 		}
 		// a lock name is independent of others and of the key space
 		if err := a.Lock(bg, "x"); err != nil {
