@@ -3,6 +3,7 @@ package caddyacme
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/acmekit/caddy-acme/admin"
@@ -19,8 +20,12 @@ func (a *App) TriggerScan() { a.rt.TriggerScan() }
 // Order obtains host's certificate now, as POST /acme.
 func (a *App) Order(ctx context.Context, host string) error { return a.rt.Order(ctx, host) }
 
-// SanityCheck is POST /acme's test_http_challenge_flow.
+// SanityCheck is POST /acme's test_http_challenge_flow: the HTTP-01 flow,
+// so an error when the app does not use HTTP-01 (challenges).
 func (a *App) SanityCheck(ctx context.Context, host string) error {
+	if !a.set.HTTPChallenge {
+		return errors.New("the app does not use the HTTP-01 challenge (challenges: dns, or http disabled): there is no HTTP flow to test")
+	}
 	return a.rt.SanityCheck(ctx, host)
 }
 

@@ -102,6 +102,12 @@ func TestWildcardCertificateThroughDNS01(t *testing.T) {
 		t.Fatalf("GET /acme/certificates/*.%s = %s", zone, one)
 	}
 
+	// there is no HTTP-01 flow to test
+	out := mustCall(t, "POST", base+"/acme", "application/json", `{"host":"a.`+zone+`","test_http_challenge_flow":true}`, 400)
+	if !strings.Contains(out, "does not use the HTTP-01 challenge") {
+		t.Fatalf("sanity check with DNS-01: %s", out)
+	}
+
 	// POST /acme renews it: a.x orders *.x, the certificate that serves it
 	mustCall(t, "POST", base+"/acme", "application/json", `{"host":"a.`+zone+`"}`, 201)
 	mustCall(t, "POST", base+"/acme", "application/json", `{"host":"*.`+zone+`"}`, 201)
