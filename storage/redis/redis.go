@@ -56,15 +56,16 @@ func init() {
 // milliseconds on the writer's clock, the field was last written.
 //
 // Store writes the index fields of every directory above the key first and
-// the value last: in one pipeline on a standalone or Sentinel-managed server
-// (Redis runs a connection's commands in order), in two round trips on
-// Cluster (the indexes live on other nodes, so their order is not
-// guaranteed within one pipeline). The indexes therefore always name at
-// least every key that has a value: a writer that stops halfway (a crash,
-// a lost connection) leaves at worst index fields without a value behind,
-// never a value that List cannot find. No command touches more than one
-// key, so nothing depends on keys sharing a Cluster hash slot, and keys
-// spread over the whole cluster. Index fields the same instance wrote in
+// the value last: on a standalone or Sentinel-managed server in one Lua
+// script, atomically with the check that the key is neither below a value
+// nor a directory (one round trip); on Cluster in three round trips (the
+// check, then the indexes, which live on other nodes, then the value). The
+// indexes therefore always name at least every key that has a value: a
+// writer that stops halfway (a crash, a lost connection) leaves at worst
+// index fields without a value behind, never a value that List cannot
+// find. On Cluster no command touches more than one key, so nothing
+// depends on keys sharing a hash slot, and keys spread over the whole
+// cluster. Index fields the same instance wrote in
 // the last 5 seconds are not written again (nothing removes a field that
 // young, see below), so a burst of Stores into one directory, such as
 // certmagic's certificate, key and metadata, costs a single HSET each

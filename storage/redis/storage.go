@@ -51,12 +51,20 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if err := checkKey(key); err != nil {
 		return fmt.Errorf("storing %q: %w", key, err)
 	}
-	if err := s.checkConflict(ctx, key); err != nil {
-		return err
-	}
 	sealed := s.rt.Sealer.Seal(key, value)
 	now := time.Now()
 	fields := s.recent.stale(indexFields(key), now)
+	if !s.client.cluster {
+		// one round trip: the conflict check and the writes in one script
+		done, err := s.storeChecked(ctx, key, sealed, len(value), fields, now)
+		if err != nil || done {
+			return err
+		}
+		// key has a directory index: the slow check below decides
+	}
+	if err := s.checkConflict(ctx, key); err != nil {
+		return err
+	}
 	writeValue := func(c goredis.Cmdable) *goredis.IntCmd {
 		return c.HSet(ctx, s.valueKey(key), fieldValue, sealed, fieldSize, len(value), fieldModified, now.UnixNano())
 	}
@@ -87,13 +95,64 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	return nil
 }
 
+// storeChecked stores key as Store does, after checkConflict's check, in
+// one round trip (storeScript; not for Redis Cluster, whose keys live on
+// several nodes). done is false, with nothing written, when key has a
+// directory index: checkConflict's Stat must then decide.
+func (s *Storage) storeChecked(ctx context.Context, key string, sealed []byte, size int, fields []indexField, now time.Time) (done bool, err error) {
+	parents := backend.Parents(key)
+	keys := make([]string, 0, len(parents)+2+len(fields))
+	for _, p := range parents {
+		keys = append(keys, s.valueKey(p))
+	}
+	keys = append(keys, s.indexKey(key), s.valueKey(key))
+	args := make([]any, 0, 5+len(fields))
+	args = append(args, len(parents), sealed, size, now.UnixNano(), strconv.FormatInt(now.UnixMilli(), 10))
+	for _, f := range fields {
+		keys = append(keys, s.indexKey(f.dir))
+		args = append(args, f.field)
+	}
+	n, err := storeScript.Run(ctx, s.client, keys, args...).Int64()
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("storing %s: %w", key, err)
+	case n > 0:
+		return false, backend.ErrUnderValue(key, parents[n-1])
+	case n < 0:
+		return false, nil
+	}
+	s.recent.add(fields, now)
+	return true, nil
+}
+
+// storeScript is Store with its conflict check, atomically: KEYS are the
+// value keys of the n = ARGV[1] directories above the key, the key's
+// directory index, the key's value, then the directory indexes to write
+// the fields ARGV[6…] into (stamped ARGV[5]); the value's fields are
+// ARGV[2] (sealed), ARGV[3] (size) and ARGV[4] (modified). It returns the
+// position of a directory above that is a value (nothing written), -1 if
+// the key has a directory index (nothing written), else 0.
+var storeScript = goredis.NewScript(`
+local n = tonumber(ARGV[1])
+for i = 1, n do
+	if redis.call('EXISTS', KEYS[i]) == 1 then return i end
+end
+if redis.call('EXISTS', KEYS[n + 1]) == 1 then return -1 end
+for i = n + 3, #KEYS do
+	redis.call('HSET', KEYS[i], ARGV[i - n + 3], ARGV[5])
+end
+redis.call('HSET', KEYS[n + 2], 'value', ARGV[2], 'size', ARGV[3], 'modified', ARGV[4])
+return 0
+`)
+
 // checkConflict refuses to store key below a value (backend.ErrUnderValue)
 // or over a directory (backend.ErrIsDir), as Caddy's file storage does. It
 // costs one round trip: whether each directory above key is a value, and
 // whether key has a directory index; only an index (key is, or was, a
 // directory: rare) costs a Stat, whose search stops at the first live key
-// below. It is a check before the write, not a transaction with it: two
-// nodes storing "a" and "a/b" at the same moment can both succeed.
+// below. It is a check before the write, not a transaction with it (on
+// Cluster, and after storeChecked found an index): two nodes storing "a"
+// and "a/b" at the same moment can both succeed there.
 func (s *Storage) checkConflict(ctx context.Context, key string) error {
 	parents := backend.Parents(key)
 	pipe := s.client.Pipeline()
