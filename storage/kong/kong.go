@@ -19,7 +19,6 @@ import (
 	"github.com/caddyserver/certmagic"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
 	"github.com/acmekit/caddy-acme/internal/placeholder"
@@ -344,31 +343,21 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if err != nil {
 		return fmt.Errorf("storing %s: %w", k, err)
 	}
-	if err := s.checkConflict(ctx, pool, k); err != nil {
-		return err
-	}
-	text := encodeValue(s.rt.Sealer.Seal(k, value), s.rt.Sealer != nil)
-	if _, err := pool.Exec(ctx, sqlStore, newID(), s.prefix+k, text); err != nil {
-		return fmt.Errorf("storing %s: %w", k, err)
-	}
-	return nil
-}
-
-// checkConflict refuses to store k below a value (backend.ErrUnderValue)
-// or over a directory (backend.ErrIsDir), as Caddy's file storage does, in
-// one indexed query (sqlConflict). It is a check before the write, not a
-// transaction with it: two nodes storing "a" and "a/b" at the same moment
-// can both succeed.
-func (s *Storage) checkConflict(ctx context.Context, pool *pgxpool.Pool, k string) error {
+	// refused below a value (backend.ErrUnderValue) or over a directory
+	// (backend.ErrIsDir), as Caddy's file storage does: checked and
+	// written in one statement, one round trip (sqlStoreChecked). The
+	// check reads before the write in the statement's snapshot: two nodes
+	// storing "a" and "a/b" at the same moment can both succeed.
 	parents := backend.Parents(k)
 	rows := make([]string, len(parents))
 	for i, p := range parents {
 		rows[i] = s.prefix + p
 	}
 	row := s.prefix + k
+	text := encodeValue(s.rt.Sealer.Seal(k, value), s.rt.Sealer != nil)
 	var above *string
 	var dir bool
-	if err := pool.QueryRow(ctx, sqlConflict, rows, row+"/", row+"0").Scan(&above, &dir); err != nil {
+	if err := pool.QueryRow(ctx, sqlStoreChecked, newID(), row, text, rows, row+"/", row+"0").Scan(&above, &dir); err != nil {
 		return fmt.Errorf("storing %s: %w", k, err)
 	}
 	if above != nil {

@@ -90,8 +90,8 @@ func testPlans(t *testing.T, dsn string) {
 		{"List(small, recursive)", sqlListRecursive, "text, text", []any{"caddy/small/", "caddy/small0"}, "acme_storage_key_c_idx", true},
 		{"Exists(big)", sqlExists, "text, text, text", []any{"caddy/big", "caddy/big/", "caddy/big0"}, "acme_storage_key_c_idx", true},
 		{"Stat(big)", sqlStat, "text, text, text", []any{"caddy/big", "caddy/big/", "caddy/big0"}, "acme_storage_key_c_idx", true},
-		{"Store(big/sub3/k3) conflict check", sqlConflict, "text[], text, text", []any{"{caddy/big,caddy/big/sub3}", "caddy/big/sub3/k3/", "caddy/big/sub3/k30"}, "acme_storage_key_c_idx", true},
-		{"Store(big) conflict check", sqlConflict, "text[], text, text", []any{"{}", "caddy/big/", "caddy/big0"}, "acme_storage_key_c_idx", true},
+		{"Store(big/sub3/k3) with its conflict check", sqlStoreChecked, "uuid, text, text, text[], text, text", []any{"6f1c2a7e-0d3b-4c55-9a8e-1b2c3d4e5f60", "caddy/big/sub3/k3", "v", "{caddy/big,caddy/big/sub3}", "caddy/big/sub3/k3/", "caddy/big/sub3/k30"}, "acme_storage_key_c_idx", false},
+		{"Store(big) with its conflict check", sqlStoreChecked, "uuid, text, text, text[], text, text", []any{"6f1c2a7e-0d3b-4c55-9a8e-1b2c3d4e5f61", "caddy/big", "v", "{}", "caddy/big/", "caddy/big0"}, "acme_storage_key_c_idx", false},
 		{"Load", sqlLoad, "text", []any{"caddy/small/f1"}, "acme_storage_key_key", true},
 		{"Delete(small)", sqlDelete, "text, text, text", []any{"caddy/small", "caddy/small/", "caddy/small0"}, "acme_storage_key_c_idx", false},
 	}

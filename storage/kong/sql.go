@@ -44,16 +44,27 @@ const (
 	// sqlLoadMany loads several keys in one round trip.
 	sqlLoadMany = `SELECT key, value FROM acme_storage WHERE key = ANY($1) AND ` + live
 
-	// sqlStore: one statement, read-after-write consistent. created_at is
-	// the modification time (KeyInfo.Modified). id is only set by the insert.
-	sqlStore = `INSERT INTO acme_storage (id, key, value, created_at) VALUES ($1, $2, $3, now())
-ON CONFLICT (key) DO UPDATE SET value = excluded.value, created_at = excluded.created_at, ttl = NULL`
-
-	// sqlConflict returns a live row among the keys $1 (the directories
-	// above a key being stored), or NULL, and whether a live key lies below
-	// it in [$2, $3): Store refuses both (see backend.ErrUnderValue,
-	// backend.ErrIsDir).
-	sqlConflict = `SELECT (SELECT key FROM acme_storage WHERE key = ANY($1) AND ` + live + ` LIMIT 1), ` + sqlFirstBelow + ` IS NOT NULL`
+	// sqlStoreChecked stores a row, read-after-write consistent, in one
+	// statement with the check that it is neither below a value nor a
+	// directory (Store refuses both, see backend.ErrUnderValue,
+	// backend.ErrIsDir): the row $1 (id), $2 (key), $3 (value) is written
+	// (inserted, or its value, time and ttl updated) only when no live row
+	// is among the keys $4 (the directories above) and none lies in
+	// [$5, $6) (below the key). It returns that row above, or NULL, and
+	// whether a key lies below; the row was written when they are NULL and
+	// false. created_at is the modification time (KeyInfo.Modified); id is
+	// only set by the insert. The casts give the parameters of the
+	// INSERT … SELECT their types.
+	sqlStoreChecked = `WITH c AS (SELECT
+	(SELECT key FROM acme_storage WHERE key = ANY($4::text[]) AND ` + live + ` LIMIT 1) AS above,
+	(SELECT key FROM acme_storage WHERE key COLLATE "C" >= $5::text AND key COLLATE "C" < $6::text AND ` + live + ` ORDER BY key COLLATE "C" LIMIT 1) AS below
+), w AS (
+	INSERT INTO acme_storage (id, key, value, created_at)
+	SELECT $1::uuid, $2::text, $3::text, now() FROM c WHERE c.above IS NULL AND c.below IS NULL
+	ON CONFLICT (key) DO UPDATE SET value = excluded.value, created_at = excluded.created_at, ttl = NULL
+	RETURNING 1
+)
+SELECT above, below IS NOT NULL FROM c`
 
 	// sqlStat returns the file's size, the first 33 characters of its value
 	// (of an encoded one: the marker and 28 base64 characters, 21 bytes;
