@@ -132,6 +132,8 @@ func (s *Storage) storeChecked(ctx context.Context, key string, sealed []byte, s
 // ARGV[2] (sealed), ARGV[3] (size) and ARGV[4] (modified). It returns the
 // position of a directory above that is a value (nothing written), -1 if
 // the key has a directory index (nothing written), else 0.
+//
+//nolint:dupword // Lua: nested ends
 var storeScript = goredis.NewScript(`
 local n = tonumber(ARGV[1])
 for i = 1, n do
