@@ -57,6 +57,22 @@ func answerFor(t testing.TB, name string) func(string) *tls.Certificate {
 	}
 }
 
+// serveOne accepts one connection of srv in a goroutine and hands it to
+// serve, then closes it; the channel gets serve's error (or Accept's).
+func serveOne(srv net.Listener, serve func(net.Conn) error) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		c, err := srv.Accept()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		done <- serve(c)
+	}()
+	return done
+}
+
 // selfSigned is a certificate for name, for the TLS server behind the
 // wrapper.
 func selfSigned(t testing.TB, name string) tls.Certificate {
@@ -171,26 +187,17 @@ func TestTLSALPNPassesTLSThrough(t *testing.T) {
 				Certificates: []tls.Certificate{inner},
 				NextProtos:   []string{"h2", "http/1.1", acmez.ACMETLS1Protocol},
 			})
-			done := make(chan error, 1)
-			go func() {
-				c, err := srv.Accept()
-				if err != nil {
-					done <- err
-					return
-				}
-				defer c.Close()
+			done := serveOne(srv, func(c net.Conn) error {
 				line := make([]byte, 5)
 				if _, err := io.ReadFull(c, line); err != nil {
-					done <- err
-					return
+					return err
 				}
 				if _, err := c.Write(line); err != nil {
-					done <- err
-					return
+					return err
 				}
-				_, err = io.Copy(io.Discard, c) // until the client's close_notify
-				done <- err
-			}()
+				_, err := io.Copy(io.Discard, c) // until the client's close_notify
+				return err
+			})
 
 			raw, err := net.Dial("tcp", rl.Addr().String())
 			if err != nil {
@@ -239,16 +246,7 @@ func TestTLSALPNAnswersChallenge(t *testing.T) {
 	const name = "a.example.com"
 	rl := wrappedListener(t, answerFor(t, name))
 	srv := tls.NewListener(rl, &tls.Config{Certificates: []tls.Certificate{selfSigned(t, "inner.example.com")}})
-	done := make(chan error, 1)
-	go func() {
-		c, err := srv.Accept()
-		if err != nil {
-			done <- err
-			return
-		}
-		defer c.Close()
-		done <- c.(*tls.Conn).Handshake()
-	}()
+	done := serveOne(srv, func(c net.Conn) error { return c.(*tls.Conn).Handshake() })
 
 	client, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", rl.Addr().String(), &tls.Config{
 		ServerName:         "A.Example.com.",
