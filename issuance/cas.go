@@ -225,7 +225,12 @@ func (r *Runtime) loadNewest(ctx context.Context, names []string, withMeta bool)
 // storedAtAnyCA reports whether a certificate of name is stored under any
 // CA's issuer key.
 func (r *Runtime) storedAtAnyCA(ctx context.Context, name string) bool {
-	return len(r.holders(ctx, name)) > 0
+	for _, c := range r.cas {
+		if r.storage.Exists(ctx, Site(c.key, name).Cert) {
+			return true // the first found: no more round trips
+		}
+	}
+	return false
 }
 
 // holders returns the CAs under whose issuer key a certificate of name is

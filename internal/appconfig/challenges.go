@@ -51,15 +51,20 @@ func (c *Config) checkChallenges() error {
 	if c.WildcardCertificates != nil && *c.WildcardCertificates && (ch == nil || ch.DNS == nil) {
 		return errors.New("wildcard_certificates: needs challenges.dns: a CA validates a wildcard certificate with the DNS-01 challenge only")
 	}
-	if !validProfile(c.Profile) {
-		return fmt.Errorf("profile: %q is not a profile name: expected the name of one of the CA's profiles, e.g. shortlived", c.Profile)
+	return checkProfile("", c.Profile)
+}
+
+// checkProfile refuses a profile (of the CA whose fields are named with
+// prefix) that cannot be a profile name: the CA's directory lists them;
+// their syntax is not standardised beyond a short token.
+func checkProfile(prefix, p string) error {
+	if !validProfile(p) {
+		return fmt.Errorf("%sprofile: %q is not a profile name: expected the name of one of the CA's profiles, e.g. shortlived", prefix, p)
 	}
 	return nil
 }
 
-// validProfile reports whether p is empty or could be a profile name (the
-// CA's directory lists them; their syntax is not standardised beyond a
-// short token).
+// validProfile reports whether p is empty or a short token.
 func validProfile(p string) bool {
 	if len(p) > 64 {
 		return false

@@ -80,8 +80,8 @@ func (c *Config) checkFallback(primary string) error {
 			return fmt.Errorf("%sapi_uri: %s is the same CA as %s: each CA may be listed once", prefix, dir, other)
 		}
 		seen[key] = prefix + "api_uri"
-		if !validProfile(f.Profile) {
-			return fmt.Errorf("%sprofile: %q is not a profile name: expected the name of one of the CA's profiles, e.g. shortlived", prefix, f.Profile)
+		if err := checkProfile(prefix, f.Profile); err != nil {
+			return err
 		}
 	}
 	return nil
