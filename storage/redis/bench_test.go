@@ -58,7 +58,10 @@ func BenchmarkCluster(b *testing.B) {
 // (storage/raw), which a drifting load on the machine does not skew.
 // Store-vs-SET stores into directories written moments before (as certmagic
 // stores a certificate, its key and its metadata), StoreNewDirs-vs-SET into
-// new ones.
+// new ones. List-vs-HKEYS lists a directory of 10 files (HKEYS reads a
+// 10-field hash); ListAfterChurn lists it again after 2 000 more files
+// were stored into it and deleted. Delete-vs-DEL deletes a file stored
+// (untimed) just before, as DEL deletes a key SET just before.
 func BenchmarkPaired(b *testing.B) {
 	ctx := context.Background()
 	r := testenv.StartRedis(b, testenv.RedisOptions{})
@@ -71,37 +74,93 @@ func BenchmarkPaired(b *testing.B) {
 	if err := c.Set(ctx, "bench:raw", value, 0).Err(); err != nil {
 		b.Fatal(err)
 	}
-	i := 0
+	for j := range 10 {
+		if err := s.Store(ctx, "bench/list/"+strconv.Itoa(j), value); err != nil {
+			b.Fatal(err)
+		}
+		if err := c.HSet(ctx, "bench:rawdir", strconv.Itoa(j), "1").Err(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	list := func() error {
+		keys, err := s.List(ctx, "bench/list", false)
+		if err == nil && len(keys) != 10 {
+			b.Fatalf("List = %d keys, want 10", len(keys))
+		}
+		return err
+	}
+	hkeys := func() error { return c.HKeys(ctx, "bench:rawdir").Err() }
+	i, churned := 0, false
 	for _, pair := range []struct {
 		name       string
+		setup      func() error // untimed, before each iteration
 		raw, store func() error
 	}{
 		{
-			"Store-vs-SET",
+			"Store-vs-SET", nil,
 			func() error { return c.Set(ctx, "bench:raw", value, 0).Err() },
 			func() error { i++; return s.Store(ctx, "bench/store/"+strconv.Itoa(i%64), value) },
 		},
 		// a key in directories this instance has not written lately:
 		// every index field is written (a pipeline of four commands)
 		{
-			"StoreNewDirs-vs-SET",
+			"StoreNewDirs-vs-SET", nil,
 			func() error { return c.Set(ctx, "bench:raw", value, 0).Err() },
 			func() error { i++; return s.Store(ctx, "bench/new"+strconv.Itoa(i)+"/x/key", value) },
 		},
 		{
-			"Load-vs-GET",
+			"Load-vs-GET", nil,
 			func() error { return c.Get(ctx, "bench:raw").Err() },
 			func() error { _, err := s.Load(ctx, "bench/load/key"); return err },
 		},
 		{
-			"Stat-vs-GET",
+			"Stat-vs-GET", nil,
 			func() error { return c.Get(ctx, "bench:raw").Err() },
 			func() error { _, err := s.Stat(ctx, "bench/load/key"); return err },
+		},
+		{"List-vs-HKEYS", nil, hkeys, list},
+		{
+			"Delete-vs-DEL",
+			func() error {
+				if err := c.Set(ctx, "bench:raw:del", value, 0).Err(); err != nil {
+					return err
+				}
+				return s.Store(ctx, "bench/delete/key", value)
+			},
+			func() error { return c.Del(ctx, "bench:raw:del").Err() },
+			func() error { return s.Delete(ctx, "bench/delete/key") },
+		},
+		{
+			"ListAfterChurn-vs-HKEYS",
+			func() error {
+				if churned {
+					return nil
+				}
+				churned = true
+				for j := range 2000 {
+					k := "bench/list/churn" + strconv.Itoa(j)
+					if err := s.Store(ctx, k, value); err != nil {
+						return err
+					}
+					if err := s.Delete(ctx, k); err != nil {
+						return err
+					}
+				}
+				return nil
+			},
+			hkeys, list,
 		},
 	} {
 		b.Run(pair.name, func(b *testing.B) {
 			var raw, stored []time.Duration
 			for b.Loop() {
+				if pair.setup != nil {
+					b.StopTimer()
+					if err := pair.setup(); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
 				start := time.Now()
 				if err := pair.raw(); err != nil {
 					b.Fatal(err)
