@@ -53,10 +53,11 @@ func init() {
 // directory D has an index, the hash P+"d:"+D (D is "" for the root), whose
 // fields name D's direct children: "name" for a file, "name/" for a
 // directory (a name may be both). Each field's value is the time, in Unix
-// milliseconds on the writer's clock, the field was last written.
+// milliseconds on the writer's clock, the field was last written (after a
+// "+" when a script wrote it with the value, see below).
 //
-// Store writes the index fields of every directory above the key first and
-// the value last: on a standalone or Sentinel-managed server in one Lua
+// Store writes the index fields of every directory above the key first
+// and the value last: on a standalone or Sentinel-managed server in one Lua
 // script, atomically with the check that the key is neither below a value
 // nor a directory (one round trip); on Cluster in three round trips (the
 // check, then the indexes, which live on other nodes, then the value). The
@@ -65,36 +66,61 @@ func init() {
 // index fields without a value behind, never a value that List cannot
 // find. On Cluster no command touches more than one key, so nothing
 // depends on keys sharing a hash slot, and keys spread over the whole
-// cluster. Index fields the same instance wrote in
-// the last 5 seconds are not written again (nothing removes a field that
-// young, see below), so a burst of Stores into one directory, such as
-// certmagic's certificate, key and metadata, costs a single HSET each
-// after the first.
+// cluster.
 //
-// Readers never trust an index field alone. A file exists if its value
+// Readers never trust an index field alone, but for the "+" fields below.
+// A file exists if its value
 // hash does; a directory exists if some file below it does. List, Stat and
-// Exists check the children they are about to report (in pipelines, one
-// level of the tree per round trip, stopping at the first file found for a
-// directory) and leave out the ones that do not exist. Fields found stale
-// are removed lazily ("pruned") by a Lua script on their index, which
-// removes a field only if it was last written at least a minute ago by the
-// Redis server's clock. Delete walks the indexes below the key, removes
-// the values it finds at once, and then prunes the index fields the same
-// way (values first, so an interrupted Delete leaves nothing unlisted).
+// Exists check the children they are about to report (one level of the
+// tree per step, stopping at the first file found for a directory) and
+// leave out the ones that do not exist; fields found stale are removed
+// ("pruned"). Delete walks the indexes below the key, removes the values it
+// finds and then the index fields (values first, so an interrupted Delete
+// leaves nothing unlisted), and the field of each directory above that it
+// left empty.
 //
-// The minute's grace is what makes concurrent Store, Delete and reads safe
+// On a standalone or Sentinel-managed server, Delete, the List of one
+// directory and the Stat of a directory are each one Lua script too: one
+// round trip, atomic. The fields these scripts write are stamped "+" and
+// the Unix ms; as the scripts write and remove such a field together with
+// its value, a "+" field whose file or directory is gone is removed by the
+// first script that finds it, so a mass Delete leaves the index as small as
+// the files left. Every script leaves each "+" field naming something that
+// exists, so the List of a directory whose index has only "+" fields reads
+// it as it is: one HGETALL (and an EXISTS in the same round trip for an
+// empty one). An index with other fields is checked by a script instead. A
+// script checks at most 1 024 keys, so that a directory of 100 000 children
+// never blocks the server for long: that check pages through a large index
+// (256 children per round trip), and what a script leaves unchecked is
+// checked as on Cluster. Recursive List walks as on Cluster.
+//
+// Fields written otherwise — by Cluster's three round trips, or by an
+// earlier version of this storage during a rolling upgrade — and every
+// prune made after a check in an earlier round trip keep a grace: such a
+// field is removed only if it was last written at least a minute ago by the
+// Redis server's clock (a "+" stamp counts as its Unix ms there). The
+// minute's grace is what makes concurrent Store, Delete and reads safe
 // without multi-key transactions (which Cluster does not allow across
 // slots): a field that a Store has just written, but whose value it has not
 // written yet, looks stale for a moment, and is left alone. A Store racing
 // with a Delete of the same key or a directory above it is ordered one way
 // or the other: either the value is deleted, or it survives and is listed.
+// On Cluster, index fields the same instance wrote in the last 5 seconds
+// are not written again (nothing removes a field that young), so a burst
+// of Stores into one directory, such as certmagic's certificate, key and
+// metadata, costs a single HSET each after the first; deleted entries stay
+// in its indexes, costing readers a check each, until pruned a minute
+// later.
 //
-// Failure modes: a Store whose value write comes more than 55 seconds
-// after its index writes (a process frozen in between), writers whose
+// Failure modes: on Cluster, a Store whose value write comes more than 55
+// seconds after its index writes (a process frozen in between); writers whose
 // clocks run more than 55 seconds behind the Redis server's, or index keys
 // removed behind the storage's back (FLUSHDB, eviction under a maxmemory
 // policy other than noeviction) can leave a value that exists (Load and
-// Stat find it) but is missing from List until it is stored again. Stale
+// Stat find it) but is missing from List until it is stored again; values
+// removed that way on a standalone or Sentinel-managed server stay listed
+// until they are stored or deleted again (Stat and Load do not find them).
+// Stale
 // fields cost readers one check each until they are pruned. As with any
 // Redis replication, a failover (Sentinel, Cluster) may lose the last
 // writes the old master had not yet replicated.

@@ -44,7 +44,8 @@ func (s *Storage) valueKey(key string) string { return s.prefix + valueKind + ke
 func (s *Storage) indexKey(dir string) string { return s.prefix + indexKind + dir }
 
 // Store puts value at key: the index fields of every directory above key
-// first, then the value (see Storage's data layout). Index fields this
+// first, then the value (see Storage's data layout): one script on a
+// standalone or Sentinel-managed server; on Cluster, index fields this
 // instance wrote a moment ago are not written again.
 func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	key = backend.Clean(key)
@@ -53,40 +54,24 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	}
 	sealed := s.rt.Sealer.Seal(key, value)
 	now := time.Now()
-	fields := s.recent.stale(indexFields(key), now)
 	if !s.client.cluster {
-		// one round trip: the conflict check and the writes in one script
-		done, err := s.storeChecked(ctx, key, sealed, len(value), fields, now)
-		if err != nil || done {
-			return err
-		}
-		// key has a directory index: the slow check below decides
+		return s.storeAtomic(ctx, key, sealed, len(value), now)
 	}
 	if err := s.checkConflict(ctx, key); err != nil {
 		return err
 	}
-	writeValue := func(c goredis.Cmdable) *goredis.IntCmd {
-		return c.HSet(ctx, s.valueKey(key), fieldValue, sealed, fieldSize, len(value), fieldModified, now.UnixNano())
-	}
 	var err error
-	switch {
-	case len(fields) == 0:
-		err = writeValue(s.client).Err()
-	case s.client.cluster:
+	fields := s.recent.stale(indexFields(key), now)
+	if len(fields) > 0 {
 		// Indexes on other nodes may be written in any order within a
 		// pipeline: finish them before the value.
-		if _, err = s.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
-			s.addIndex(ctx, p, fields, now)
-			return nil
-		}); err == nil {
-			err = writeValue(s.client).Err()
-		}
-	default:
 		_, err = s.client.Pipelined(ctx, func(p goredis.Pipeliner) error {
 			s.addIndex(ctx, p, fields, now)
-			writeValue(p)
 			return nil
 		})
+	}
+	if err == nil {
+		err = s.client.HSet(ctx, s.valueKey(key), fieldValue, sealed, fieldSize, len(value), fieldModified, now.UnixNano()).Err()
 	}
 	if err != nil {
 		return fmt.Errorf("storing %s: %w", key, err)
@@ -94,58 +79,6 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	s.recent.add(fields, now)
 	return nil
 }
-
-// storeChecked stores key as Store does, after checkConflict's check, in
-// one round trip (storeScript; not for Redis Cluster, whose keys live on
-// several nodes). done is false, with nothing written, when key has a
-// directory index: checkConflict's Stat must then decide.
-func (s *Storage) storeChecked(ctx context.Context, key string, sealed []byte, size int, fields []indexField, now time.Time) (done bool, err error) {
-	parents := backend.Parents(key)
-	keys := make([]string, 0, len(parents)+2+len(fields))
-	for _, p := range parents {
-		keys = append(keys, s.valueKey(p))
-	}
-	keys = append(keys, s.indexKey(key), s.valueKey(key))
-	args := make([]any, 0, 5+len(fields))
-	args = append(args, len(parents), sealed, size, now.UnixNano(), strconv.FormatInt(now.UnixMilli(), 10))
-	for _, f := range fields {
-		keys = append(keys, s.indexKey(f.dir))
-		args = append(args, f.field)
-	}
-	n, err := storeScript.Run(ctx, s.client, keys, args...).Int64()
-	switch {
-	case err != nil:
-		return false, fmt.Errorf("storing %s: %w", key, err)
-	case n > 0:
-		return false, backend.ErrUnderValue(key, parents[n-1])
-	case n < 0:
-		return false, nil
-	}
-	s.recent.add(fields, now)
-	return true, nil
-}
-
-// storeScript is Store with its conflict check, atomically: KEYS are the
-// value keys of the n = ARGV[1] directories above the key, the key's
-// directory index, the key's value, then the directory indexes to write
-// the fields ARGV[6…] into (stamped ARGV[5]); the value's fields are
-// ARGV[2] (sealed), ARGV[3] (size) and ARGV[4] (modified). It returns the
-// position of a directory above that is a value (nothing written), -1 if
-// the key has a directory index (nothing written), else 0.
-//
-//nolint:dupword // Lua: nested ends
-var storeScript = goredis.NewScript(`
-local n = tonumber(ARGV[1])
-for i = 1, n do
-	if redis.call('EXISTS', KEYS[i]) == 1 then return i end
-end
-if redis.call('EXISTS', KEYS[n + 1]) == 1 then return -1 end
-for i = n + 3, #KEYS do
-	redis.call('HSET', KEYS[i], ARGV[i - n + 3], ARGV[5])
-end
-redis.call('HSET', KEYS[n + 2], 'value', ARGV[2], 'size', ARGV[3], 'modified', ARGV[4])
-return 0
-`)
 
 // checkConflict refuses to store key below a value (backend.ErrUnderValue)
 // or over a directory (backend.ErrIsDir), as Caddy's file storage does. It
@@ -325,6 +258,17 @@ func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, erro
 		}
 		return info, nil
 	}
+	if !s.client.cluster {
+		live, known, err := s.statDirAtomic(ctx, key)
+		switch {
+		case err != nil:
+			return certmagic.KeyInfo{}, fmt.Errorf("stat %s: %w", key, err)
+		case known && !live:
+			return certmagic.KeyInfo{}, fmt.Errorf("stat %s: %w", key, fs.ErrNotExist)
+		case known:
+			return certmagic.KeyInfo{Key: key, IsTerminal: false}, nil
+		}
+	}
 	dir := &node{key: key, dir: true}
 	if key != "" {
 		dir.parent, dir.field = parentOf(key)
@@ -348,6 +292,9 @@ func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, erro
 // Caddy's file storage does).
 func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]string, error) {
 	dir = backend.Clean(dir)
+	if !recursive && !s.client.cluster {
+		return s.listAtomic(ctx, dir)
+	}
 	index, err := s.client.HGetAll(ctx, s.indexKey(dir)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("listing %s: %w", dir, err)
@@ -488,6 +435,15 @@ func (s *Storage) listTree(ctx context.Context, dir string, index map[string]str
 // error.
 func (s *Storage) Delete(ctx context.Context, key string) error {
 	key = backend.Clean(key)
+	if !s.client.cluster {
+		return s.deleteAtomic(ctx, key)
+	}
+	return s.deleteWalk(ctx, key)
+}
+
+// deleteWalk is Delete in several round trips: it walks the indexes below
+// key, deletes the values it finds, then prunes the index fields.
+func (s *Storage) deleteWalk(ctx context.Context, key string) error {
 	// Walk the indexes below key.
 	var files []string
 	fields := make(map[string][]string) // index → fields to prune
