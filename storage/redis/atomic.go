@@ -161,20 +161,24 @@ redis.call('HSET', P .. 'v:' .. key, 'value', ARGV[4], 'size', ARGV[5], 'modifie
 return 0
 `
 
-// storeFastScript stores ARGV[3] as storeScript does when no directory
-// above it is a file and it has no index (no conflict is possible), and
-// returns 0; else -3, with nothing written. It is the common case in one
-// EXISTS, without the libraries.
+// storeFastScript stores ARGV[3] as storeScript does when none of its
+// first ARGV[8] KEYS exists (the key's index and the values of the
+// directories above it: no conflict is possible), and returns 0; else -3,
+// with nothing written. The further KEYS are the indexes to write the
+// fields ARGV[9…] into, then the value. It is the common case in one
+// EXISTS, without the libraries, its keys built in Go.
 //
 //nolint:dupword // Lua: nested ends
 var storeFastScript = goredis.NewScript(`
-local P, key = ARGV[1], ARGV[3]
-local keys = {P .. 'd:' .. key}
-for i = 1, #key do
-	if string.byte(key, i) == 47 then keys[#keys + 1] = P .. 'v:' .. string.sub(key, 1, i - 1) end
+local n = tonumber(ARGV[8])
+if redis.call('EXISTS', unpack(KEYS, 1, n)) > 0 then return -3 end
+local stamp = '+' .. ARGV[7]
+for i = n + 1, #KEYS - 1 do
+	redis.call('HSET', KEYS[i], ARGV[i - n + 8], stamp)
 end
-if redis.call('EXISTS', unpack(keys)) > 0 then return -3 end
-` + storeWrite)
+redis.call('HSET', KEYS[#KEYS], 'value', ARGV[4], 'size', ARGV[5], 'modified', ARGV[6])
+return 0
+`)
 
 // storeScript stores ARGV[3] as storeWrite does, unless a directory above
 // it is a file (it returns that directory's position among
@@ -315,7 +319,27 @@ func (s *Storage) runAtomic(ctx context.Context, script *goredis.Script, key str
 
 // storeAtomic is Store on a standalone or Sentinel-managed server.
 func (s *Storage) storeAtomic(ctx context.Context, key string, sealed []byte, size int, now time.Time) error {
-	script, checked := storeFastScript, "0"
+	fields := indexFields(key)
+	keys := make([]string, 0, 2*len(fields)+1)
+	args := make([]any, 0, 8+len(fields))
+	args = append(args, s.prefix, s.grace.Milliseconds(), key, sealed, size, now.UnixNano(), strconv.FormatInt(now.UnixMilli(), 10), len(fields))
+	keys = append(keys, s.indexKey(key))
+	for _, f := range fields[1:] {
+		keys = append(keys, s.valueKey(f.dir))
+	}
+	for _, f := range fields {
+		keys = append(keys, s.indexKey(f.dir))
+		args = append(args, f.field)
+	}
+	keys = append(keys, s.valueKey(key))
+	n, err := storeFastScript.Run(ctx, s.client, keys, args...).Int64()
+	if err != nil {
+		return fmt.Errorf("storing %s: %w", key, err)
+	}
+	if n == 0 {
+		return nil
+	}
+	script, checked := storeScript, "0"
 	for {
 		n, err := s.runAtomic(ctx, script, key, sealed, size, now.UnixNano(), strconv.FormatInt(now.UnixMilli(), 10), checked).Int64()
 		switch {
