@@ -339,9 +339,9 @@ func (s *Storage) storeAtomic(ctx context.Context, key string, sealed []byte, si
 	if n == 0 {
 		return nil
 	}
-	script, checked := storeScript, "0"
+	checked := "0"
 	for {
-		n, err := s.runAtomic(ctx, script, key, sealed, size, now.UnixNano(), strconv.FormatInt(now.UnixMilli(), 10), checked).Int64()
+		n, err := s.runAtomic(ctx, storeScript, key, sealed, size, now.UnixNano(), strconv.FormatInt(now.UnixMilli(), 10), checked).Int64()
 		switch {
 		case err != nil:
 			return fmt.Errorf("storing %s: %w", key, err)
@@ -349,9 +349,6 @@ func (s *Storage) storeAtomic(ctx context.Context, key string, sealed []byte, si
 			return backend.ErrUnderValue(key, backend.Parents(key)[n-1])
 		case n == -1:
 			return backend.ErrIsDir(key)
-		case n == -3:
-			script = storeScript
-			continue
 		case n == -2 && checked == "0":
 			// key's index is large or stale: Stat's walk decides
 			switch info, err := s.Stat(ctx, key); {

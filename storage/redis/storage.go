@@ -242,8 +242,9 @@ func (s *Storage) Exists(ctx context.Context, key string) bool {
 }
 
 // Stat describes key: a file, a directory (IsTerminal false), or an error
-// wrapping fs.ErrNotExist. A file takes one round trip; a directory more
-// (see resolve).
+// wrapping fs.ErrNotExist. A file takes one round trip; a directory one
+// more on a standalone or Sentinel-managed server (statDirScript), more on
+// Cluster (see resolve).
 func (s *Storage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
 	key = backend.Clean(key)
 	vals, err := s.client.HMGet(ctx, s.valueKey(key), fieldSize, fieldModified).Result()
