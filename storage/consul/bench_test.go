@@ -108,71 +108,49 @@ func BenchmarkConsul(b *testing.B) {
 			b.Fatal(err)
 		}
 		i, j := 0, 0
-		for _, p := range []struct {
-			name    string
-			storage func() error
-			raw     func() error
-		}{
-			{"Store-vs-Put", func() error {
+		storagetest.Paired(b, []storagetest.Pair{
+			{Name: "Store-vs-Put", Storage: func() error {
 				i++
 				return s.Store(ctx, fmt.Sprintf("store/%d", i%64), value)
-			}, func() error {
+			}, Raw: func() error {
 				j++
 				_, err := kv.Put(&api.KVPair{Key: fmt.Sprintf("%s/raw/%d", st.prefix, j%64), Value: changed(value, j)}, nil)
 				return err
 			}},
-			{"Load-vs-Get", func() error {
+			{Name: "Load-vs-Get", Storage: func() error {
 				_, err := s.Load(ctx, "load")
 				return err
-			}, func() error {
+			}, Raw: func() error {
 				_, _, err := kv.Get(st.prefix+"/load", nil)
 				return err
 			}},
-			{"Stat-vs-Get", func() error {
+			{Name: "Stat-vs-Get", Storage: func() error {
 				_, err := s.Stat(ctx, "load")
 				return err
-			}, func() error {
+			}, Raw: func() error {
 				_, _, err := kv.Get(st.prefix+"/load", nil)
 				return err
 			}},
-			{"List-vs-Keys", func() error {
+			{Name: "List-vs-Keys", Storage: func() error {
 				_, err := s.List(ctx, "list/dir", false)
 				return err
-			}, func() error {
+			}, Raw: func() error {
 				_, _, err := kv.Keys(st.prefix+"/list/dir/", "/", nil)
 				return err
 			}},
-		} {
-			b.Run(p.name, func(b *testing.B) {
-				var ts, tr []time.Duration
-				timed := func(op func() error) time.Duration {
-					start := time.Now()
-					if err := op(); err != nil {
-						b.Fatal(err)
-					}
-					return time.Since(start)
+			// a file stored (and a raw key put) just before
+			{Name: "Delete-vs-Delete", Storage: func() error {
+				return s.Delete(ctx, "delete/key")
+			}, Raw: func() error {
+				_, err := kv.Delete(st.prefix+"/raw/delete", nil)
+				return err
+			}, Setup: func() error {
+				if _, err := kv.Put(&api.KVPair{Key: st.prefix + "/raw/delete", Value: value}, nil); err != nil {
+					return err
 				}
-				flip := false
-				for b.Loop() {
-					// Alternate which goes first, so neither always follows
-					// the other.
-					if flip = !flip; flip {
-						ts = append(ts, timed(p.storage))
-						tr = append(tr, timed(p.raw))
-					} else {
-						tr = append(tr, timed(p.raw))
-						ts = append(ts, timed(p.storage))
-					}
-				}
-				slices.Sort(ts)
-				slices.Sort(tr)
-				b.ReportMetric(float64(ts[len(ts)/2].Nanoseconds()), "storage-p50-ns")
-				b.ReportMetric(float64(ts[len(ts)*99/100].Nanoseconds()), "storage-p99-ns")
-				b.ReportMetric(float64(tr[len(tr)/2].Nanoseconds()), "raw-p50-ns")
-				b.ReportMetric(float64(tr[len(tr)*99/100].Nanoseconds()), "raw-p99-ns")
-				b.ReportMetric(float64(ts[len(ts)/2])/float64(tr[len(tr)/2]), "ratio-p50")
-			})
-		}
+				return s.Store(ctx, "delete/key", value)
+			}},
+		})
 	})
 }
 

@@ -71,6 +71,11 @@ func BenchmarkKongInterleaved(b *testing.B) {
 	if err := s.Store(ctx, "k", value); err != nil {
 		b.Fatal(err)
 	}
+	for n := range 10 {
+		if err := s.Store(ctx, fmt.Sprintf("dir/child%d", n), value); err != nil {
+			b.Fatal(err)
+		}
+	}
 	raw := rawPool(b, pg.DSN)
 	ops := []struct {
 		name string
@@ -94,6 +99,41 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value, created_at = excluded.cr
 			return err
 		}},
 		{"store", func() error { return s.Store(ctx, "s", value) }},
+		// List of a directory of 10 files vs the range read of their keys
+		{"raw-range", func() error {
+			rows, err := raw.Query(ctx, `SELECT key FROM acme_storage WHERE key COLLATE "C" >= $1 AND key COLLATE "C" < $2`, "ab/dir/", "ab/dir0")
+			if err != nil {
+				return err
+			}
+			n := 0
+			for rows.Next() {
+				n++
+			}
+			if rows.Close(); n != 10 {
+				return fmt.Errorf("range read %d keys", n)
+			}
+			return rows.Err()
+		}},
+		{"list", func() error {
+			keys, err := s.List(ctx, "dir", false)
+			if err == nil && len(keys) != 10 {
+				err = fmt.Errorf("listed %d keys", len(keys))
+			}
+			return err
+		}},
+		// Delete of a file stored just before vs DELETE of a row inserted
+		// just before (the inserts and the Store are timed as ops of their
+		// own)
+		{"raw-insert", func() error {
+			_, err := raw.Exec(ctx, `INSERT INTO acme_storage (id, key, value, created_at) VALUES (gen_random_uuid(), $1, $2, now())`, "ab/rd", value)
+			return err
+		}},
+		{"raw-delete", func() error {
+			_, err := raw.Exec(ctx, `DELETE FROM acme_storage WHERE key = $1`, "ab/rd")
+			return err
+		}},
+		{"store-to-delete", func() error { return s.Store(ctx, "d/key", value) }},
+		{"delete", func() error { return s.Delete(ctx, "d/key") }},
 	}
 	times := make([][]time.Duration, len(ops))
 	for b.Loop() {

@@ -3,10 +3,8 @@ package redis
 import (
 	"bytes"
 	"context"
-	"slices"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/acmekit/caddy-acme/internal/testenv"
 	"github.com/acmekit/caddy-acme/storage/storagetest"
@@ -52,10 +50,8 @@ func BenchmarkCluster(b *testing.B) {
 }
 
 // BenchmarkPaired alternates each storage operation with the raw go-redis
-// command it is compared with, on the same standalone server, so that both
-// see the same machine at the same moment: every iteration times one raw
-// command and one storage operation. It reports both p50s and their ratio
-// (storage/raw), which a drifting load on the machine does not skew.
+// command it is compared with, on the same standalone server
+// (storagetest.Paired).
 // Store-vs-SET stores into directories written moments before (as certmagic
 // stores a certificate, its key and its metadata), StoreNewDirs-vs-SET into
 // new ones. List-vs-HKEYS lists a directory of 10 files (HKEYS reads a
@@ -91,48 +87,44 @@ func BenchmarkPaired(b *testing.B) {
 	}
 	hkeys := func() error { return c.HKeys(ctx, "bench:rawdir").Err() }
 	i, churned := 0, false
-	for _, pair := range []struct {
-		name       string
-		setup      func() error // untimed, before each iteration
-		raw, store func() error
-	}{
+	storagetest.Paired(b, []storagetest.Pair{
 		{
-			"Store-vs-SET", nil,
-			func() error { return c.Set(ctx, "bench:raw", value, 0).Err() },
-			func() error { i++; return s.Store(ctx, "bench/store/"+strconv.Itoa(i%64), value) },
+			Name:    "Store-vs-SET",
+			Raw:     func() error { return c.Set(ctx, "bench:raw", value, 0).Err() },
+			Storage: func() error { i++; return s.Store(ctx, "bench/store/"+strconv.Itoa(i%64), value) },
 		},
 		// a key in directories this instance has not written lately:
 		// every index field is written (a pipeline of four commands)
 		{
-			"StoreNewDirs-vs-SET", nil,
-			func() error { return c.Set(ctx, "bench:raw", value, 0).Err() },
-			func() error { i++; return s.Store(ctx, "bench/new"+strconv.Itoa(i)+"/x/key", value) },
+			Name:    "StoreNewDirs-vs-SET",
+			Raw:     func() error { return c.Set(ctx, "bench:raw", value, 0).Err() },
+			Storage: func() error { i++; return s.Store(ctx, "bench/new"+strconv.Itoa(i)+"/x/key", value) },
 		},
 		{
-			"Load-vs-GET", nil,
-			func() error { return c.Get(ctx, "bench:raw").Err() },
-			func() error { _, err := s.Load(ctx, "bench/load/key"); return err },
+			Name:    "Load-vs-GET",
+			Raw:     func() error { return c.Get(ctx, "bench:raw").Err() },
+			Storage: func() error { _, err := s.Load(ctx, "bench/load/key"); return err },
 		},
 		{
-			"Stat-vs-GET", nil,
-			func() error { return c.Get(ctx, "bench:raw").Err() },
-			func() error { _, err := s.Stat(ctx, "bench/load/key"); return err },
+			Name:    "Stat-vs-GET",
+			Raw:     func() error { return c.Get(ctx, "bench:raw").Err() },
+			Storage: func() error { _, err := s.Stat(ctx, "bench/load/key"); return err },
 		},
-		{"List-vs-HKEYS", nil, hkeys, list},
+		{Name: "List-vs-HKEYS", Raw: hkeys, Storage: list},
 		{
-			"Delete-vs-DEL",
-			func() error {
+			Name: "Delete-vs-DEL",
+			Setup: func() error {
 				if err := c.Set(ctx, "bench:raw:del", value, 0).Err(); err != nil {
 					return err
 				}
 				return s.Store(ctx, "bench/delete/key", value)
 			},
-			func() error { return c.Del(ctx, "bench:raw:del").Err() },
-			func() error { return s.Delete(ctx, "bench/delete/key") },
+			Raw:     func() error { return c.Del(ctx, "bench:raw:del").Err() },
+			Storage: func() error { return s.Delete(ctx, "bench/delete/key") },
 		},
 		{
-			"ListAfterChurn-vs-HKEYS",
-			func() error {
+			Name: "ListAfterChurn-vs-HKEYS",
+			Setup: func() error {
 				if churned {
 					return nil
 				}
@@ -148,37 +140,8 @@ func BenchmarkPaired(b *testing.B) {
 				}
 				return nil
 			},
-			hkeys, list,
+			Raw:     hkeys,
+			Storage: list,
 		},
-	} {
-		b.Run(pair.name, func(b *testing.B) {
-			var raw, stored []time.Duration
-			for b.Loop() {
-				if pair.setup != nil {
-					b.StopTimer()
-					if err := pair.setup(); err != nil {
-						b.Fatal(err)
-					}
-					b.StartTimer()
-				}
-				start := time.Now()
-				if err := pair.raw(); err != nil {
-					b.Fatal(err)
-				}
-				mid := time.Now()
-				if err := pair.store(); err != nil {
-					b.Fatal(err)
-				}
-				raw = append(raw, mid.Sub(start))
-				stored = append(stored, time.Since(mid))
-			}
-			slices.Sort(raw)
-			slices.Sort(stored)
-			rawP50, storeP50 := raw[len(raw)/2], stored[len(stored)/2]
-			b.ReportMetric(float64(rawP50.Nanoseconds()), "raw-p50-ns")
-			b.ReportMetric(float64(storeP50.Nanoseconds()), "p50-ns")
-			b.ReportMetric(float64(stored[len(stored)*99/100].Nanoseconds()), "p99-ns")
-			b.ReportMetric(float64(storeP50)/float64(rawP50), "ratio-p50")
-		})
-	}
+	})
 }

@@ -129,3 +129,53 @@ func report(b *testing.B, times []time.Duration) {
 	b.ReportMetric(float64(times[len(times)/2].Nanoseconds()), "p50-ns")
 	b.ReportMetric(float64(times[(len(times)*99)/100].Nanoseconds()), "p99-ns")
 }
+
+// Pair is a storage operation and the raw driver call it is compared with
+// (Paired).
+type Pair struct {
+	Name         string
+	Storage, Raw func() error
+	Setup        func() error // untimed, before each iteration; may be nil
+}
+
+// Paired runs each pair as a sub-benchmark that alternates the storage
+// operation and its raw call (in turn first), so that both see the same
+// machine at the same moment, and reports both p50s, the storage's p99
+// and ratio-p50 (storage p50 / raw p50), which a drifting load on the
+// machine does not skew.
+func Paired(b *testing.B, pairs []Pair) {
+	b.Helper()
+	for _, p := range pairs {
+		b.Run(p.Name, func(b *testing.B) {
+			var ts, tr []time.Duration
+			timed := func(op func() error) time.Duration {
+				start := time.Now()
+				if err := op(); err != nil {
+					b.Fatal(err)
+				}
+				return time.Since(start)
+			}
+			flip := false
+			for b.Loop() {
+				if p.Setup != nil {
+					if err := p.Setup(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if flip = !flip; flip {
+					ts = append(ts, timed(p.Storage))
+					tr = append(tr, timed(p.Raw))
+				} else {
+					tr = append(tr, timed(p.Raw))
+					ts = append(ts, timed(p.Storage))
+				}
+			}
+			slices.Sort(ts)
+			slices.Sort(tr)
+			b.ReportMetric(float64(ts[len(ts)/2].Nanoseconds()), "storage-p50-ns")
+			b.ReportMetric(float64(ts[len(ts)*99/100].Nanoseconds()), "storage-p99-ns")
+			b.ReportMetric(float64(tr[len(tr)/2].Nanoseconds()), "raw-p50-ns")
+			b.ReportMetric(float64(ts[len(ts)/2])/float64(tr[len(tr)/2]), "ratio-p50")
+		})
+	}
+}
