@@ -600,14 +600,18 @@ func (s *Storage) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+// delete removes key and everything below it: the secret at key and the
+// listing of its children at once (neither depends on the other), then
+// each child.
 func (s *Storage) delete(ctx context.Context, key string) error {
+	var delErr error
+	var wg sync.WaitGroup
 	if key != "" {
-		if err := s.deleteSecret(ctx, key); err != nil {
-			return err
-		}
+		wg.Go(func() { delErr = s.deleteSecret(ctx, key) })
 	}
 	entries, found, err := s.list(ctx, key)
-	if err != nil || !found {
+	wg.Wait()
+	if err = errors.Join(delErr, err); err != nil || !found {
 		return err
 	}
 	for _, e := range entries {
