@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -44,40 +45,51 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 
 // checkConflict refuses to store k below a value (backend.ErrUnderValue)
 // or over a directory (backend.ErrIsDir), as Caddy's file storage does: one
-// transaction reading the directories above k (if any), and one listing of
-// k's direct children (empty unless k is a directory). It is a check before
-// the write, not a transaction with it: two nodes storing "a" and "a/b" at
-// the same moment can both succeed.
+// transaction reading the directories above k (if any), and at the same
+// time one listing of k's direct children (empty unless k is a directory).
+// It is a check before the write, not a transaction with it: two nodes
+// storing "a" and "a/b" at the same moment can both succeed.
 func (s *Storage) checkConflict(ctx context.Context, k string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	var under error
+	var wg sync.WaitGroup
 	if parents := backend.Parents(k); len(parents) > 0 {
-		ops := make(api.TxnOps, len(parents))
-		for i, p := range parents {
-			ops[i] = &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetOrEmpty, Key: s.dataKey(p)}}
-		}
-		ok, resp, _, err := s.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
-		if err == nil && !ok {
-			err = txnErrors(resp)
-		}
-		if err != nil {
-			return s.fail("storing", k, err)
-		}
-		for i, p := range parents {
-			// get-or-empty answers a missing key with an empty pair
-			// (no index); a stored value has been modified at least once
-			if pair := resultAt(resp, i); pair != nil && pair.ModifyIndex != 0 {
-				return backend.ErrUnderValue(k, p)
-			}
-		}
+		wg.Go(func() { under = s.checkParents(ctx, k, parents) })
 	}
 	base := s.dirKey(k)
 	keys, _, err := s.client.KV().Keys(base, "/", (&api.QueryOptions{}).WithContext(ctx))
+	wg.Wait()
+	switch {
+	case under != nil:
+		return under
+	case err != nil:
+		return s.fail("storing", k, err)
+	case len(children(keys, base)) > 0:
+		return backend.ErrIsDir(k)
+	}
+	return nil
+}
+
+// checkParents refuses to store k below one of its parents that is a value.
+func (s *Storage) checkParents(ctx context.Context, k string, parents []string) error {
+	ops := make(api.TxnOps, len(parents))
+	for i, p := range parents {
+		ops[i] = &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVGetOrEmpty, Key: s.dataKey(p)}}
+	}
+	ok, resp, _, err := s.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
+	if err == nil && !ok {
+		err = txnErrors(resp)
+	}
 	if err != nil {
 		return s.fail("storing", k, err)
 	}
-	if len(children(keys, base)) > 0 {
-		return backend.ErrIsDir(k)
+	for i, p := range parents {
+		// get-or-empty answers a missing key with an empty pair
+		// (no index); a stored value has been modified at least once
+		if pair := resultAt(resp, i); pair != nil && pair.ModifyIndex != 0 {
+			return backend.ErrUnderValue(k, p)
+		}
 	}
 	return nil
 }
