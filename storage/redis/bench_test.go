@@ -93,8 +93,7 @@ func BenchmarkPaired(b *testing.B) {
 			Raw:     func() error { return c.Set(ctx, "bench:raw", value, 0).Err() },
 			Storage: func() error { i++; return s.Store(ctx, "bench/store/"+strconv.Itoa(i%64), value) },
 		},
-		// a key in directories this instance has not written lately:
-		// every index field is written (a pipeline of four commands)
+		// a key in new directories: its script creates their indexes
 		{
 			Name:    "StoreNewDirs-vs-SET",
 			Raw:     func() error { return c.Set(ctx, "bench:raw", value, 0).Err() },
