@@ -143,62 +143,44 @@ end
 // and a file's value "v:"+key under the prefix (see Storage's data
 // layout).
 
-// storeWrite is the end of the store scripts: it writes ARGV[3] (value
-// ARGV[4], size ARGV[5], modified ARGV[6]) with its index fields stamped
-// "+"..ARGV[7].
+// The store scripts take the same KEYS and ARGV (storeArgs): KEYS are the
+// key's index, the values of the n = ARGV[8] - 1 directories above it (root
+// first), the n + 1 indexes to write the fields ARGV[10…] into, then the
+// key's value; ARGV[3] is the key, ARGV[4] its value, ARGV[5] its size,
+// ARGV[6] its modification time, ARGV[7] the fields' Unix ms (stamped after
+// a "+"), ARGV[9] "1" when the caller already checked that the key is not a
+// directory. storeWrite is their end: it writes the fields and the value.
 const storeWrite = `
+local m = tonumber(ARGV[8])
 local stamp = '+' .. ARGV[7]
-local dir, start = '', 1
-while true do
-	local i = string.find(key, '/', start, true)
-	if not i then break end
-	redis.call('HSET', P .. 'd:' .. dir, string.sub(key, start, i), stamp)
-	dir = string.sub(key, 1, i - 1)
-	start = i + 1
-end
-redis.call('HSET', P .. 'd:' .. dir, string.sub(key, start), stamp)
-redis.call('HSET', P .. 'v:' .. key, 'value', ARGV[4], 'size', ARGV[5], 'modified', ARGV[6])
-return 0
-`
-
-// storeFastScript stores ARGV[3] as storeScript does when none of its
-// first ARGV[8] KEYS exists (the key's index and the values of the
-// directories above it: no conflict is possible), and returns 0; else -3,
-// with nothing written. The further KEYS are the indexes to write the
-// fields ARGV[9…] into, then the value. It is the common case in one
-// EXISTS, without the libraries, its keys built in Go.
-//
-//nolint:dupword // Lua: nested ends
-var storeFastScript = goredis.NewScript(`
-local n = tonumber(ARGV[8])
-if redis.call('EXISTS', unpack(KEYS, 1, n)) > 0 then return -3 end
-local stamp = '+' .. ARGV[7]
-for i = n + 1, #KEYS - 1 do
-	redis.call('HSET', KEYS[i], ARGV[i - n + 8], stamp)
+for i = m + 1, #KEYS - 1 do
+	redis.call('HSET', KEYS[i], ARGV[i - m + 9], stamp)
 end
 redis.call('HSET', KEYS[#KEYS], 'value', ARGV[4], 'size', ARGV[5], 'modified', ARGV[6])
 return 0
-`)
+`
 
-// storeScript stores ARGV[3] as storeWrite does, unless a directory above
-// it is a file (it returns that directory's position among
-// backend.Parents, from 1) or it is a directory (-1). If it has an index
-// and the budget did not suffice to tell whether a file exists below it,
-// it returns -2 with nothing written; ARGV[8] = "1" skips that check (the
-// caller made it). It returns 0 once stored.
+// storeFastScript stores the key when none of its first ARGV[8] KEYS
+// exists (its index and the values above it: no conflict is possible), and
+// returns 0; else -3, with nothing written. It is the common case in one
+// EXISTS, without the libraries.
+var storeFastScript = goredis.NewScript(`
+if redis.call('EXISTS', unpack(KEYS, 1, tonumber(ARGV[8]))) > 0 then return -3 end
+` + storeWrite)
+
+// storeScript stores the key unless a directory above it is a file (it
+// returns that directory's position among backend.Parents, from 1) or it
+// is a directory (-1). If it has an index and the budget did not suffice to
+// tell whether a file exists below it, it returns -2 with nothing written.
+// It returns 0 once stored.
 //
 //nolint:dupword // Lua: nested ends
 var storeScript = goredis.NewScript(atomicLib + atomicLive + `
-local key = ARGV[3]
-local n = 0
-for i = 1, #key do
-	if string.byte(key, i) == 47 then
-		n = n + 1
-		if redis.call('EXISTS', P .. 'v:' .. string.sub(key, 1, i - 1)) == 1 then return n end
-	end
+for i = 2, tonumber(ARGV[8]) do
+	if redis.call('EXISTS', KEYS[i]) == 1 then return i - 1 end
 end
-if ARGV[8] ~= '1' and redis.call('EXISTS', P .. 'd:' .. key) == 1 then
-	local l = live(key)
+if ARGV[9] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+	local l = live(ARGV[3])
 	if l then return -1 end
 	if l == nil then return -2 end
 end
@@ -321,8 +303,8 @@ func (s *Storage) runAtomic(ctx context.Context, script *goredis.Script, key str
 func (s *Storage) storeAtomic(ctx context.Context, key string, sealed []byte, size int, now time.Time) error {
 	fields := indexFields(key)
 	keys := make([]string, 0, 2*len(fields)+1)
-	args := make([]any, 0, 8+len(fields))
-	args = append(args, s.prefix, s.grace.Milliseconds(), key, sealed, size, now.UnixNano(), strconv.FormatInt(now.UnixMilli(), 10), len(fields))
+	args := make([]any, 0, 9+len(fields))
+	args = append(args, s.prefix, s.grace.Milliseconds(), key, sealed, size, now.UnixNano(), strconv.FormatInt(now.UnixMilli(), 10), len(fields), "0")
 	keys = append(keys, s.indexKey(key))
 	for _, f := range fields[1:] {
 		keys = append(keys, s.valueKey(f.dir))
@@ -332,24 +314,20 @@ func (s *Storage) storeAtomic(ctx context.Context, key string, sealed []byte, si
 		args = append(args, f.field)
 	}
 	keys = append(keys, s.valueKey(key))
-	n, err := storeFastScript.Run(ctx, s.client, keys, args...).Int64()
-	if err != nil {
-		return fmt.Errorf("storing %s: %w", key, err)
-	}
-	if n == 0 {
-		return nil
-	}
-	checked := "0"
+	script := storeFastScript
 	for {
-		n, err := s.runAtomic(ctx, storeScript, key, sealed, size, now.UnixNano(), strconv.FormatInt(now.UnixMilli(), 10), checked).Int64()
+		n, err := script.Run(ctx, s.client, keys, args...).Int64()
 		switch {
 		case err != nil:
 			return fmt.Errorf("storing %s: %w", key, err)
+		case n == -3: // a conflict is possible: the full check decides
+			script = storeScript
+			continue
 		case n > 0:
 			return backend.ErrUnderValue(key, backend.Parents(key)[n-1])
 		case n == -1:
 			return backend.ErrIsDir(key)
-		case n == -2 && checked == "0":
+		case n == -2 && args[8] == "0":
 			// key's index is large or stale: Stat's walk decides
 			switch info, err := s.Stat(ctx, key); {
 			case errors.Is(err, fs.ErrNotExist):
@@ -358,7 +336,7 @@ func (s *Storage) storeAtomic(ctx context.Context, key string, sealed []byte, si
 			case !info.IsTerminal:
 				return backend.ErrIsDir(key)
 			}
-			checked = "1"
+			args[8] = "1"
 			continue
 		}
 		return nil

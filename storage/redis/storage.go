@@ -85,9 +85,9 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 // costs one round trip: whether each directory above key is a value, and
 // whether key has a directory index; only an index (key is, or was, a
 // directory: rare) costs a Stat, whose search stops at the first live key
-// below. It is a check before the write, not a transaction with it (on
-// Cluster, and after storeChecked found an index): two nodes storing "a"
-// and "a/b" at the same moment can both succeed there.
+// below. It is a check before the write, not a transaction with it (it
+// serves Cluster only): two nodes storing "a" and "a/b" at the same moment
+// can both succeed there.
 func (s *Storage) checkConflict(ctx context.Context, key string) error {
 	parents := backend.Parents(key)
 	pipe := s.client.Pipeline()
