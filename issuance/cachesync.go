@@ -297,7 +297,7 @@ func (r *Runtime) replaceCached(ctx context.Context, name string) error {
 	for _, c := range r.cachedFor(name) {
 		old = append(old, c.Hash())
 	}
-	fresh, err := r.magic.CacheManagedCertificate(ctx, name)
+	fresh, err := r.cacheManaged(ctx, name)
 	if err != nil {
 		return fmt.Errorf("loading the renewed certificate: %w", err)
 	}

@@ -169,7 +169,7 @@ func (r *Runtime) cached(name string) (certmagic.Certificate, bool) {
 // running out of time while queued.
 func (r *Runtime) loadOrObtain(j *job, name string) (certmagic.Certificate, error) {
 	ctx, cancel := context.WithTimeout(r.ctx, r.opts.IssueTimeout)
-	cert, err := r.magic.CacheManagedCertificate(ctx, name)
+	cert, err := r.cacheManaged(ctx, name)
 	if err == nil {
 		cancel()
 		return cert, nil
@@ -234,7 +234,7 @@ func (r *Runtime) loadOrObtain(j *job, name string) (certmagic.Certificate, erro
 	if err != nil {
 		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
 	}
-	return r.magic.CacheManagedCertificate(ctx, name)
+	return r.cacheManaged(ctx, name)
 }
 
 // prepareOrder runs Options.PrepareOrder (the primary CA's account setup)

@@ -340,7 +340,7 @@ func (r *Runtime) Certificate(ctx context.Context, hello *tls.ClientHelloInfo) (
 func (r *Runtime) loadOwn(ctx context.Context, name string) (certmagic.Certificate, bool) {
 	ctx, cancel := context.WithTimeout(ctx, r.opts.IssueTimeout)
 	defer cancel()
-	cert, err := r.magic.CacheManagedCertificate(ctx, name)
+	cert, err := r.cacheManaged(ctx, name)
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			r.logger.Warn("loading a certificate from storage", zap.String("identifier", name), zap.Error(err))

@@ -115,8 +115,14 @@ func (s *instrumentedStorage) Store(ctx context.Context, key string, value []byt
 	return err
 }
 
-// Load implements certmagic.Storage.
+// Load implements certmagic.Storage. Within a certificate's load
+// (certLoad), the Loads of its key, chain and metadata are one batch.
 func (s *instrumentedStorage) Load(ctx context.Context, key string) ([]byte, error) {
+	if l := certLoadFrom(ctx); l != nil {
+		if v, ok := l.load(ctx, s, key); ok {
+			return v.value, v.err
+		}
+	}
 	start := time.Now()
 	value, err := s.inner.Load(ctx, key)
 	s.done(opLoad, start, err)
