@@ -498,21 +498,31 @@ func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]strin
 	if d != "" {
 		lo += d + "/"
 	}
-	var rows pgx.Rows
-	if recursive {
-		rows, err = pool.Query(ctx, sqlListRecursive, lo, succ(lo))
-	} else {
-		rows, err = pool.Query(ctx, sqlList, lo, succ(lo), utf8.RuneCountInString(lo)+1)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("listing %s: %w", d, err)
-	}
 	l := newLister(d, lo, recursive)
-	var rowKey string
-	_, err = pgx.ForEachRow(rows, []any{&rowKey}, func() error {
-		l.add(rowKey)
-		return nil
-	})
+	read := func(sql string, args ...any) (int, error) {
+		rows, err := pool.Query(ctx, sql, args...)
+		if err != nil {
+			return 0, err
+		}
+		var rowKey string
+		n, err := pgx.ForEachRow(rows, []any{&rowKey}, func() error {
+			l.add(rowKey)
+			return nil
+		})
+		return int(n.RowsAffected()), err
+	}
+	switch {
+	case recursive:
+		_, err = read(sqlListRecursive, lo, succ(lo))
+	default:
+		// a small directory in one range read, a bigger one by the skip
+		// scan (listRangeRead)
+		var n int
+		if n, err = read(sqlListHead, lo, succ(lo), listRangeRead+1); err == nil && n > listRangeRead {
+			l = newLister(d, lo, recursive)
+			_, err = read(sqlList, lo, succ(lo), utf8.RuneCountInString(lo)+1)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("listing %s: %w", d, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -589,4 +590,42 @@ func waitListener(t *testing.T, raw *pgxpool.Pool, s *Storage) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatal("the listener never listened")
+}
+
+// TestListBothWays: a directory is listed from one range read when at most
+// listRangeRead live keys lie below it, by the skip scan otherwise; both
+// give the same children (files, subdirectories met once however many keys
+// they hold, expired rows left out) at the boundary and past it.
+func TestListBothWays(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pg := startPostgres(t, testenv.PostgresOptions{})
+	s := newNode(t, pg.DSN, "caddy", 0)
+	raw := rawPool(t, pg.DSN)
+	for _, n := range []int{listRangeRead - 1, listRangeRead, listRangeRead + 1, 3 * listRangeRead} {
+		dir := fmt.Sprintf("d%d", n)
+		want := map[string]bool{}
+		for i := range n {
+			// a third files, the rest below three subdirectories
+			key := fmt.Sprintf("%s/f%03d", dir, i)
+			if i%3 != 0 {
+				key = fmt.Sprintf("%s/sub%d/k%03d", dir, i%3, i)
+			}
+			if err := s.Store(ctx, key, []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			want[strings.Join(strings.Split(key, "/")[:2], "/")] = true
+		}
+		// an expired row counts for neither way
+		if _, err := raw.Exec(ctx, `INSERT INTO acme_storage (id, key, value, created_at, ttl) VALUES (gen_random_uuid(), $1, 'x', now(), now() - interval '1 second')`, "caddy/"+dir+"/expired"); err != nil {
+			t.Fatal(err)
+		}
+		keys, err := s.List(ctx, dir, false)
+		if err != nil {
+			t.Fatalf("List(%s): %v", dir, err)
+		}
+		if got := sorted(keys); !slices.Equal(got, slices.Sorted(maps.Keys(want))) {
+			t.Fatalf("List(%s) with %d keys below = %q, want %q", dir, n, got, slices.Sorted(maps.Keys(want)))
+		}
+	}
 }

@@ -87,6 +87,8 @@ func testPlans(t *testing.T, dsn string) {
 		analyze bool // false: not executed (it would change the data)
 	}{
 		{"List(big)", sqlList, "text, text, int", []any{"caddy/big/", "caddy/big0", prefixLen}, "acme_storage_key_c_idx", true},
+		{"List(big), its range read first", sqlListHead, "text, text, int", []any{"caddy/big/", "caddy/big0", listRangeRead + 1}, "acme_storage_key_c_idx", true},
+		{"List(small)", sqlListHead, "text, text, int", []any{"caddy/small/", "caddy/small0", listRangeRead + 1}, "acme_storage_key_c_idx", true},
 		{"List(small, recursive)", sqlListRecursive, "text, text", []any{"caddy/small/", "caddy/small0"}, "acme_storage_key_c_idx", true},
 		{"Exists(big)", sqlExists, "text, text, text", []any{"caddy/big", "caddy/big/", "caddy/big0"}, "acme_storage_key_c_idx", true},
 		{"Stat(big)", sqlStat, "text, text, text", []any{"caddy/big", "caddy/big/", "caddy/big0"}, "acme_storage_key_c_idx", true},

@@ -36,6 +36,12 @@ const (
 // rows whose ttl has passed (Kong deletes them lazily).
 const live = `(ttl IS NULL OR ttl >= now())`
 
+// listRangeRead bounds sqlListHead: a directory with at most this many
+// live keys below it is listed from that one range read (about as fast as
+// the bare read), a bigger one by the skip scan, sqlList (its cost follows
+// the children, not the keys below).
+const listRangeRead = 16
+
 // Queries on data rows. $key is a full row key (key_prefix + certmagic
 // key); [$lo, $hi) is the byte range of every key below a directory: lo is
 // "<dir>/" and hi is "<dir>0" ('0' follows '/').
@@ -97,6 +103,10 @@ OR ` + sqlFirstBelow + ` IS NOT NULL`
 
 	// sqlListRecursive returns every live key in [$1, $2).
 	sqlListRecursive = `SELECT key FROM acme_storage WHERE key COLLATE "C" >= $1 AND key COLLATE "C" < $2 AND ` + live
+
+	// sqlListHead returns up to $3 live keys in [$1, $2), in order: all of
+	// them when fewer than $3 come back.
+	sqlListHead = `SELECT key FROM acme_storage WHERE key COLLATE "C" >= $1 AND key COLLATE "C" < $2 AND ` + live + ` ORDER BY key COLLATE "C" LIMIT $3`
 
 	// sqlList is a skip scan ("loose index scan") over acme_storage_key_c_idx:
 	// each step is one index probe for the first live key at or after a
