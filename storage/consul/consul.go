@@ -57,8 +57,18 @@ func init() {
 // by its next large Store: at once for those of the value that Store
 // replaces, after 122×timeout (longer than a writer may take) for others,
 // such as those of a large value replaced by a small one or of a writer
-// that died midway. They are never listed. Values up to 512 KiB cost one
-// plain PUT, as with a raw client.
+// that died midway. They are never listed.
+//
+// Store first checks that the key is neither below a value nor a directory
+// (a read of the directories above it and of its children), then writes
+// values up to 256 KiB with one set in a transaction, whose answer gives the
+// pair's ModifyIndex, and larger ones up to 512 KiB with a plain PUT. A node
+// remembers the ModifyIndex of up to 4 096 keys it stored or loaded; it
+// overwrites such a key in one transaction that checks the index and sets
+// the value, with no read first: a key unchanged since is still a value,
+// so nothing can lie below it nor above it. If another node changed or
+// deleted the key meanwhile, the transaction writes nothing and Store takes
+// the full path.
 //
 // # Locks
 //
@@ -178,6 +188,8 @@ type Storage struct {
 // state is what a provisioned Storage changes as it runs.
 type state struct {
 	sessions backend.Held // renews the sessions of held and awaited locks, by session ID
+
+	known knownIndexes // the ModifyIndex of values this node wrote or read (Store's fast path)
 
 	mu       sync.Mutex        // protects locks, released, crashed
 	locks    map[string]string // lock name → session ID holding it

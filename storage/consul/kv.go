@@ -24,23 +24,75 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if err != nil {
 		return fmt.Errorf("storing: %w", err)
 	}
+	sealed := s.rt.Sealer.Seal(k, value)
+	small := len(sealed) <= txnValueMax
+	if small {
+		if done, err := s.overwrite(ctx, k, sealed); done || err != nil {
+			return err
+		}
+	}
 	if err := s.checkConflict(ctx, k); err != nil {
 		return err
 	}
-	sealed := s.rt.Sealer.Seal(k, value)
 	if len(sealed) > inlineMax {
 		return s.storeChunked(ctx, k, sealed, len(value))
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	// One plain PUT, as a raw client would send. Should it replace a large
-	// value, that value's chunks stay (unreachable) until the key's next
-	// large Store or its Delete.
-	if _, err := s.client.KV().Put(&api.KVPair{Key: s.dataKey(k), Value: sealed, Flags: nowFlags()},
-		(&api.WriteOptions{}).WithContext(ctx)); err != nil {
+	// Should it replace a large value, that value's chunks stay
+	// (unreachable) until the key's next large Store or its Delete.
+	if !small {
+		// one plain PUT: a transaction's body (base64) would be too large
+		if _, err := s.client.KV().Put(&api.KVPair{Key: s.dataKey(k), Value: sealed, Flags: nowFlags()},
+			(&api.WriteOptions{}).WithContext(ctx)); err != nil {
+			return s.fail("storing", k, err)
+		}
+		return nil
+	}
+	// one set, in a transaction so that its answer gives the pair's new
+	// ModifyIndex (for the next overwrite)
+	ok, resp, _, err := s.client.Txn().Txn(api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: s.dataKey(k), Value: sealed, Flags: nowFlags()}},
+	}, (&api.QueryOptions{}).WithContext(ctx))
+	if err == nil && !ok {
+		err = txnErrors(resp)
+	}
+	if err != nil {
 		return s.fail("storing", k, err)
 	}
+	s.st.known.set(k, resultAt(resp, 0))
 	return nil
+}
+
+// overwrite stores the value sealed (at most txnValueMax) at k in one transaction
+// without Store's conflict check, when this node knows k's ModifyIndex
+// (it wrote or read k) and k still has it: k is then a value, unchanged
+// since, so nothing can lie below it and no directory above it can be a
+// value (Store refuses both), and the check has nothing to find. The
+// transaction's check-index makes it atomic: if k changed or went away
+// meanwhile, nothing is written and done is false (Store's full path
+// follows).
+func (s *Storage) overwrite(ctx context.Context, k string, sealed []byte) (done bool, err error) {
+	idx, ok := s.st.known.get(k)
+	if !ok {
+		return false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	key := s.dataKey(k)
+	ok, resp, _, err := s.client.Txn().Txn(api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: idx}},
+		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: sealed, Flags: nowFlags()}},
+	}, (&api.QueryOptions{}).WithContext(ctx))
+	switch {
+	case err != nil:
+		return false, s.fail("storing", k, err)
+	case !ok:
+		s.st.known.forget(k)
+		return false, nil
+	}
+	s.st.known.set(k, resultAt(resp, 1))
+	return true, nil
 }
 
 // checkConflict refuses to store k below a value (backend.ErrUnderValue)
@@ -244,6 +296,7 @@ func (s *Storage) Load(ctx context.Context, key string) ([]byte, error) {
 	if pair == nil {
 		return nil, notExist("loading", k)
 	}
+	s.st.known.set(k, pair)
 	return s.openPair(ctx, k, pair)
 }
 
@@ -709,3 +762,58 @@ const (
 	chunksSuffix = ".chunks"
 	locksSuffix  = ".locks"
 )
+
+// txnValueMax is the largest value Store writes in a transaction (a
+// transaction's JSON body carries it in base64, and Consul's
+// txn_max_req_len is 512 KiB by default); larger ones are PUT.
+const txnValueMax = 256 << 10
+
+// knownMax bounds knownIndexes: past it, an entry is dropped for each new
+// one (its key's next Store takes the full path).
+const knownMax = 4096
+
+// knownIndexes remembers the ModifyIndex of inline values this node
+// stored or loaded, for Store's one-transaction overwrite. An entry is
+// only a guess: the overwrite's check-index tells whether it still holds.
+type knownIndexes struct {
+	mu  sync.Mutex
+	idx map[string]uint64
+}
+
+func (m *knownIndexes) get(k string) (uint64, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	idx, ok := m.idx[k]
+	return idx, ok
+}
+
+// set records pair's ModifyIndex for k, if pair is an inline value.
+func (m *knownIndexes) set(k string, pair *api.KVPair) {
+	if pair == nil || pair.ModifyIndex == 0 || pair.Flags&flagChunked != 0 {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.idx == nil {
+		m.idx = make(map[string]uint64)
+	}
+	if _, ok := m.idx[k]; !ok && len(m.idx) >= knownMax {
+		for old := range m.idx {
+			delete(m.idx, old)
+			break
+		}
+	}
+	m.idx[k] = pair.ModifyIndex
+}
+
+func (m *knownIndexes) forget(k string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.idx, k)
+}
+
+func (m *knownIndexes) len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.idx)
+}
