@@ -63,7 +63,7 @@ func init() {
 // (a read of the directories above it and of its children), then writes
 // values up to 256 KiB with one set in a transaction, whose answer gives the
 // pair's ModifyIndex, and larger ones up to 512 KiB with a plain PUT. A node
-// remembers the ModifyIndex of up to 4 096 keys it stored or loaded; it
+// remembers the ModifyIndex of up to 4 096 keys (backend.Known) it stored or loaded; it
 // overwrites such a key in one transaction that checks the index and sets
 // the value, with no read first: a key unchanged since is still a value,
 // so nothing can lie below it nor above it. If another node changed or
@@ -189,7 +189,7 @@ type Storage struct {
 type state struct {
 	sessions backend.Held // renews the sessions of held and awaited locks, by session ID
 
-	known knownIndexes // the ModifyIndex of values this node wrote or read (Store's fast path)
+	known backend.Known // the ModifyIndex of values this node wrote or read (Store's fast path)
 
 	mu       sync.Mutex        // protects locks, released, crashed
 	locks    map[string]string // lock name → session ID holding it

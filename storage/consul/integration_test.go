@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
-	"fmt"
 	"io/fs"
 	"net/http"
 	"strings"
@@ -614,7 +613,7 @@ func TestOverwrite(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		idx, ok := s.st.known.get(k)
+		idx, ok := s.st.known.Get(k)
 		return ok && pair != nil && idx == pair.ModifyIndex
 	}
 	load := func(s *Storage, k, want string) {
@@ -662,27 +661,7 @@ func TestOverwrite(t *testing.T) {
 		t.Fatalf("a's Store over what is now a directory: %v, want the directory conflict", err)
 	}
 	load(a, "k/child", "5")
-	if _, ok := a.st.known.get("k"); ok {
+	if _, ok := a.st.known.Get("k"); ok {
 		t.Fatal("a still knows the index of a key that is gone")
-	}
-}
-
-// TestKnownIndexesBound: the node's memory of ModifyIndexes holds at most
-// knownMax keys, however many it stores or loads.
-func TestKnownIndexesBound(t *testing.T) {
-	var m knownIndexes
-	for i := range 3 * knownMax {
-		m.set(fmt.Sprintf("k%d", i), &api.KVPair{ModifyIndex: uint64(i + 1)})
-	}
-	if n := m.len(); n != knownMax {
-		t.Fatalf("%d keys remembered after %d, want the bound %d", n, 3*knownMax, knownMax)
-	}
-	if idx, ok := m.get(fmt.Sprintf("k%d", 3*knownMax-1)); !ok || idx != uint64(3*knownMax) {
-		t.Fatalf("the newest key: %d, %v", idx, ok)
-	}
-	m.set("chunked", &api.KVPair{ModifyIndex: 7, Flags: flagChunked})
-	m.set("missing", nil)
-	if _, ok := m.get("chunked"); ok {
-		t.Fatal("a chunked value's manifest remembered")
 	}
 }

@@ -60,7 +60,7 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if err != nil {
 		return s.fail("storing", k, err)
 	}
-	s.st.known.set(k, resultAt(resp, 0))
+	s.st.known.Set(k, inlineIndex(resultAt(resp, 0)))
 	return nil
 }
 
@@ -73,7 +73,7 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 // meanwhile, nothing is written and done is false (Store's full path
 // follows).
 func (s *Storage) overwrite(ctx context.Context, k string, sealed []byte) (done bool, err error) {
-	idx, ok := s.st.known.get(k)
+	idx, ok := s.st.known.Get(k)
 	if !ok {
 		return false, nil
 	}
@@ -88,10 +88,10 @@ func (s *Storage) overwrite(ctx context.Context, k string, sealed []byte) (done 
 	case err != nil:
 		return false, s.fail("storing", k, err)
 	case !ok:
-		s.st.known.forget(k)
+		s.st.known.Forget(k)
 		return false, nil
 	}
-	s.st.known.set(k, resultAt(resp, 1))
+	s.st.known.Set(k, inlineIndex(resultAt(resp, 1)))
 	return true, nil
 }
 
@@ -296,7 +296,7 @@ func (s *Storage) Load(ctx context.Context, key string) ([]byte, error) {
 	if pair == nil {
 		return nil, notExist("loading", k)
 	}
-	s.st.known.set(k, pair)
+	s.st.known.Set(k, inlineIndex(pair))
 	return s.openPair(ctx, k, pair)
 }
 
@@ -768,52 +768,11 @@ const (
 // txn_max_req_len is 512 KiB by default); larger ones are PUT.
 const txnValueMax = 256 << 10
 
-// knownMax bounds knownIndexes: past it, an entry is dropped for each new
-// one (its key's next Store takes the full path).
-const knownMax = 4096
-
-// knownIndexes remembers the ModifyIndex of inline values this node
-// stored or loaded, for Store's one-transaction overwrite. An entry is
-// only a guess: the overwrite's check-index tells whether it still holds.
-type knownIndexes struct {
-	mu  sync.Mutex
-	idx map[string]uint64
-}
-
-func (m *knownIndexes) get(k string) (uint64, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	idx, ok := m.idx[k]
-	return idx, ok
-}
-
-// set records pair's ModifyIndex for k, if pair is an inline value.
-func (m *knownIndexes) set(k string, pair *api.KVPair) {
-	if pair == nil || pair.ModifyIndex == 0 || pair.Flags&flagChunked != 0 {
-		return
+// inlineIndex is the ModifyIndex of pair for backend.Known: 0 (nothing to
+// remember) unless pair is an inline value.
+func inlineIndex(pair *api.KVPair) uint64 {
+	if pair == nil || pair.Flags&flagChunked != 0 {
+		return 0
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.idx == nil {
-		m.idx = make(map[string]uint64)
-	}
-	if _, ok := m.idx[k]; !ok && len(m.idx) >= knownMax {
-		for old := range m.idx {
-			delete(m.idx, old)
-			break
-		}
-	}
-	m.idx[k] = pair.ModifyIndex
-}
-
-func (m *knownIndexes) forget(k string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.idx, k)
-}
-
-func (m *knownIndexes) len() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return len(m.idx)
+	return pair.ModifyIndex
 }

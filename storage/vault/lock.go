@@ -272,8 +272,7 @@ func (s *Storage) writeLock(ctx context.Context, name string, cas int, data lock
 	}
 	var resp writeResponse
 	status, err := s.client.call(ctx, http.MethodPut, s.mount+"/data/"+s.lockPrefix+"/"+name, nil, body, &resp)
-	var re *responseError
-	if errors.As(err, &re) && re.status == http.StatusBadRequest && strings.Contains(strings.Join(re.errs, " "), "check-and-set") {
+	if isCASMismatch(err) {
 		return versionMetadata{}, errCASMismatch
 	}
 	if err != nil {
@@ -283,6 +282,13 @@ func (s *Storage) writeLock(ctx context.Context, name string, cas int, data lock
 		return versionMetadata{}, fmt.Errorf("%s is not a KV version 2 mount (a write returned no version)", s.mount)
 	}
 	return resp.Data, nil
+}
+
+// isCASMismatch reports whether err is Vault's refusal of a write whose
+// check-and-set version is not the secret's current one.
+func isCASMismatch(err error) bool {
+	var re *responseError
+	return errors.As(err, &re) && re.status == http.StatusBadRequest && strings.Contains(strings.Join(re.errs, " "), "check-and-set")
 }
 
 // pollInterval is how long a waiting Lock sleeps before looking again,

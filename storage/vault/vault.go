@@ -40,12 +40,24 @@ func init() {
 // the value of the certmagic key `a/b/c` is the secret
 // `<mount>/data/<path_prefix>/a/b/c`, in its `value` field (UTF-8 text as
 // is, so certificates read naturally in the Vault UI and CLI; anything else,
-// including encrypted values, base64 with `"encoding": "base64"`). Load,
-// Store and Stat of a value are one HTTP round trip each; Modified is the creation time
+// including encrypted values, base64 with `"encoding": "base64"`). Load
+// and Stat of a value are one HTTP round trip each; Modified is the creation time
 // of the secret's current version. Directories are Vault's folders: List is
 // a LIST of one folder (Vault lists one level), so its cost depends on the
 // folder, not on the total; Delete removes every version of a secret (its
 // metadata) and, for a folder, everything under it.
+//
+// Store checks that the key is neither below a value nor a folder (the
+// folders above it and its own folder, read at once), then writes. A node
+// remembers the current version of up to 4 096 keys it stored or loaded
+// (backend.Known) and overwrites such a key with one write, check-and-set
+// on that version, with no check first: a key still at that version is a
+// value, unchanged since, so nothing can lie below it nor above it. If
+// another node changed or removed the key meanwhile, Vault refuses the
+// write and Store takes the full path. One case escapes this: a current
+// version soft-deleted behind the storage's back (`vault kv delete`, or a
+// mount's delete_version_after) still matches, so a key soft-deleted that
+// way and then used as a folder by another node would be written over it.
 //
 // Overwriting a key keeps the older versions up to the mount's
 // max_versions (10 by default), as Vault does for every secret; set
@@ -208,6 +220,7 @@ type Storage struct {
 	logger     *zap.Logger
 	held       *backend.Held
 	own        *nameLocks
+	known      *backend.Known // versions of values this node wrote or read (Store's overwrite)
 	holder     string
 	released   bool
 }
@@ -238,6 +251,7 @@ func (s *Storage) Provision(ctx caddy.Context) error {
 	s.holder = holderName()
 	s.held = new(backend.Held)
 	s.own = new(nameLocks)
+	s.known = new(backend.Known)
 	c, err := clients.Acquire(s.clientKey, func() (*client, error) {
 		return newClient(cfg, s.logger)
 	})
@@ -484,10 +498,31 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if err := checkNonEmpty(key); err != nil {
 		return fmt.Errorf("storing %q: %w", key, err)
 	}
+	data := encodeValue(s.rt.Sealer.Seal(key, value))
+	if v, ok := s.known.Get(key); ok {
+		// overwrite: key still at version v is a value, unchanged since,
+		// so the conflict check has nothing to find (backend.Known)
+		err := s.write(ctx, key, data, int(v))
+		if !errors.Is(err, errCASMismatch) {
+			return err
+		}
+		s.known.Forget(key)
+	}
 	if err := s.checkConflict(ctx, key); err != nil {
 		return err
 	}
-	body, err := json.Marshal(writeRequest{Data: encodeValue(s.rt.Sealer.Seal(key, value))})
+	return s.write(ctx, key, data, -1)
+}
+
+// write writes data as key's next version, with check-and-set on version
+// cas unless cas < 0 (errCASMismatch: key is no longer at version cas),
+// and remembers the version written.
+func (s *Storage) write(ctx context.Context, key string, data any, cas int) error {
+	req := writeRequest{Data: data}
+	if cas >= 0 {
+		req.Options = &writeOptions{CAS: cas}
+	}
+	body, err := json.Marshal(req)
 	if err != nil {
 		return fmt.Errorf("storing %s: %w", key, err)
 	}
@@ -495,12 +530,16 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	defer cancel()
 	var resp writeResponse
 	status, err := s.client.call(ctx, http.MethodPut, s.dataPath(key), nil, body, &resp)
+	if cas >= 0 && isCASMismatch(err) {
+		return errCASMismatch
+	}
 	if err != nil {
 		return fmt.Errorf("storing %s: %w", key, err)
 	}
 	if status == http.StatusNotFound || resp.Data.Version == 0 {
 		return fmt.Errorf("storing %s: %s is not a KV version 2 mount (a write returned no version)", key, s.mount)
 	}
+	s.known.Set(key, uint64(resp.Data.Version))
 	return nil
 }
 
@@ -584,6 +623,7 @@ func (s *Storage) load(ctx context.Context, key string) ([]byte, time.Time, erro
 	if err != nil {
 		return nil, time.Time{}, err
 	}
+	s.known.Set(key, uint64(max(resp.Data.Metadata.Version, 0)))
 	return value, resp.Data.Metadata.CreatedTime, nil
 }
 

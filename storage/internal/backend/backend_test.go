@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -233,5 +234,29 @@ func TestPool(t *testing.T) {
 	}
 	if err := p.Release("redis://x"); err != nil || closed.Load() != 1 {
 		t.Fatalf("not closed after the last release: %v", err)
+	}
+}
+
+// TestKnownBound: Known holds at most KnownMax keys however many are set,
+// keeps the newest, and records no version 0.
+func TestKnownBound(t *testing.T) {
+	var m Known
+	for i := range 3 * KnownMax {
+		m.Set(fmt.Sprintf("k%d", i), uint64(i+1))
+	}
+	if n := m.Len(); n != KnownMax {
+		t.Fatalf("%d keys known after %d, want the bound %d", n, 3*KnownMax, KnownMax)
+	}
+	if v, ok := m.Get(fmt.Sprintf("k%d", 3*KnownMax-1)); !ok || v != uint64(3*KnownMax) {
+		t.Fatalf("the newest key: %d, %v", v, ok)
+	}
+	m.Set("zero", 0)
+	if _, ok := m.Get("zero"); ok {
+		t.Fatal("version 0 recorded")
+	}
+	m.Forget("k0")
+	m.Forget(fmt.Sprintf("k%d", 3*KnownMax-1))
+	if _, ok := m.Get(fmt.Sprintf("k%d", 3*KnownMax-1)); ok {
+		t.Fatal("a forgotten key is still known")
 	}
 }
