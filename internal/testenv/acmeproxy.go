@@ -49,7 +49,7 @@ func newACMEProxy(target *url.URL, newOrderPath string, cert tls.Certificate, ro
 		backend: &http.Transport{
 			TLSClientConfig:     &tls.Config{RootCAs: roots},
 			DisableCompression:  true,
-			MaxIdleConnsPerHost: 16,
+			MaxIdleConnsPerHost: 256, // bursts of orders: no new TLS connection per request
 		},
 		tlsConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
 		errLog:    errLog,
