@@ -595,73 +595,21 @@ func policyToken(t *testing.T, admin *api.Client, name, rules string) string {
 }
 
 // TestOverwrite: a node that stored or loaded a key overwrites it in one
-// transaction (the key's ModifyIndex known, checked by Consul), and falls
-// back to the full Store — with its conflict check — when another node
-// changed the key meanwhile: replaced it, or deleted it and stored below
-// it.
+// transaction (check-index on the ModifyIndex it knows, then set), and
+// falls back to the full Store when another node changed the key.
 func TestOverwrite(t *testing.T) {
 	t.Parallel()
 	c := testenv.StartConsul(t, testenv.ConsulOptions{})
-	ctx := t.Context()
 	raw := rawClient(t, c, "")
 	a := newStorage(t, Storage{Address: c.Addr})
 	b := newStorage(t, Storage{Address: c.Addr, KeyPrefix: a.KeyPrefix})
-	// known says whether s knows k's ModifyIndex as Consul has it now
-	known := func(s *Storage, k string) bool {
-		t.Helper()
+	storagetest.Overwrite(t, a, b, func(cs certmagic.Storage, k string) (bool, bool) {
+		s := cs.(*Storage)
 		pair, _, err := raw.KV().Get(s.dataKey(k), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		idx, ok := s.st.known.Get(k)
-		return ok && pair != nil && idx == pair.ModifyIndex
-	}
-	load := func(s *Storage, k, want string) {
-		t.Helper()
-		if v, err := s.Load(ctx, k); err != nil || string(v) != want {
-			t.Fatalf("Load(%s) = %q, %v; want %q", k, v, err, want)
-		}
-	}
-
-	if err := a.Store(ctx, "k", []byte("1")); err != nil {
-		t.Fatal(err)
-	}
-	if !known(a, "k") {
-		t.Fatal("after a Store, the node does not know the key's ModifyIndex")
-	}
-	if err := a.Store(ctx, "k", []byte("2")); err != nil || !known(a, "k") {
-		t.Fatalf("overwrite: %v, index known: %v", err, known(a, "k"))
-	}
-	load(b, "k", "2")
-	if !known(b, "k") {
-		t.Fatal("after a Load, the node does not know the key's ModifyIndex")
-	}
-
-	// b replaces k: a's index is stale, its Store takes the full path
-	if err := b.Store(ctx, "k", []byte("3")); err != nil {
-		t.Fatal(err)
-	}
-	if known(a, "k") {
-		t.Fatal("a's index should be stale")
-	}
-	if err := a.Store(ctx, "k", []byte("4")); err != nil || !known(a, "k") {
-		t.Fatalf("Store over another node's write: %v, index known: %v", err, known(a, "k"))
-	}
-	load(b, "k", "4")
-
-	// b turns k into a directory: a's Store of k is refused, as without the
-	// fast path, and changes nothing
-	if err := b.Delete(ctx, "k"); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Store(ctx, "k/child", []byte("5")); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Store(ctx, "k", []byte("6")); !errors.Is(err, fs.ErrExist) {
-		t.Fatalf("a's Store over what is now a directory: %v, want the directory conflict", err)
-	}
-	load(a, "k/child", "5")
-	if _, ok := a.st.known.Get("k"); ok {
-		t.Fatal("a still knows the index of a key that is gone")
-	}
+		return ok, ok && pair != nil && idx == pair.ModifyIndex
+	})
 }

@@ -774,64 +774,16 @@ func TestLockEdgeCases(t *testing.T) {
 
 // TestOverwrite: a node that stored or loaded a key overwrites it with one
 // check-and-set write on the version it knows, and falls back to the full
-// Store — with its conflict check — when another node changed the key
-// meanwhile: replaced it, or deleted it and stored below it.
+// Store when another node changed the key.
 func TestOverwrite(t *testing.T) {
 	v := testenv.StartVault(t, testenv.VaultOptions{})
 	root := rootClient(t, v)
-	ctx := context.Background()
 	a := newStorage(t, v, nil)
 	b := newStorage(t, v, nil)
-	// known says whether s knows k's current version
-	known := func(s *Storage, k string) bool {
-		t.Helper()
-		meta, err := root.KVv2("secret").GetMetadata(ctx, s.prefix+"/"+k)
-		if err != nil {
-			return false
-		}
+	storagetest.Overwrite(t, a, b, func(cs certmagic.Storage, k string) (bool, bool) {
+		s := cs.(*Storage)
 		ver, ok := s.known.Get(k)
-		return ok && int(ver) == meta.CurrentVersion
-	}
-	load := func(s *Storage, k, want string) {
-		t.Helper()
-		if got, err := s.Load(ctx, k); err != nil || string(got) != want {
-			t.Fatalf("Load(%s) = %q, %v; want %q", k, got, err, want)
-		}
-	}
-
-	if err := a.Store(ctx, "k", []byte("1")); err != nil || !known(a, "k") {
-		t.Fatalf("Store: %v; version known: %v", err, known(a, "k"))
-	}
-	if err := a.Store(ctx, "k", []byte("2")); err != nil || !known(a, "k") {
-		t.Fatalf("overwrite: %v; version known: %v", err, known(a, "k"))
-	}
-	load(b, "k", "2")
-	if !known(b, "k") {
-		t.Fatal("after a Load, the node does not know the key's version")
-	}
-
-	// b replaces k: a's version is stale, its Store takes the full path
-	if err := b.Store(ctx, "k", []byte("3")); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Store(ctx, "k", []byte("4")); err != nil || !known(a, "k") {
-		t.Fatalf("Store over another node's write: %v; version known: %v", err, known(a, "k"))
-	}
-	load(b, "k", "4")
-
-	// b turns k into a directory (its versions gone, a child below): a's
-	// Store of k is refused, as without the fast path, and changes nothing
-	if err := b.Delete(ctx, "k"); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Store(ctx, "k/child", []byte("5")); err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Store(ctx, "k", []byte("6")); !errors.Is(err, fs.ErrExist) {
-		t.Fatalf("a's Store over what is now a directory: %v, want the directory conflict", err)
-	}
-	load(a, "k/child", "5")
-	if _, ok := a.known.Get("k"); ok {
-		t.Fatal("a still knows the version of a key that is gone")
-	}
+		meta, err := root.KVv2("secret").GetMetadata(t.Context(), s.prefix+"/"+k)
+		return ok, ok && err == nil && int(ver) == meta.CurrentVersion
+	})
 }
