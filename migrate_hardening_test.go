@@ -159,8 +159,8 @@ func TestMigrateAccountKeyFileCLI(t *testing.T) {
 }
 
 // TestMigrateInputLimitsCLI: every input acme-migrate reads has a size
-// limit, and an endless one (/dev/zero) is refused promptly with the
-// flag and the limit named; --timeout covers a read that blocks.
+// limit, and an endless one (/dev/zero) is refused by it, with the flag and
+// the limit named, before --timeout; --timeout covers a read that blocks.
 func TestMigrateInputLimitsCLI(t *testing.T) {
 	kongFile := migWriteFile(t, "kong.yml", "_format_version: \"3.0\"\nplugins:\n- name: acme\n  config: {account_email: ops@example.com}\n")
 	for _, c := range []struct {
@@ -174,7 +174,7 @@ func TestMigrateInputLimitsCLI(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			args := append([]string{"acme-migrate", "--timeout", "20s"}, c.args...)
-			stdout, stderr, code, took := cliRun(t, args...)
+			stdout, stderr, code, _ := cliRun(t, args...)
 			if code != 1 {
 				t.Errorf("exit status %d, want 1\n%s\n%s", code, stdout, stderr)
 			}
@@ -184,8 +184,10 @@ func TestMigrateInputLimitsCLI(t *testing.T) {
 				}
 			}
 			t.Logf("%s", stderr)
-			if took > 10*time.Second { // a functional bound, well under --timeout
-				t.Errorf("took %s, want a prompt refusal well under --timeout 20s", took)
+			// refused by the limit, not cut short by --timeout (under -race
+			// on a busy machine, reading 64 MiB of /dev/zero took 13 s)
+			if strings.Contains(stderr, "gave up after --timeout") {
+				t.Errorf("refused by --timeout, not by the input's limit:\n%s", stderr)
 			}
 		})
 	}
