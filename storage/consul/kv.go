@@ -26,10 +26,13 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	}
 	sealed := s.rt.Sealer.Seal(k, value)
 	small := len(sealed) <= txnValueMax
-	if small {
-		if done, err := s.overwrite(ctx, k, sealed); done || err != nil {
+	if idx, ok := s.st.known.Get(k); ok && small {
+		// overwrite: k still at index idx is a value, unchanged since, so
+		// the conflict check has nothing to find (backend.Known)
+		if written, err := s.set(ctx, k, sealed, idx); written || err != nil {
 			return err
 		}
+		s.st.known.Forget(k)
 	}
 	if err := s.checkConflict(ctx, k); err != nil {
 		return err
@@ -37,61 +40,46 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if len(sealed) > inlineMax {
 		return s.storeChunked(ctx, k, sealed, len(value))
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
 	// Should it replace a large value, that value's chunks stay
 	// (unreachable) until the key's next large Store or its Delete.
-	if !small {
-		// one plain PUT: a transaction's body (base64) would be too large
-		if _, err := s.client.KV().Put(&api.KVPair{Key: s.dataKey(k), Value: sealed, Flags: nowFlags()},
-			(&api.WriteOptions{}).WithContext(ctx)); err != nil {
-			return s.fail("storing", k, err)
-		}
-		return nil
+	if small {
+		_, err := s.set(ctx, k, sealed, 0)
+		return err
 	}
-	// one set, in a transaction so that its answer gives the pair's new
-	// ModifyIndex (for the next overwrite)
-	ok, resp, _, err := s.client.Txn().Txn(api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: s.dataKey(k), Value: sealed, Flags: nowFlags()}},
-	}, (&api.QueryOptions{}).WithContext(ctx))
-	if err == nil && !ok {
-		err = txnErrors(resp)
-	}
-	if err != nil {
+	// one plain PUT: a transaction's body (base64) would be too large
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if _, err := s.client.KV().Put(&api.KVPair{Key: s.dataKey(k), Value: sealed, Flags: nowFlags()},
+		(&api.WriteOptions{}).WithContext(ctx)); err != nil {
 		return s.fail("storing", k, err)
 	}
-	s.st.known.Set(k, inlineIndex(resultAt(resp, 0)))
 	return nil
 }
 
-// overwrite stores the value sealed (at most txnValueMax) at k in one transaction
-// without Store's conflict check, when this node knows k's ModifyIndex
-// (it wrote or read k) and k still has it: k is then a value, unchanged
-// since, so nothing can lie below it and no directory above it can be a
-// value (Store refuses both), and the check has nothing to find. The
-// transaction's check-index makes it atomic: if k changed or went away
-// meanwhile, nothing is written and done is false (Store's full path
-// follows).
-func (s *Storage) overwrite(ctx context.Context, k string, sealed []byte) (done bool, err error) {
-	idx, ok := s.st.known.Get(k)
-	if !ok {
-		return false, nil
-	}
+// set writes the value sealed (at most txnValueMax) at k in one
+// transaction, whose answer gives the pair's new ModifyIndex (remembered
+// for the next overwrite). With index > 0 the transaction first checks
+// that k is still at that ModifyIndex, atomically: if k changed or went
+// away meanwhile, nothing is written and written is false.
+func (s *Storage) set(ctx context.Context, k string, sealed []byte, index uint64) (written bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	key := s.dataKey(k)
-	ok, resp, _, err := s.client.Txn().Txn(api.TxnOps{
-		{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: idx}},
-		{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: sealed, Flags: nowFlags()}},
-	}, (&api.QueryOptions{}).WithContext(ctx))
+	ops := make(api.TxnOps, 0, 2)
+	if index > 0 {
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: index}})
+	}
+	ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVSet, Key: key, Value: sealed, Flags: nowFlags()}})
+	ok, resp, _, err := s.client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	switch {
 	case err != nil:
 		return false, s.fail("storing", k, err)
-	case !ok:
-		s.st.known.Forget(k)
+	case !ok && index > 0:
 		return false, nil
+	case !ok:
+		return false, s.fail("storing", k, txnErrors(resp))
 	}
-	s.st.known.Set(k, inlineIndex(resultAt(resp, 1)))
+	s.st.known.Set(k, inlineIndex(resultAt(resp, len(ops)-1)))
 	return true, nil
 }
 

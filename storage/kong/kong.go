@@ -519,7 +519,7 @@ func (s *Storage) List(ctx context.Context, dir string, recursive bool) ([]strin
 		// scan (listRangeRead)
 		var n int
 		if n, err = read(sqlListHead, lo, succ(lo), listRangeRead+1); err == nil && n > listRangeRead {
-			l = newLister(d, lo, recursive)
+			// the lister drops the children met twice
 			_, err = read(sqlList, lo, succ(lo), utf8.RuneCountInString(lo)+1)
 		}
 	}
