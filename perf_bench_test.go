@@ -16,6 +16,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"math"
@@ -25,6 +26,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -597,8 +599,11 @@ func adminList(b *testing.B, srv *perfServer, raw certmagic.Storage, names []str
 // 200) on demand, all at once, through real TLS handshakes with a Caddy in
 // this process, against Pebble (PEBBLE_VA_NOSLEEP=1: no validation delay,
 // internal/testenv), with file system and Redis storage; and, as the
-// baseline, with a bare acmez client placing as many orders at once, first
-// and last.
+// baselines, with a bare acmez client placing as many orders at once,
+// first and last, and the same client on demand (pebble_bare_acmez_on_demand:
+// a crypto/tls server whose GetCertificate orders the name, one client
+// handshake per name as here: the TLS work of the app's runs, without
+// storage, locks, cache or certmagic).
 //
 // Each app run has an account of its own (so certmagic's internal order
 // rate limiter, 10 orders per 10 s per account and CA, starts afresh),
@@ -644,14 +649,17 @@ func BenchmarkIssuance(b *testing.B) {
 		return fmt.Sprintf("r%d.issue.example.com", run)
 	}
 
-	bare := func(b *testing.B) {
-		for b.Loop() {
-			withPebble(b, srv, func(pebble *testenv.Pebble, stuck func() bool) (issuanceRun, bool) {
-				return bareOrders(b, pebble, srv.httpPort, hostNames(n, zone()), stuck)
-			})
+	bare := func(tlsAddr string) func(b *testing.B) {
+		return func(b *testing.B) {
+			for b.Loop() {
+				withPebble(b, srv, func(pebble *testenv.Pebble, stuck func() bool) (issuanceRun, bool) {
+					return bareOrders(b, pebble, srv.httpPort, tlsAddr, hostNames(n, zone()), stuck)
+				})
+			}
 		}
 	}
-	b.Run("pebble_bare_acmez", bare)
+	b.Run("pebble_bare_acmez", bare(""))
+	b.Run("pebble_bare_acmez_on_demand", bare(srv.httpsAddr()))
 	for _, v := range []struct{ backend, variant string }{
 		{"file_system", "limiter_raised"},
 		{"file_system", "limiter_raised_new_account"},
@@ -693,7 +701,7 @@ func BenchmarkIssuance(b *testing.B) {
 			}
 		})
 	}
-	b.Run("pebble_bare_acmez_after", bare)
+	b.Run("pebble_bare_acmez_after", bare(""))
 }
 
 // issuanceAttempts is how many times BenchmarkIssuance makes a run whose
@@ -828,11 +836,11 @@ func appOrders(b *testing.B, srv *perfServer, pebble *testenv.Pebble, backend st
 	}
 	wg.Wait()
 	close(done)
+	r.wall = time.Since(start)
+	r.selfCPU, r.pebbleCPU = cpu()
 	if gaveUp.Load() {
 		return r, true
 	}
-	r.wall = time.Since(start)
-	r.selfCPU, r.pebbleCPU = cpu()
 	r.failedFirst, r.notServed = int(failedFirst.Load()), int(notServed.Load())
 
 	lc, ls := lock.histogram()
@@ -908,9 +916,13 @@ func reportIssuance(b *testing.B, r issuanceRun) {
 
 // bareOrders orders a certificate for every name at once with a bare acmez
 // client (one new account, a new P-256 key per certificate, as certmagic
-// does), answering HTTP-01 on port itself. It returns the outcome, or
-// abandoned if Pebble deadlocked.
-func bareOrders(b *testing.B, pebble *testenv.Pebble, port int, names []string, stuck func() bool) (r issuanceRun, abandoned bool) {
+// does), answering HTTP-01 on port itself. With tlsAddr not "", it does so
+// on demand, as the app does: a crypto/tls server on tlsAddr whose
+// GetCertificate orders the name it is asked for, and one client handshake
+// per name, as appOrders makes (the same TLS work on both sides, no
+// storage, no cache). It returns the outcome, or abandoned if Pebble
+// deadlocked.
+func bareOrders(b *testing.B, pebble *testenv.Pebble, port int, tlsAddr string, names []string, stuck func() bool) (r issuanceRun, abandoned bool) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var tokens sync.Map
@@ -948,7 +960,57 @@ func bareOrders(b *testing.B, pebble *testenv.Pebble, port int, names []string, 
 		}
 		b.Fatal(err)
 	}
+	order := func(name string) (*tls.Certificate, error) {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		certs, err := client.ObtainCertificateForSANs(ctx, account, key, []string{name})
+		if err != nil {
+			return nil, err
+		}
+		cert := &tls.Certificate{PrivateKey: key}
+		for rest := certs[0].ChainPEM; ; {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil {
+				break
+			}
+			cert.Certificate = append(cert.Certificate, block.Bytes)
+		}
+		return cert, nil
+	}
+	serve := func(name string) error {
+		_, err := order(name)
+		return err
+	}
 	r = issuanceRun{who: "bare acmez", n: len(names), lat: make([]time.Duration, len(names))}
+	if tlsAddr != "" {
+		r.who = "bare acmez on demand"
+		tln, err := tls.Listen("tcp", tlsAddr, &tls.Config{GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return order(hello.ServerName)
+		}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer tln.Close()
+		go func() {
+			for {
+				conn, err := tln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					_ = conn.(*tls.Conn).HandshakeContext(ctx)
+					_ = conn.Close()
+				}()
+			}
+		}()
+		roots := pebble.RootPool(b)
+		serve = func(name string) error {
+			_, err := handshake(ctx, tlsAddr, name, roots)
+			return err
+		}
+	}
 	var served, failed atomic.Int32
 	var gaveUp atomic.Bool
 	done := make(chan struct{})
@@ -958,10 +1020,7 @@ func bareOrders(b *testing.B, pebble *testenv.Pebble, port int, names []string, 
 	var wg sync.WaitGroup
 	for i, name := range names {
 		wg.Go(func() {
-			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-			if err == nil {
-				_, err = client.ObtainCertificateForSANs(ctx, account, key, []string{name})
-			}
+			err := serve(name)
 			r.lat[i] = time.Since(start)
 			if err != nil {
 				if failed.Add(1) <= 3 && ctx.Err() == nil {
@@ -974,17 +1033,19 @@ func bareOrders(b *testing.B, pebble *testenv.Pebble, port int, names []string, 
 	}
 	wg.Wait()
 	close(done)
+	r.wall, r.notServed = time.Since(start), int(failed.Load())
+	r.selfCPU, r.pebbleCPU = cpu()
 	if gaveUp.Load() {
 		return r, true
 	}
-	r.wall, r.notServed = time.Since(start), int(failed.Load())
-	r.selfCPU, r.pebbleCPU = cpu()
 	return r, false
 }
 
 // startCPUMeter starts measuring the CPU time of this process (Caddy, the
 // clients, the order-counting proxy of testenv) and of Pebble with its DNS
-// server; the function it returns gives each one's use since.
+// server; the function it returns gives each one's use since. With
+// -perf.burstprofile, this process's CPU profile of the same span is
+// written there (the last run's).
 func startCPUMeter(b *testing.B, pebble *testenv.Pebble) func() (self, pebbleCPU time.Duration) {
 	self := func() time.Duration {
 		var ru syscall.Rusage
@@ -1000,8 +1061,28 @@ func startCPUMeter(b *testing.B, pebble *testenv.Pebble) func() (self, pebbleCPU
 		}
 		return d
 	}
+	stopProfile := func() {}
+	if path := *perfBurstProfile; path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.SetCPUProfileRate(1000) // a burst lasts seconds: 1 000 samples a second (StartCPUProfile then warns that the rate is set)
+		if err := pprof.StartCPUProfile(f); err != nil {
+			b.Fatal(err)
+		}
+		stopProfile = func() {
+			pprof.StopCPUProfile()
+			if err := f.Close(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
 	self0, peb0 := self(), peb()
-	return func() (time.Duration, time.Duration) { return self() - self0, peb() - peb0 }
+	return func() (time.Duration, time.Duration) {
+		stopProfile()
+		return self() - self0, peb() - peb0
+	}
 }
 
 // http01Solver answers HTTP-01 challenges from tokens (path → key

@@ -46,10 +46,12 @@ import (
 // Sizes of the benchmarks that take minutes at full size; make bench
 // passes the full sizes, development runs pass small ones (BENCHMARKS.md).
 var (
-	perfCerts    = goflag.Int("perf.certs", 100000, "certificates seeded per backend by BenchmarkScale")
-	perfCached   = goflag.Int("perf.cached", 10000, "certificates BenchmarkScale loads into memory (at most perf.certs)")
-	perfNames    = goflag.Int("perf.names", 200, "names BenchmarkIssuance orders")
-	perfBackends = goflag.String("perf.backends", "", "comma-separated storage backends of BenchmarkHandshakeCold and BenchmarkScale (default: all)")
+	perfCerts        = goflag.Int("perf.certs", 100000, "certificates seeded per backend by BenchmarkScale")
+	perfCached       = goflag.Int("perf.cached", 10000, "certificates BenchmarkScale loads into memory (at most perf.certs)")
+	perfNames        = goflag.Int("perf.names", 200, "names BenchmarkIssuance orders")
+	perfBurstProfile = goflag.String("perf.burstprofile", "", "file for a CPU profile of BenchmarkIssuance's burst alone (this process)")
+	perfLogLevel     = goflag.String("perf.log", "ERROR", "level of Caddy's log in the benchmarks (DEBUG shows every step of an order)")
+	perfBackends     = goflag.String("perf.backends", "", "comma-separated storage backends of BenchmarkHandshakeCold and BenchmarkScale (default: all)")
 )
 
 // perfCAURL is the ACME directory of the apps of the benchmarks that order
@@ -461,7 +463,7 @@ func (s *perfServer) config(tb testing.TB, acmeApp map[string]any, loadPEM []map
 	cfg := map[string]any{
 		"admin":   map[string]any{"listen": s.adminAddr()},
 		"storage": map[string]any{"module": "file_system", "root": s.globalStorage},
-		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "ERROR"}}},
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": *perfLogLevel}}},
 		"apps": map[string]any{
 			"acme": acmeApp,
 			"tls":  tlsApp,
