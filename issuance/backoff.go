@@ -51,13 +51,19 @@ func (e BackoffError) Error() string { return string(e) }
 // record is read against the current FailBackoff: lowering it (or 0)
 // takes effect at once.
 func (r *Runtime) checkBackoff(ctx context.Context, ca *caState, name string) error {
-	d := r.opts.FailBackoff
-	if d <= 0 {
+	if r.opts.FailBackoff <= 0 {
 		return nil
 	}
 	key := BackoffKey(ca.key, name)
 	data, err := r.storage.Load(ctx, key)
-	if errors.Is(err, fs.ErrNotExist) {
+	return r.backoffVerdict(name, key, data, err)
+}
+
+// backoffVerdict is checkBackoff's answer from what reading name's backoff
+// record (key) gave.
+func (r *Runtime) backoffVerdict(name, key string, data []byte, err error) error {
+	d := r.opts.FailBackoff
+	if d <= 0 || errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
@@ -228,27 +234,42 @@ func (r *Runtime) setRateLimit(ca *caState, name string, p *acme.Problem, until 
 // checkRateLimit returns a PauseError while name's registered domain or
 // the account is rate limited by the CA.
 func (r *Runtime) checkRateLimit(ctx context.Context, ca *caState, name string) error {
-	for _, scope := range []string{rateLimitAccount, RegisteredDomain(name)} {
+	for _, scope := range rateLimitScopes(name) {
 		data, err := r.storage.Load(ctx, RateLimitKey(ca.key, scope))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
+		if err := r.rateLimitVerdict(ca, name, scope, data, err); err != nil {
+			return err
 		}
-		if err != nil {
-			return fmt.Errorf("reading the CA's rate limit of %s: %w", scope, err)
+	}
+	return nil
+}
+
+// rateLimitScopes are the scopes of the CA's rate limits that pause orders
+// of name, in the order they are checked.
+func rateLimitScopes(name string) [2]string {
+	return [2]string{rateLimitAccount, RegisteredDomain(name)}
+}
+
+// rateLimitVerdict is checkRateLimit's answer for one scope from what
+// reading its record gave.
+func (r *Runtime) rateLimitVerdict(ca *caState, name, scope string, data []byte, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading the CA's rate limit of %s: %w", scope, err)
+	}
+	var l rateLimit
+	if err := json.Unmarshal(data, &l); err != nil {
+		r.logger.Warn("ignoring unreadable rate limit record", zap.String("key", RateLimitKey(ca.key, scope)), zap.Error(err))
+		return nil
+	}
+	if left := time.Until(l.Until); left > 0 {
+		what := "the account"
+		if scope != rateLimitAccount {
+			what = scope
 		}
-		var l rateLimit
-		if err := json.Unmarshal(data, &l); err != nil {
-			r.logger.Warn("ignoring unreadable rate limit record", zap.String("key", RateLimitKey(ca.key, scope)), zap.Error(err))
-			continue
-		}
-		if left := time.Until(l.Until); left > 0 {
-			what := "the account"
-			if scope != rateLimitAccount {
-				what = scope
-			}
-			return PauseError(fmt.Sprintf("new certificate orders for %s are paused for %d more seconds: the CA %s rate limited %s: %s",
-				name, int(math.Ceil(left.Seconds())), ca.key, what, l.Error))
-		}
+		return PauseError(fmt.Sprintf("new certificate orders for %s are paused for %d more seconds: the CA %s rate limited %s: %s",
+			name, int(math.Ceil(left.Seconds())), ca.key, what, l.Error))
 	}
 	return nil
 }

@@ -49,19 +49,49 @@ func (r *Runtime) caByKey(key string) *caState {
 
 // usableCAs returns the CAs an order of name may go to now, in order: not
 // paused on this node, name not in backoff there, and, with rateLimits,
-// not rate limited for it (a storage read per CA). With none, the error
-// says why for each (a BackoffError or PauseError, as errors.As finds
-// them); a storage error is returned as it is.
+// not rate limited for it. The records of every CA not paused are read in
+// one round trip (LoadMany). With none, the error says why for each (a
+// BackoffError or PauseError, as errors.As finds them); a storage error is
+// returned as it is.
 func (r *Runtime) usableCAs(ctx context.Context, name string, rateLimits bool) ([]*caState, error) {
+	paused := make([]error, len(r.cas))
+	var keys []string
+	for i, c := range r.cas {
+		if paused[i] = c.pause.check(c.key); paused[i] != nil {
+			continue
+		}
+		if rateLimits {
+			for _, scope := range rateLimitScopes(name) {
+				keys = append(keys, RateLimitKey(c.key, scope))
+			}
+		}
+		if r.opts.FailBackoff > 0 {
+			keys = append(keys, BackoffKey(c.key, name))
+		}
+	}
+	var values [][]byte
+	var errs []error
+	if len(keys) > 0 {
+		values, errs = LoadMany(ctx, r.storage, keys)
+	}
+	read := 0 // the next of keys to look at
 	var usable []*caState
 	var why []error
-	for _, c := range r.cas {
-		err := c.pause.check(c.key)
+	for i, c := range r.cas {
+		err := paused[i]
 		if err == nil && rateLimits {
-			err = r.checkRateLimit(ctx, c, name)
+			for _, scope := range rateLimitScopes(name) {
+				if err == nil {
+					err = r.rateLimitVerdict(c, name, scope, values[read], errs[read])
+				}
+				read++
+			}
 		}
-		if err == nil {
-			err = r.checkBackoff(ctx, c, name)
+		if paused[i] == nil && r.opts.FailBackoff > 0 {
+			if err == nil {
+				err = r.backoffVerdict(name, keys[read], values[read], errs[read])
+			}
+			read++
 		}
 		if err == nil {
 			usable = append(usable, c)

@@ -2,21 +2,32 @@ package issuance
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
 )
 
 // TestUsableCAs: an order of a name goes to the CAs not paused on this
 // node and where the name is not backed off, in order; with none, the
 // error names each CA's reason, and errors.As finds the backoff and the
 // pause; the certmagic configuration of an order has only the usable
-// CAs' issuers.
+// CAs' issuers. The records of the CAs not paused are read in one batch
+// (each CA's two rate limits and backoff), none of a paused CA's.
 func TestUsableCAs(t *testing.T) {
 	fallback := certmagic.NewACMEIssuer(&certmagic.Config{}, certmagic.ACMEIssuer{CA: "https://127.0.0.1:2/fallback"})
-	r := buildRuntime(t, noCA, nil, Options{Fallback: []Issuer{fallback}, FailBackoff: 10 * time.Minute})
+	storage := manyLoadCounter{&loadCounter{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}}}
+	r := buildRuntime(t, noCA, storage, Options{Fallback: []Issuer{fallback}, FailBackoff: 10 * time.Minute})
+	reads := func(what string, want ...string) {
+		t.Helper()
+		loads, batches := storage.taken()
+		if len(loads) != 0 || len(batches) != 1 || !slices.Equal(batches[0], want) {
+			t.Fatalf("%s: Loads %q, batches %q; want one batch %q", what, loads, batches, want)
+		}
+	}
 	r.magic.Issuers = append(r.magic.Issuers, fallback)
 	primary, second := r.cas[0], r.cas[1]
 	if second.key != fallback.IssuerKey() || primary.key != r.caKey() {
@@ -30,9 +41,29 @@ func TestUsableCAs(t *testing.T) {
 		return out
 	}
 
+	records := func(c *caState) []string {
+		return []string{RateLimitKey(c.key, rateLimitAccount), RateLimitKey(c.key, "example.com"), BackoffKey(c.key, name)}
+	}
+
 	usable, err := r.usableCAs(t.Context(), name, true)
 	if err != nil || len(usable) != 2 || r.magicFor(usable) != r.magic {
 		t.Fatalf("usable = %v, %v; want both, and the app's own configuration", keys(usable), err)
+	}
+	reads("both CAs", append(records(primary), records(second)...)...)
+	if _, err := r.usableCAs(t.Context(), name, false); err != nil {
+		t.Fatal(err)
+	}
+	reads("without rate limits", BackoffKey(primary.key, name), BackoffKey(second.key, name))
+
+	// a rate limit of the primary for the name's domain
+	r.setRateLimit(primary, name, &acme.Problem{Detail: `too many certificates for "example.com"`}, time.Now().Add(time.Hour))
+	usable, err = r.usableCAs(t.Context(), name, true)
+	if err != nil || len(usable) != 1 || usable[0] != second {
+		t.Fatalf("with the primary rate limited: usable = %v, %v; want the fallback", keys(usable), err)
+	}
+	reads("a rate limit", append(records(primary), records(second)...)...)
+	if err := storage.Delete(t.Context(), RateLimitKey(primary.key, "example.com")); err != nil {
+		t.Fatal(err)
 	}
 
 	r.caUnreachable(primary, name, errors.New("connection refused"))
@@ -40,6 +71,7 @@ func TestUsableCAs(t *testing.T) {
 	if err != nil || len(usable) != 1 || usable[0] != second {
 		t.Fatalf("with the primary paused: usable = %v, %v; want the fallback", keys(usable), err)
 	}
+	reads("the primary paused", records(second)...)
 	m := r.magicFor(usable)
 	if len(m.Issuers) != 1 || m.Issuers[0].IssuerKey() != second.key || len(r.magic.Issuers) != 2 {
 		t.Fatalf("order configuration issuers = %d (app's %d); want the fallback's only", len(m.Issuers), len(r.magic.Issuers))
