@@ -706,7 +706,7 @@ func BenchmarkIssuance(b *testing.B) {
 
 // issuanceAttempts is how many times BenchmarkIssuance makes a run whose
 // Pebble deadlocked.
-const issuanceAttempts = 3
+const issuanceAttempts = 6
 
 // withPebble makes one run of BenchmarkIssuance with a new Pebble, again
 // with another if that one deadlocks (at most issuanceAttempts times), and

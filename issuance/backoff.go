@@ -46,21 +46,11 @@ type BackoffError string
 
 func (e BackoffError) Error() string { return string(e) }
 
-// checkBackoff returns a BackoffError if name is in backoff at the CA
-// after a failed order, on this node or any other sharing the storage. The
+// backoffVerdict is the answer to whether name is in backoff at the CA
+// after a failed order (on this node or any other sharing the storage),
+// from what reading its record (key) gave: a BackoffError or nil. The
 // record is read against the current FailBackoff: lowering it (or 0)
 // takes effect at once.
-func (r *Runtime) checkBackoff(ctx context.Context, ca *caState, name string) error {
-	if r.opts.FailBackoff <= 0 {
-		return nil
-	}
-	key := BackoffKey(ca.key, name)
-	data, err := r.storage.Load(ctx, key)
-	return r.backoffVerdict(name, key, data, err)
-}
-
-// backoffVerdict is checkBackoff's answer from what reading name's backoff
-// record (key) gave.
 func (r *Runtime) backoffVerdict(name, key string, data []byte, err error) error {
 	d := r.opts.FailBackoff
 	if d <= 0 || errors.Is(err, fs.ErrNotExist) {
@@ -231,26 +221,15 @@ func (r *Runtime) setRateLimit(ca *caState, name string, p *acme.Problem, until 
 		zap.String("error", p.Error()))
 }
 
-// checkRateLimit returns a PauseError while name's registered domain or
-// the account is rate limited by the CA.
-func (r *Runtime) checkRateLimit(ctx context.Context, ca *caState, name string) error {
-	for _, scope := range rateLimitScopes(name) {
-		data, err := r.storage.Load(ctx, RateLimitKey(ca.key, scope))
-		if err := r.rateLimitVerdict(ca, name, scope, data, err); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // rateLimitScopes are the scopes of the CA's rate limits that pause orders
 // of name, in the order they are checked.
 func rateLimitScopes(name string) [2]string {
 	return [2]string{rateLimitAccount, RegisteredDomain(name)}
 }
 
-// rateLimitVerdict is checkRateLimit's answer for one scope from what
-// reading its record gave.
+// rateLimitVerdict is a PauseError while name's scope (its registered
+// domain or the account) is rate limited by the CA, from what reading the
+// scope's record gave.
 func (r *Runtime) rateLimitVerdict(ca *caState, name, scope string, data []byte, err error) error {
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
