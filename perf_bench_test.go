@@ -19,6 +19,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	mathrand "math/rand/v2"
 	"net"
@@ -804,6 +805,7 @@ func appOrders(b *testing.B, srv *perfServer, pebble *testenv.Pebble, backend st
 	lockSlow := lock.above(0.1)
 	orderCount, orderSum := orders.histogram()
 	ordersBefore := pebble.Orders()
+	opsBefore := storageOps(backend)
 
 	r = issuanceRun{who: backend + " app", n: len(names), lat: make([]time.Duration, len(names))}
 	var served, failedFirst, notServed atomic.Int32
@@ -853,6 +855,14 @@ func appOrders(b *testing.B, srv *perfServer, pebble *testenv.Pebble, backend st
 		orderTime:    time.Duration((osum - orderSum) * float64(time.Second)),
 		pebbleOrders: pebble.Orders() - ordersBefore,
 	}
+	for op, n := range storageOps(backend) {
+		if d := n - opsBefore[op]; d > 0 {
+			if r.storageOps == nil {
+				r.storageOps = make(map[string]uint64)
+			}
+			r.storageOps[op] = d
+		}
+	}
 	return r, false
 }
 
@@ -860,14 +870,15 @@ func appOrders(b *testing.B, srv *perfServer, pebble *testenv.Pebble, backend st
 type issuanceRun struct {
 	who         string
 	n           int
-	wall        time.Duration   // until the last name was served (or given up)
-	lat         []time.Duration // each name's time to certificate
-	failedFirst int             // first handshakes that failed
-	notServed   int             // names never served
-	deadlocks   int             // attempts abandoned before this one
-	locks       *lockStats      // nil for the bare client
-	selfCPU     time.Duration   // CPU time of this process during the run
-	pebbleCPU   time.Duration   // CPU time of Pebble and its DNS server
+	wall        time.Duration     // until the last name was served (or given up)
+	lat         []time.Duration   // each name's time to certificate
+	failedFirst int               // first handshakes that failed
+	notServed   int               // names never served
+	deadlocks   int               // attempts abandoned before this one
+	locks       *lockStats        // nil for the bare client
+	storageOps  map[string]uint64 // the app's storage operations during the run, by operation
+	selfCPU     time.Duration     // CPU time of this process during the run
+	pebbleCPU   time.Duration     // CPU time of Pebble and its DNS server
 }
 
 // lockStats are the app's lock and order figures of one issuance run.
@@ -907,6 +918,16 @@ func reportIssuance(b *testing.B, r issuanceRun) {
 		line += fmt.Sprintf("; first handshakes failed %d; Pebble orders %d, succeeded %d; locks %d (%d over 100 ms), summed wait %s = %.2f%% of the summed order time %s",
 			r.failedFirst, l.pebbleOrders, l.orders, l.count, l.waited, l.wait.Round(time.Millisecond),
 			100*l.wait.Seconds()/max(l.orderTime.Seconds(), 1e-9), l.orderTime.Round(time.Millisecond))
+	}
+	if len(r.storageOps) > 0 {
+		var total uint64
+		var parts []string
+		for _, op := range slices.Sorted(maps.Keys(r.storageOps)) {
+			total += r.storageOps[op]
+			parts = append(parts, fmt.Sprintf("%s %.2f", op, float64(r.storageOps[op])/float64(r.n)))
+		}
+		b.ReportMetric(float64(total)/float64(r.n), "storage-ops/name")
+		line += fmt.Sprintf("; storage operations a name %.2f (%s)", float64(total)/float64(r.n), strings.Join(parts, ", "))
 	}
 	if r.deadlocks > 0 {
 		line += fmt.Sprintf("; made again after %d Pebble deadlock(s)", r.deadlocks)

@@ -220,6 +220,9 @@ func (r *Runtime) loadOrObtain(j *job, name string) (certmagic.Certificate, erro
 	if usable, err = r.prepareOrder(ctx, usable); err != nil {
 		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
 	}
+	if err := r.check.check(ctx, r.storage); err != nil {
+		return cert, fmt.Errorf("obtaining certificate for %s: %w", name, err)
+	}
 	release, err := r.budget.reserve(ctx, name)
 	if err != nil {
 		if _, ok := errors.AsType[BudgetError](err); ok {

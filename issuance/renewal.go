@@ -254,6 +254,9 @@ func (r *Runtime) renew(ctx context.Context, name string, backoff bool) error {
 	if err != nil {
 		return err
 	}
+	if err := r.check.check(ctx, r.storage); err != nil {
+		return fmt.Errorf("renewing certificate for %s: %w", name, err)
+	}
 	magic := r.magicFor(usable)
 	v, err := watch(ctx, name, func(ctx context.Context) error { return magic.RenewCertSync(ctx, name, true) })
 	r.afterOrder(name, v, err, backoff)

@@ -58,7 +58,9 @@ type Issuer interface {
 type Options struct {
 	// The certmagic configuration that loads, orders, renews and revokes
 	// certificates. Its OnEvent must pass every event to the Runtime's
-	// HandleEvent.
+	// HandleEvent. New turns its DisableStorageCheck on: the runtime checks
+	// the storage itself before its orders and renewals, at most once a
+	// minute (storagecheck.go).
 	Magic *certmagic.Config
 	// Magic's certificate cache.
 	Cache *certmagic.Cache
@@ -174,6 +176,7 @@ type Runtime struct {
 	cas      []*caState // the primary CA, then the fallback CAs
 	budget   *budget    // nil: no budget
 	asks     *askCache
+	check    *storageCheck
 	clock    *issuanceClock
 	changes  *changeLog
 	domains  *domainList
@@ -233,6 +236,9 @@ func New(ctx context.Context, opts Options) *Runtime {
 				zap.String("ca", iss.IssuerKey()), zap.Error(err))
 		}
 	}
+	// the runtime checks the storage before its orders and renewals, once
+	// a minute at most, instead of certmagic before each (storagecheck.go)
+	opts.Magic.DisableStorageCheck = true
 	if opts.OrderEvents == 0 && opts.OrderWindow == 0 {
 		opts.OrderEvents, opts.OrderWindow = certmagic.RateLimitEvents, certmagic.RateLimitEventsWindow
 	}
@@ -250,6 +256,7 @@ func New(ctx context.Context, opts Options) *Runtime {
 		cas:      newCAStates(opts),
 		budget:   newBudget(opts.Storage, opts.Issuer.IssuerKey(), opts.Budget, opts.BudgetWindow, opts.Logger),
 		asks:     newAskCache(),
+		check:    newStorageCheck(),
 		clock:    newIssuanceClock(),
 		renewLog: opts.Logger.Named("renew"),
 	}
