@@ -291,6 +291,38 @@ cascade(dir)
 return {more, removed}
 `)
 
+// deleteFileScript is the common case of Delete in a few commands and
+// without the libraries: KEYS are the key's index, its directory's index
+// and its value; ARGV[1] is the key's name in the directory, ARGV[2] the
+// directory, ARGV[3] the prefix. When the key is a file or nothing, with a
+// "+" field or none, and no field of a directory of that name, it deletes
+// the value and the field, then the fields of the directories left empty
+// above it (deleteScript's cascade), and returns 0. Else, or when a field
+// on the way up is not a "+" one, it returns -1, having done nothing or
+// only part of the walk up: the full deleteScript decides.
+//
+//nolint:dupword // Lua: nested ends
+var deleteFileScript = goredis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local f = redis.call('HMGET', KEYS[2], ARGV[1], ARGV[1] .. '/')
+if f[2] or (f[1] and string.byte(f[1], 1) ~= 43) then return -1 end
+redis.call('DEL', KEYS[3])
+if f[1] then redis.call('HDEL', KEYS[2], ARGV[1]) end
+local dir, P = ARGV[2], ARGV[3]
+while dir ~= '' and redis.call('EXISTS', P .. 'd:' .. dir) == 0 do
+	local parent, name = '', dir
+	local i = string.find(dir, '/[^/]*$')
+	if i then parent, name = string.sub(dir, 1, i - 1), string.sub(dir, i + 1) end
+	local idx = P .. 'd:' .. parent
+	local v = redis.call('HGET', idx, name .. '/')
+	if not v then return 0 end
+	if string.byte(v, 1) ~= 43 then return -1 end
+	redis.call('HDEL', idx, name .. '/')
+	dir = parent
+end
+return 0
+`)
+
 // runAtomic runs one of the scripts above on key with the further
 // arguments args.
 func (s *Storage) runAtomic(ctx context.Context, script *goredis.Script, key string, args ...any) *goredis.Cmd {
@@ -430,12 +462,26 @@ func (s *Storage) statDirAtomic(ctx context.Context, key string) (live, known bo
 	return n == 1, n >= 0, err
 }
 
-// deleteAtomic is Delete on a standalone or Sentinel-managed server: the
-// script again while it is not done. One that made no progress found only
-// fields it may not remove yet, more than its budget: fields written in
-// the last minute by nodes of an earlier version, between their index and
-// value writes.
+// deleteAtomic is Delete on a standalone or Sentinel-managed server: a
+// file in deleteFileScript; else (a directory, fields of other writers)
+// the full script, again while it is not done. One that made no progress
+// found only fields it may not remove yet, more than its budget: fields
+// written in the last minute by nodes of an earlier version, between their
+// index and value writes.
 func (s *Storage) deleteAtomic(ctx context.Context, key string) error {
+	if key != "" {
+		dir, name := "", key
+		if i := strings.LastIndexByte(key, '/'); i >= 0 {
+			dir, name = key[:i], key[i+1:]
+		}
+		keys := []string{s.indexKey(key), s.indexKey(dir), s.valueKey(key)}
+		switch n, err := deleteFileScript.Run(ctx, s.client, keys, name, dir, s.prefix).Int64(); {
+		case err != nil:
+			return fmt.Errorf("deleting %s: %w", key, err)
+		case n == 0:
+			return nil
+		}
+	}
 	for {
 		out, err := s.runAtomic(ctx, deleteScript, key).Int64Slice()
 		switch {

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -146,5 +147,83 @@ func TestAtomicBudget(t *testing.T) {
 	}
 	if got, err := s.List(ctx, "", false); err != nil || !slices.Equal(got, []string{"stale", "was-a-dir"}) {
 		t.Fatalf("List(root) = %q, %v", got, err)
+	}
+}
+
+// TestDeleteFileScript: Delete's common case, a file, in one short
+// script: the value and its field go, and the fields of the directories
+// left empty above; a directory, a field another writer stamped and a
+// field of a directory of the same name are left to the full script
+// (-1), with nothing changed.
+func TestDeleteFileScript(t *testing.T) {
+	ctx := context.Background()
+	r := testenv.StartRedis(t, testenv.RedisOptions{})
+	s := provision(t, &Storage{Addresses: []string{r.Addr}, KeyPrefix: "fast:"})
+	c := r.Client(t)
+	run := func(key string) int64 {
+		t.Helper()
+		dir, name := "", key
+		if i := strings.LastIndexByte(key, '/'); i >= 0 {
+			dir, name = key[:i], key[i+1:]
+		}
+		n, err := deleteFileScript.Run(ctx, s.client, []string{s.indexKey(key), s.indexKey(dir), s.valueKey(key)}, name, dir, s.prefix).Int64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	all := func() []string {
+		t.Helper()
+		keys, err := c.Keys(ctx, "fast:*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(keys)
+		return keys
+	}
+	for _, k := range []string{"a/b/c/crt", "a/b/c/key", "a/x"} {
+		if err := s.Store(ctx, k, []byte("v")); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	before := all()
+	if n := run("a/b"); n != -1 || !slices.Equal(all(), before) {
+		t.Fatalf("a directory: %d, keys %q; want -1 and nothing changed (%q)", n, all(), before)
+	}
+	if n := run("a/b/c/crt"); n != 0 || s.Exists(ctx, "a/b/c/crt") {
+		t.Fatalf("a file: %d, still there %v; want 0 and gone", n, s.Exists(ctx, "a/b/c/crt"))
+	}
+	if f, _ := c.HKeys(ctx, "fast:d:a/b/c").Result(); !slices.Equal(f, []string{"key"}) {
+		t.Fatalf("index of a/b/c = %q after deleting crt, want [key]", f)
+	}
+	// the last file of a/b/c: a/b/c and a/b go from the indexes, a stays
+	if n := run("a/b/c/key"); n != 0 {
+		t.Fatalf("the last file of a directory: %d, want 0", n)
+	}
+	if want := []string{"fast:d:", "fast:d:a", "fast:v:a/x"}; !slices.Equal(all(), want) {
+		t.Fatalf("keys after the last file of a/b/c: %q, want %q", all(), want)
+	}
+	if f, _ := c.HKeys(ctx, "fast:d:a").Result(); !slices.Equal(f, []string{"x"}) {
+		t.Fatalf("index of a = %q, want [x]", f)
+	}
+
+	// a field of another writer (a stamp without "+"), and a file whose
+	// name is also a directory's field: the full script's
+	if err := c.HSet(ctx, "fast:d:a", "x", strconv.FormatInt(time.Now().UnixMilli(), 10)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	before = all()
+	if n := run("a/x"); n != -1 || !slices.Equal(all(), before) {
+		t.Fatalf("a field of another writer: %d, keys %q; want -1 and nothing changed", n, all())
+	}
+	if err := c.HSet(ctx, "fast:d:a", "x", "+1", "x/", "+1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n := run("a/x"); n != -1 || !s.Exists(ctx, "a/x") {
+		t.Fatalf("a file beside a directory field of its name: %d; want -1 and the file kept", n)
+	}
+	if err := s.Delete(ctx, "a/x"); err != nil || s.Exists(ctx, "a/x") {
+		t.Fatalf("Delete through the full script: %v, still there %v", err, s.Exists(ctx, "a/x"))
 	}
 }
