@@ -117,6 +117,16 @@ func BenchmarkConsul(b *testing.B) {
 				_, err := kv.Put(&api.KVPair{Key: fmt.Sprintf("%s/raw/%d", st.prefix, j%64), Value: changed(value, j)}, nil)
 				return err
 			}},
+			// a key new to the node, in a new directory: the conflict
+			// check, then the write (a raw PUT of a new key)
+			{Name: "StoreNew-vs-Put", Storage: func() error {
+				i++
+				return s.Store(ctx, fmt.Sprintf("new/%d/crt", i), value)
+			}, Raw: func() error {
+				j++
+				_, err := kv.Put(&api.KVPair{Key: fmt.Sprintf("%s/rawnew/%d", st.prefix, j), Value: value}, nil)
+				return err
+			}},
 			{Name: "Load-vs-Get", Storage: func() error {
 				_, err := s.Load(ctx, "load")
 				return err

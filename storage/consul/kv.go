@@ -29,22 +29,26 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 	if idx, ok := s.st.known.Get(k); ok && small {
 		// overwrite: k still at index idx is a value, unchanged since, so
 		// the conflict check has nothing to find (backend.Known)
-		if written, err := s.set(ctx, k, sealed, idx); written || err != nil {
+		if written, err := s.set(ctx, k, sealed, idx, nil); written || err != nil {
 			return err
 		}
 		s.st.known.Forget(k)
+	}
+	if small && len(sealed) <= inlineMax {
+		// the directories above are checked in the write's transaction
+		if err := s.checkNotDir(ctx, k); err != nil {
+			return err
+		}
+		// Should it replace a large value, that value's chunks stay
+		// (unreachable) until the key's next large Store or its Delete.
+		_, err := s.set(ctx, k, sealed, 0, backend.Parents(k))
+		return err
 	}
 	if err := s.checkConflict(ctx, k); err != nil {
 		return err
 	}
 	if len(sealed) > inlineMax {
 		return s.storeChunked(ctx, k, sealed, len(value))
-	}
-	// Should it replace a large value, that value's chunks stay
-	// (unreachable) until the key's next large Store or its Delete.
-	if small {
-		_, err := s.set(ctx, k, sealed, 0)
-		return err
 	}
 	// one plain PUT: a transaction's body (base64) would be too large
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
@@ -60,12 +64,18 @@ func (s *Storage) Store(ctx context.Context, key string, value []byte) error {
 // transaction, whose answer gives the pair's new ModifyIndex (remembered
 // for the next overwrite). With index > 0 the transaction first checks
 // that k is still at that ModifyIndex, atomically: if k changed or went
-// away meanwhile, nothing is written and written is false.
-func (s *Storage) set(ctx context.Context, k string, sealed []byte, index uint64) (written bool, err error) {
+// away meanwhile, nothing is written and written is false. It first checks
+// that none of parents (the directories above k) is a value, atomically
+// with the write: if one is, nothing is written and the error is
+// backend.ErrUnderValue.
+func (s *Storage) set(ctx context.Context, k string, sealed []byte, index uint64, parents []string) (written bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	key := s.dataKey(k)
-	ops := make(api.TxnOps, 0, 2)
+	ops := make(api.TxnOps, 0, len(parents)+2)
+	for _, p := range parents {
+		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckNotExists, Key: s.dataKey(p)}})
+	}
 	if index > 0 {
 		ops = append(ops, &api.TxnOp{KV: &api.KVTxnOp{Verb: api.KVCheckIndex, Key: key, Index: index}})
 	}
@@ -74,12 +84,18 @@ func (s *Storage) set(ctx context.Context, k string, sealed []byte, index uint64
 	switch {
 	case err != nil:
 		return false, s.fail("storing", k, err)
-	case !ok && index > 0:
-		return false, nil
 	case !ok:
+		if p, found := failedCheck(resp, parents); found {
+			return false, backend.ErrUnderValue(k, p)
+		}
+		if index > 0 {
+			return false, nil
+		}
 		return false, s.fail("storing", k, txnErrors(resp))
 	}
-	s.st.known.Set(k, inlineIndex(resultAt(resp, len(ops)-1)))
+	// the set's is the last result (a check-not-exists of a missing key
+	// gives none)
+	s.st.known.Set(k, inlineIndex(resultAt(resp, len(resp.Results)-1)))
 	return true, nil
 }
 
@@ -88,7 +104,10 @@ func (s *Storage) set(ctx context.Context, k string, sealed []byte, index uint64
 // transaction reading the directories above k (if any), and at the same
 // time one listing of k's direct children (empty unless k is a directory).
 // It is a check before the write, not a transaction with it: two nodes
-// storing "a" and "a/b" at the same moment can both succeed.
+// storing "a" and "a/b" at the same moment can both succeed. Store makes it
+// for values too large for a transaction; a value that fits has only the
+// listing made first (checkNotDir), the directories above being checked
+// in its write's transaction (set).
 func (s *Storage) checkConflict(ctx context.Context, k string) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -97,18 +116,47 @@ func (s *Storage) checkConflict(ctx context.Context, k string) error {
 	if parents := backend.Parents(k); len(parents) > 0 {
 		wg.Go(func() { under = s.checkParents(ctx, k, parents) })
 	}
+	err := s.checkNotDir(ctx, k)
+	wg.Wait()
+	if under != nil {
+		return under
+	}
+	return err
+}
+
+// checkNotDir refuses to store k over a directory (backend.ErrIsDir): one
+// listing of k's direct children.
+func (s *Storage) checkNotDir(ctx context.Context, k string) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
 	base := s.dirKey(k)
 	keys, _, err := s.client.KV().Keys(base, "/", (&api.QueryOptions{}).WithContext(ctx))
-	wg.Wait()
 	switch {
-	case under != nil:
-		return under
 	case err != nil:
 		return s.fail("storing", k, err)
 	case len(children(keys, base)) > 0:
 		return backend.ErrIsDir(k)
 	}
 	return nil
+}
+
+// failedCheck returns the first of parents whose check-not-exists (the
+// first len(parents) operations) failed a transaction because the key
+// exists (Consul's `key "…" exists`; not an ACL denial), if one did.
+func failedCheck(resp *api.TxnResponse, parents []string) (string, bool) {
+	if resp == nil {
+		return "", false
+	}
+	first := -1
+	for _, e := range resp.Errors {
+		if e != nil && e.OpIndex < len(parents) && strings.HasSuffix(e.What, "\" exists") && (first < 0 || e.OpIndex < first) {
+			first = e.OpIndex
+		}
+	}
+	if first < 0 {
+		return "", false
+	}
+	return parents[first], true
 }
 
 // checkParents refuses to store k below one of its parents that is a value.
