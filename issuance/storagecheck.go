@@ -28,12 +28,15 @@ const storageCheckSize = 10 << 10
 //
 // certmagic makes the same check before every order and renewal (a Store,
 // a Load and a Delete of 10 KiB: on a networked backend several round
-// trips, on the file system a synced file; its code says it need not be
-// made every time). The runtime turns certmagic's off
-// (Config.DisableStorageCheck) and makes it itself, once a minute at most:
-// a passed check is trusted for storageCheckTTL, a failed one is not, so
-// every order after a failure checks again. One check runs at a time;
-// orders meanwhile wait for its result (or their context).
+// trips, on the file system a file written, read and removed; its code
+// says it need not be made every time). The runtime turns certmagic's off
+// (Config.DisableStorageCheck) and makes it itself before its orders and
+// renewals, once a minute at most: a passed check is trusted for
+// storageCheckTTL, a failed one is not, so every order after a failure
+// checks again. One check runs at a time; orders meanwhile wait for its
+// result (or their context). certmagic's own last-resort renewals (in
+// the last 1% of a certificate's life, should the renewal scans not have
+// renewed it) go without one.
 type storageCheck struct {
 	sem    chan struct{} // held while checking and while reading passed
 	passed time.Time     // when the last check passed; zero: none yet
