@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	mathrand "math/rand/v2"
 	"strconv"
 	"time"
 
@@ -72,7 +72,7 @@ func (c *storageCheck) check(ctx context.Context, storage certmagic.Storage) err
 func probeStorage(ctx context.Context, storage certmagic.Storage) error {
 	contents := make([]byte, storageCheckSize)
 	rand.Read(contents)
-	key := "rw_test_" + strconv.Itoa(mathrand.Int())
+	key := "rw_test_" + strconv.FormatUint(binary.LittleEndian.Uint64(contents)>>1, 10)
 	if err := storage.Store(ctx, key, contents); err != nil {
 		return err
 	}
