@@ -379,28 +379,30 @@ func (s *Storage) storeAtomic(ctx context.Context, key string, sealed []byte, si
 // Sentinel-managed server. A field stamped "+" was written and is removed
 // together with what it names (storeScript, deleteScript, and every prune
 // of the scripts checks first), so an index of such fields alone is read
-// as it is: one HGETALL, with the EXISTS telling an empty directory from a
-// file or nothing in the same round trip. An index with other fields
+// as it is: one HGETALL, then, only if it has no fields, an EXISTS telling
+// a file (listed as empty) from nothing. An index with other fields
 // (written by an earlier version, or damaged) is checked by listChecked.
 func (s *Storage) listAtomic(ctx context.Context, dir string) ([]string, error) {
-	pipe := s.client.Pipeline()
-	index := pipe.HGetAll(ctx, s.indexKey(dir))
-	var file *goredis.IntCmd
-	if dir != "" {
-		file = pipe.Exists(ctx, s.valueKey(dir))
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	index, err := s.client.HGetAll(ctx, s.indexKey(dir)).Result()
+	if err != nil {
 		return nil, fmt.Errorf("listing %s: %w", dir, err)
 	}
-	keys := make([]string, 0, len(index.Val()))
-	for field, stamp := range index.Val() {
+	keys := make([]string, 0, len(index))
+	for field, stamp := range index {
 		if !strings.HasPrefix(stamp, "+") || !validField(field) {
 			return s.listChecked(ctx, dir)
 		}
 		keys = append(keys, childNode(dir, field, stamp).key)
 	}
-	if len(keys) == 0 && file != nil && file.Val() == 0 {
-		return nil, fmt.Errorf("listing %s: %w", dir, fs.ErrNotExist)
+	if len(keys) == 0 && dir != "" {
+		// no children: a file lists as empty, nothing is missing
+		n, err := s.client.Exists(ctx, s.valueKey(dir)).Result()
+		if err != nil {
+			return nil, fmt.Errorf("listing %s: %w", dir, err)
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("listing %s: %w", dir, fs.ErrNotExist)
+		}
 	}
 	slices.Sort(keys)
 	return slices.Compact(keys), nil // "x" and "x/" are one key
