@@ -472,10 +472,7 @@ func (s *Storage) statDirAtomic(ctx context.Context, key string) (live, known bo
 // index and value writes.
 func (s *Storage) deleteAtomic(ctx context.Context, key string) error {
 	if key != "" {
-		dir, name := "", key
-		if i := strings.LastIndexByte(key, '/'); i >= 0 {
-			dir, name = key[:i], key[i+1:]
-		}
+		dir, name := parentOf(key)
 		keys := []string{s.indexKey(key), s.indexKey(dir), s.valueKey(key)}
 		switch n, err := deleteFileScript.Run(ctx, s.client, keys, name, dir, s.prefix).Int64(); {
 		case err != nil:

@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -162,10 +161,7 @@ func TestDeleteFileScript(t *testing.T) {
 	c := r.Client(t)
 	run := func(key string) int64 {
 		t.Helper()
-		dir, name := "", key
-		if i := strings.LastIndexByte(key, '/'); i >= 0 {
-			dir, name = key[:i], key[i+1:]
-		}
+		dir, name := parentOf(key)
 		n, err := deleteFileScript.Run(ctx, s.client, []string{s.indexKey(key), s.indexKey(dir), s.valueKey(key)}, name, dir, s.prefix).Int64()
 		if err != nil {
 			t.Fatal(err)
