@@ -267,8 +267,11 @@ func coldHandshakes(b *testing.B, app *App, srv *perfServer, be perfBackend, ns 
 //     the same storage.
 //   - renewal_scan: a renewal scan with no certificate due (every one read,
 //     its ARI window parsed, the status saved), counting storage
-//     operations; baseline: listing and reading the same keys through the
-//     storage alone, in batches of the same size (loadMany), no parsing.
+//     operations; baselines: listing and reading the same keys through the
+//     storage alone, in batches of the same size (loadMany), no parsing;
+//     and the same reads with the bare driver (rawGet), one round trip per
+//     key, issuance.LoadParallelism in flight (the pattern of the storages
+//     without a batch read: Vault, the file system).
 //   - admin_list: GET /acme/certificates?limit=100, the first page (which
 //     lists storage) and a next page after a random name (which may reuse
 //     that listing), and walking all pages; baseline: the storage's List
@@ -347,7 +350,10 @@ func BenchmarkScale(b *testing.B) {
 			})
 
 			b.Run("renewal_scan", func(b *testing.B) {
-				renewalScans(b, app, raw, be.name, n)
+				renewalScans(b, app, raw, func(ctx context.Context, k string) error {
+					_, err := be.rawGet(ctx, "scale", k)
+					return err
+				}, be.name, n)
 			})
 
 			b.Run("admin_list", func(b *testing.B) {
@@ -410,27 +416,47 @@ func appCacheHeap(b *testing.B, app *App, names []string) (perCert float64, heap
 }
 
 // renewalScans runs renewal scans of the app's n stored certificates, none
-// due, and the storage-only baseline, alternately.
-func renewalScans(b *testing.B, app *App, raw certmagic.Storage, backend string, n int) {
-	var scans, floors []time.Duration
+// due, and the two baselines (the storage alone, the bare driver's reads of
+// the same keys: rawGet), alternately.
+func renewalScans(b *testing.B, app *App, raw certmagic.Storage, rawGet func(ctx context.Context, k string) error, backend string, n int) {
+	var scans, floors, raws []time.Duration
 	var ops map[string]uint64
 	var opTime map[string]float64
 	for b.Loop() {
 		for round := 0; round < scanRounds && (round == 0 || scans[len(scans)-1] < 20*time.Second); round++ {
 			scan, floor, o, t := renewalScan(b, app.rt, raw, backend, n)
 			scans, floors, ops, opTime = append(scans, scan), append(floors, floor), o, t
+			raws = append(raws, rawReads(b, raw, rawGet, n))
 		}
 	}
-	scan, floor := pct(scans, 50), pct(floors, 50)
+	scan, floor, bare := pct(scans, 50), pct(floors, 50), pct(raws, 50)
 	per10k := scan.Seconds() * 10000 / float64(n)
 	b.ReportMetric(scan.Seconds(), "scan-s")
 	b.ReportMetric(per10k, "s/10k")
 	b.ReportMetric(floor.Seconds(), "storage-only-s")
+	b.ReportMetric(bare.Seconds(), "raw-reads-s")
 	b.ReportMetric(scan.Seconds()/floor.Seconds(), "ratio")
+	b.ReportMetric(scan.Seconds()/bare.Seconds(), "ratio-raw")
 	b.ReportMetric(float64(ops["load_many"]), "load_many/scan")
 	b.ReportMetric(float64(ops["load"]), "load/scan")
-	b.Logf("%s, scan of %d certificates, none due: p50 %s = %.2f s per 10k (goal ≤ 2 s on Redis); storage only (list + read in batches, same run): %s, ratio %.2f; storage operations of the last scan: %s; their summed time: %s",
-		backend, n, scan.Round(time.Millisecond), per10k, floor.Round(time.Millisecond), scan.Seconds()/floor.Seconds(), perOp(ops, 1), secondsByOp(opTime))
+	b.Logf("%s, scan of %d certificates, none due: p50 %s = %.2f s per 10k (goal ≤ 2 s on Redis); storage only (list + read in batches, same run): %s, ratio %.2f; the bare driver's reads of the same %d keys, %d in flight (same run): %s = %.2f s per 10k, ratio %.2f; storage operations of the last scan: %s; their summed time: %s",
+		backend, n, scan.Round(time.Millisecond), per10k, floor.Round(time.Millisecond), scan.Seconds()/floor.Seconds(),
+		2*n, issuance.LoadParallelism, bare.Round(time.Millisecond), bare.Seconds()*10000/float64(n), scan.Seconds()/bare.Seconds(),
+		perOp(ops, 1), secondsByOp(opTime))
+}
+
+// rawReads lists the certificates of raw (through the storage, one List)
+// and reads each one's certificate and metadata with the bare driver
+// (rawGet), issuance.LoadParallelism at once; it returns how long it took.
+func rawReads(b *testing.B, raw certmagic.Storage, rawGet func(ctx context.Context, k string) error, want int) time.Duration {
+	ctx := context.Background()
+	start := time.Now()
+	keys, err := scanKeys(ctx, raw, want)
+	if err != nil {
+		b.Fatal(err)
+	}
+	inParallel(b, keys, issuance.LoadParallelism, func(k string) error { return rawGet(ctx, k) })
+	return time.Since(start)
 }
 
 // scanRounds is how many scans (each with its baseline) an iteration of
@@ -464,22 +490,14 @@ func renewalScan(b *testing.B, rt *issuance.Runtime, raw certmagic.Storage, back
 // certificate and metadata, in batches of the scan's size, as the scan
 // does but without parsing.
 func readAllCerts(ctx context.Context, s certmagic.Storage, want int) error {
-	keys, err := s.List(ctx, certmagic.StorageKeys.CertsPrefix(perfIssuerKey), false)
+	keys, err := scanKeys(ctx, s, want)
 	if err != nil {
 		return err
 	}
-	if len(keys) != want {
-		return fmt.Errorf("listed %d certificates, want %d", len(keys), want)
-	}
-	const batch = 256 // renew.Scanner's default
+	const batch = 2 * 256 // renew.Scanner's default, two keys each
 	for len(keys) > 0 {
 		k := min(batch, len(keys))
-		load := make([]string, 0, 2*k)
-		for _, dir := range keys[:k] {
-			name := dir[strings.LastIndexByte(dir, '/')+1:]
-			load = append(load, certmagic.StorageKeys.SiteCert(perfIssuerKey, name), certmagic.StorageKeys.SiteMeta(perfIssuerKey, name))
-		}
-		_, errs := issuance.LoadMany(ctx, s, load)
+		_, errs := issuance.LoadMany(ctx, s, keys[:k])
 		for _, err := range errs {
 			if err != nil {
 				return err
@@ -488,6 +506,24 @@ func readAllCerts(ctx context.Context, s certmagic.Storage, want int) error {
 		keys = keys[k:]
 	}
 	return nil
+}
+
+// scanKeys lists the certificates in s (want of them) and returns the keys
+// a renewal scan reads: each one's certificate and metadata.
+func scanKeys(ctx context.Context, s certmagic.Storage, want int) ([]string, error) {
+	dirs, err := s.List(ctx, certmagic.StorageKeys.CertsPrefix(perfIssuerKey), false)
+	if err != nil {
+		return nil, err
+	}
+	if len(dirs) != want {
+		return nil, fmt.Errorf("listed %d certificates, want %d", len(dirs), want)
+	}
+	keys := make([]string, 0, 2*len(dirs))
+	for _, dir := range dirs {
+		name := dir[strings.LastIndexByte(dir, '/')+1:]
+		keys = append(keys, certmagic.StorageKeys.SiteCert(perfIssuerKey, name), certmagic.StorageKeys.SiteMeta(perfIssuerKey, name))
+	}
+	return keys, nil
 }
 
 // adminWalkLimit bounds the walk through every page of GET

@@ -44,3 +44,14 @@ func LoadMany(ctx context.Context, s certmagic.Storage, keys []string) ([][]byte
 	}
 	return LoadParallel(ctx, s, keys)
 }
+
+// batchReads reports whether s, or the storage it instruments, reads many
+// keys in one batch (ManyLoader): LoadMany of a storage without is already
+// LoadParallelism reads in flight.
+func batchReads(s certmagic.Storage) bool {
+	if w, ok := s.(interface{ Unwrap() certmagic.Storage }); ok {
+		s = w.Unwrap()
+	}
+	_, ok := s.(ManyLoader)
+	return ok
+}

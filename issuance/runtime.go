@@ -272,6 +272,11 @@ func New(ctx context.Context, opts Options) *Runtime {
 		Clock:  renew.SystemClock{},
 		Node:   opts.Node,
 	}
+	if !batchReads(opts.Storage) {
+		// a batch is LoadParallelism reads in flight already: a second
+		// one at once slowed Vault's scan (BENCHMARKS.md)
+		r.scanner.BatchesInFlight = 1
+	}
 	r.runner = r.newRunner()
 	return r
 }

@@ -130,6 +130,12 @@ type Scanner struct {
 	Node        string
 	Concurrency int // renewals at once; default 4
 	BatchSize   int // certificates read at once from a BatchStore; default 256
+	// BatchesInFlight is how many batches are read at once: the next
+	// while the previous one is parsed and checked, so that the storage
+	// and this process's CPU work at the same time. Default 2; 1 reads one
+	// batch at a time (a storage whose batch is already many reads in
+	// parallel gains nothing from more).
+	BatchesInFlight int
 }
 
 // Scan checks every certificate in storage and renews those due, at most
@@ -161,20 +167,23 @@ func (s *Scanner) Scan(ctx context.Context) (Status, error) {
 	if batch <= 0 {
 		batch = 256
 	}
+	inFlight := s.BatchesInFlight
+	if inFlight <= 0 {
+		inFlight = 2
+	}
 	var mu sync.Mutex // protects st
 	sem := make(chan struct{}, workers)
 	var wg sync.WaitGroup
-	for len(names) > 0 && ctx.Err() == nil {
-		n := min(batch, len(names))
-		certs, errs := s.load(ctx, names[:n])
-		for i, name := range names[:n] {
+	for b := range s.batches(ctx, names, batch, inFlight) {
+		l := <-b
+		for i, name := range l.names {
 			if ctx.Err() != nil {
 				break
 			}
 			sem <- struct{}{}
 			wg.Go(func() {
 				defer func() { <-sem }()
-				hs, due, renewed := s.check(ctx, certs[i], errs[i])
+				hs, due, renewed := s.check(ctx, l.certs[i], l.errs[i])
 				mu.Lock()
 				defer mu.Unlock()
 				st.Checked++
@@ -189,7 +198,6 @@ func (s *Scanner) Scan(ctx context.Context) (Status, error) {
 				st.Hosts[name] = hs
 			})
 		}
-		names = names[n:]
 	}
 	wg.Wait()
 	st.End = s.Clock.Now()
@@ -197,6 +205,34 @@ func (s *Scanner) Scan(ctx context.Context) (Status, error) {
 		return st, fmt.Errorf("saving scan status: %w", err)
 	}
 	return st, ctx.Err()
+}
+
+// batch is the renewal facts of names read by load.
+type batch struct {
+	names []string
+	certs []Cert
+	errs  []error
+}
+
+// batches reads names in batches of size, inFlight at once: it yields, in
+// names' order, a channel that gets each batch once read. It stops
+// starting reads once ctx ends; the reads started finish.
+func (s *Scanner) batches(ctx context.Context, names []string, size, inFlight int) <-chan chan batch {
+	out := make(chan chan batch, inFlight-1)
+	go func() {
+		defer close(out)
+		for len(names) > 0 && ctx.Err() == nil {
+			part := names[:min(size, len(names))]
+			names = names[len(part):]
+			c := make(chan batch, 1)
+			out <- c // waits while inFlight reads are not taken
+			go func() {
+				certs, errs := s.load(ctx, part)
+				c <- batch{part, certs, errs}
+			}()
+		}
+	}()
+	return out
 }
 
 // load reads the renewal facts of names: in one call to a BatchStore (a

@@ -210,7 +210,8 @@ func TestScanBatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []int{5, 5, 2}; !slices.Equal(store.batches, want) {
+	slices.Sort(store.batches) // two batches are read at once
+	if want := []int{2, 5, 5}; !slices.Equal(store.batches, want) {
 		t.Fatalf("batches %v, want %v", store.batches, want)
 	}
 	if st.Checked != 12 || st.Renewed != 1 || st.Failed != 1 {
@@ -237,4 +238,108 @@ func TestScanBatches(t *testing.T) {
 	if h := st.Hosts["batchpanic.example"]; !strings.Contains(h.LastError, "panic: batch boom") {
 		t.Fatalf("batchpanic host status = %+v", h)
 	}
+}
+
+// overlapStore is a batchStore that counts the Certs calls in progress;
+// unless second is nil, the first waits (up to a minute) until a second
+// one has started.
+type overlapStore struct {
+	*batchStore
+	inflight, max atomic.Int32
+	second        chan struct{}
+	calls         atomic.Int32
+}
+
+func (o *overlapStore) Certs(ctx context.Context, names []string) ([]Cert, []error) {
+	n := o.inflight.Add(1)
+	defer o.inflight.Add(-1)
+	if n > o.max.Load() {
+		o.max.Store(n)
+	}
+	switch o.calls.Add(1) {
+	case 1:
+		if o.second != nil {
+			select {
+			case <-o.second:
+			case <-time.After(time.Minute):
+			}
+		}
+	case 2:
+		if o.second != nil {
+			close(o.second)
+		}
+	}
+	return o.batchStore.Certs(ctx, names)
+}
+
+// TestScanReadsAhead: the next batch is read while the previous one is
+// (the storage and the parsing at the same time), never more than
+// BatchesInFlight at once (2 by default), and every certificate is checked
+// once; with BatchesInFlight 1, one at a time.
+func TestScanReadsAhead(t *testing.T) {
+	certs := make(map[string]Cert)
+	for i := range 50 {
+		certs[fmt.Sprintf("h%02d.example", i)] = Cert{NotBefore: t0, NotAfter: t0.Add(160 * day)}
+	}
+	certs["due.example"] = Cert{NotBefore: t0, NotAfter: t0.Add(90 * day)}
+	store := &overlapStore{batchStore: &batchStore{memStore: &memStore{certs: certs}}, second: make(chan struct{})}
+	s := &Scanner{Store: store, Policy: Policy{Threshold: 14 * day}, Clock: fakeClock{t0.Add(80 * day)}, BatchSize: 4}
+	st, err := s.Scan(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := store.max.Load(); m != 2 {
+		t.Fatalf("%d batches read at once at most, want 2", m)
+	}
+	if got := store.calls.Load(); got != 13 {
+		t.Fatalf("%d batches read, want 13 (51 names by 4)", got)
+	}
+	if st.Checked != 51 || st.Renewed != 1 || st.Failed != 0 || len(st.Hosts) != 51 {
+		t.Fatalf("status = checked %d, renewed %d, failed %d, hosts %d; want 51, 1, 0, 51", st.Checked, st.Renewed, st.Failed, len(st.Hosts))
+	}
+	if !slices.Equal(store.renewed, []string{"due.example"}) {
+		t.Fatalf("renewed %v, want [due.example]", store.renewed)
+	}
+
+	one := &overlapStore{batchStore: &batchStore{memStore: &memStore{certs: certs}}}
+	s = &Scanner{Store: one, Policy: s.Policy, Clock: s.Clock, BatchSize: 4, BatchesInFlight: 1}
+	if st, err = s.Scan(context.Background()); err != nil || st.Checked != 51 {
+		t.Fatalf("Scan with BatchesInFlight 1: checked %d, %v; want 51, nil", st.Checked, err)
+	}
+	if m := one.max.Load(); m != 1 {
+		t.Fatalf("%d batches read at once with BatchesInFlight 1, want 1", m)
+	}
+}
+
+// TestScanCancelled: a scan whose context ends stops reading batches and
+// returns the context's error, with what it checked saved.
+func TestScanCancelled(t *testing.T) {
+	certs := make(map[string]Cert)
+	for i := range 40 {
+		certs[fmt.Sprintf("h%02d.example", i)] = Cert{NotBefore: t0, NotAfter: t0.Add(160 * day)}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	store := &cancelStore{batchStore: &batchStore{memStore: &memStore{certs: certs}}, cancel: cancel}
+	s := &Scanner{Store: store, Policy: Policy{Threshold: 14 * day}, Clock: fakeClock{t0.Add(80 * day)}, BatchSize: 4}
+	st, err := s.Scan(ctx)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Scan = %v, want context.Canceled", err)
+	}
+	if n := len(store.batches); n > 3 {
+		t.Fatalf("%d batches read after the context ended at the first, want at most 3 (2 in flight, 1 started before)", n)
+	}
+	if st.Checked > 4 || store.status == nil || store.status.Checked != st.Checked {
+		t.Fatalf("checked %d (saved %+v), want at most the first batch, saved", st.Checked, store.status)
+	}
+}
+
+// cancelStore ends the scan's context during its first batch read.
+type cancelStore struct {
+	*batchStore
+	cancel context.CancelFunc
+}
+
+func (c *cancelStore) Certs(ctx context.Context, names []string) ([]Cert, []error) {
+	c.cancel()
+	return c.batchStore.Certs(ctx, names)
 }

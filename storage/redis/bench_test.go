@@ -5,6 +5,9 @@ import (
 	"context"
 	"strconv"
 	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/acmekit/caddy-acme/internal/testenv"
 	"github.com/acmekit/caddy-acme/storage/storagetest"
@@ -54,7 +57,10 @@ func BenchmarkCluster(b *testing.B) {
 // (storagetest.Paired).
 // Store-vs-SET stores into directories written moments before (as certmagic
 // stores a certificate, its key and its metadata), StoreNewDirs-vs-SET into
-// new ones. List-vs-HKEYS lists a directory of 10 files (HKEYS reads a
+// new ones. Store-vs-Writes and StoreNewDirs-vs-Writes compare the same
+// Stores with their writes alone (rawWrites: the index fields and the
+// value's hash in one MULTI/EXEC, no conflict check), the floor of a
+// Store that keeps the index. List-vs-HKEYS lists a directory of 10 files (HKEYS reads a
 // 10-field hash); ListAfterChurn lists it again after 2 000 more files
 // were stored into it and deleted. Delete-vs-DEL deletes a file stored
 // (untimed) just before, as DEL deletes a key SET just before.
@@ -92,6 +98,16 @@ func BenchmarkPaired(b *testing.B) {
 			Name:    "Store-vs-SET",
 			Raw:     func() error { return c.Set(ctx, "bench:raw", value, 0).Err() },
 			Storage: func() error { i++; return s.Store(ctx, "bench/store/"+strconv.Itoa(i%64), value) },
+		},
+		{
+			Name:    "Store-vs-Writes",
+			Raw:     func() error { i++; return rawWrites(ctx, s, "bench/store/"+strconv.Itoa(i%64), value) },
+			Storage: func() error { i++; return s.Store(ctx, "bench/store/"+strconv.Itoa(i%64), value) },
+		},
+		{
+			Name:    "StoreNewDirs-vs-Writes",
+			Raw:     func() error { i++; return rawWrites(ctx, s, "bench/rawnew"+strconv.Itoa(i)+"/x/key", value) },
+			Storage: func() error { i++; return s.Store(ctx, "bench/new"+strconv.Itoa(i)+"/x/key", value) },
 		},
 		// a key in new directories: its script creates their indexes
 		{
@@ -143,4 +159,20 @@ func BenchmarkPaired(b *testing.B) {
 			Storage: list,
 		},
 	})
+}
+
+// rawWrites makes the writes of s's Store of key (see storeWrite): an
+// index field in each directory above it and its value's hash, in one
+// MULTI/EXEC, without Store's conflict check or sealing.
+func rawWrites(ctx context.Context, s *Storage, key string, value []byte) error {
+	now := time.Now()
+	_, err := s.client.TxPipelined(ctx, func(p goredis.Pipeliner) error {
+		stamp := "+" + strconv.FormatInt(now.UnixMilli(), 10)
+		for _, f := range indexFields(key) {
+			p.HSet(ctx, s.indexKey(f.dir), f.field, stamp)
+		}
+		p.HSet(ctx, s.valueKey(key), fieldValue, value, fieldSize, len(value), fieldModified, now.UnixNano())
+		return nil
+	})
+	return err
 }
