@@ -100,7 +100,6 @@ func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []
 	if r.opts.DisableARI {
 		return certs, errs
 	}
-	sem := make(chan struct{}, ariFetchParallelism)
 	var wg sync.WaitGroup
 	for i, name := range names {
 		if errs[i] != nil {
@@ -123,9 +122,9 @@ func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []
 		if sc.metaErr == nil {
 			_, meta, _ = parseARI(sc.meta)
 		}
-		sem <- struct{}{}
+		r.ariSlots <- struct{}{}
 		wg.Go(func() {
-			defer func() { <-sem }()
+			defer func() { <-r.ariSlots }()
 			certs[i] = withARI(certs[i], r.refreshARI(ctx, sc.ca, name, sc.leaf, ari, meta))
 		})
 	}
@@ -133,7 +132,8 @@ func (s renewStore) Certs(ctx context.Context, names []string) ([]renew.Cert, []
 	return certs, errs
 }
 
-// ariFetchParallelism bounds the ARI requests to the CA in flight.
+// ariFetchParallelism bounds the ARI requests to the CAs in flight, over
+// every batch the scan reads at once (Runtime.ariSlots).
 const ariFetchParallelism = 8
 
 // refreshARI asks ca, which issued it, for the ARI of name's certificate (leaf) and

@@ -177,6 +177,7 @@ type Runtime struct {
 	budget   *budget    // nil: no budget
 	asks     *askCache
 	check    *storageCheck
+	ariSlots chan struct{} // ARI requests of the renewal scan in flight
 	clock    *issuanceClock
 	changes  *changeLog
 	domains  *domainList
@@ -257,6 +258,7 @@ func New(ctx context.Context, opts Options) *Runtime {
 		budget:   newBudget(opts.Storage, opts.Issuer.IssuerKey(), opts.Budget, opts.BudgetWindow, opts.Logger),
 		asks:     newAskCache(),
 		check:    newStorageCheck(),
+		ariSlots: make(chan struct{}, ariFetchParallelism),
 		clock:    newIssuanceClock(),
 		renewLog: opts.Logger.Named("renew"),
 	}

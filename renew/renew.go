@@ -207,8 +207,8 @@ func (s *Scanner) Scan(ctx context.Context) (Status, error) {
 	return st, ctx.Err()
 }
 
-// batch is the renewal facts of names read by load.
-type batch struct {
+// batchRead is the renewal facts of names read by load.
+type batchRead struct {
 	names []string
 	certs []Cert
 	errs  []error
@@ -217,18 +217,18 @@ type batch struct {
 // batches reads names in batches of size, inFlight at once: it yields, in
 // names' order, a channel that gets each batch once read. It stops
 // starting reads once ctx ends; the reads started finish.
-func (s *Scanner) batches(ctx context.Context, names []string, size, inFlight int) <-chan chan batch {
-	out := make(chan chan batch, inFlight-1)
+func (s *Scanner) batches(ctx context.Context, names []string, size, inFlight int) <-chan chan batchRead {
+	out := make(chan chan batchRead, inFlight-1)
 	go func() {
 		defer close(out)
 		for len(names) > 0 && ctx.Err() == nil {
 			part := names[:min(size, len(names))]
 			names = names[len(part):]
-			c := make(chan batch, 1)
+			c := make(chan batchRead, 1)
 			out <- c // waits while inFlight reads are not taken
 			go func() {
 				certs, errs := s.load(ctx, part)
-				c <- batch{part, certs, errs}
+				c <- batchRead{part, certs, errs}
 			}()
 		}
 	}()
