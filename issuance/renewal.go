@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"path"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
@@ -153,10 +154,73 @@ func (r *Runtime) refreshARI(ctx context.Context, ca *caState, name string, leaf
 	return fresh
 }
 
-// decodeARI reads the ARI in certificate metadata as parseARI does, in one
-// pass and without keeping the metadata: what the scan needs of every
-// certificate (parseARI is for the few whose ARI it stores back).
+// decodeARI reads the ARI in certificate metadata as parseARI does,
+// without keeping the metadata: what the scan needs of every certificate
+// (parseARI is for the few whose ARI it stores back). Certmagic's metadata
+// is decoded in one pass into nested structs; metadata that names
+// issuer_data or renewal_info twice, or may spell them otherwise
+// (plainARIKeys), is decoded step by step (decodeARISteps), since struct
+// decoding merges a repeated key's objects where parseARI keeps the last.
 func decodeARI(data []byte) (acme.RenewalInfo, error) {
+	if !plainARIKeys(data) {
+		return decodeARISteps(data)
+	}
+	var meta struct {
+		IssuerData *struct {
+			RenewalInfo *acme.RenewalInfo `json:"renewal_info"`
+		} `json:"issuer_data"`
+	}
+	if err := json.Unmarshal(data, &meta); err != nil {
+		return acme.RenewalInfo{}, err
+	}
+	if meta.IssuerData == nil || meta.IssuerData.RenewalInfo == nil {
+		return acme.RenewalInfo{}, nil
+	}
+	return *meta.IssuerData.RenewalInfo, nil
+}
+
+// plainARIKeys reports whether data is ASCII without \u escapes and holds
+// the strings "issuer_data" and "renewal_info" at most once each, in any
+// case (struct decoding matches keys case-insensitively). Without \u, a
+// key can only spell them as they are: JSON's other escapes stand for no
+// letter and no underscore.
+func plainARIKeys(data []byte) bool {
+	issuerData, renewalInfo := 0, 0
+	for i, c := range data {
+		switch {
+		case c >= utf8.RuneSelf, c == '\\' && i+1 < len(data) && data[i+1] == 'u':
+			return false
+		case c != '"': // a key spelt without escapes follows its quote
+		case hasFoldPrefix(data[i+1:], `issuer_data"`):
+			issuerData++
+		case hasFoldPrefix(data[i+1:], `renewal_info"`):
+			renewalInfo++
+		}
+	}
+	return issuerData <= 1 && renewalInfo <= 1
+}
+
+// hasFoldPrefix reports whether b starts with s (lower-case ASCII) in
+// any case.
+func hasFoldPrefix(b []byte, s string) bool {
+	if len(b) < len(s) {
+		return false
+	}
+	for i := range len(s) {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// decodeARISteps is decodeARI one level at a time, each key's last value
+// decoded alone.
+func decodeARISteps(data []byte) (acme.RenewalInfo, error) {
 	var meta struct {
 		IssuerData json.RawMessage `json:"issuer_data"`
 	}

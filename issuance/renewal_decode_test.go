@@ -6,12 +6,16 @@ import (
 	"slices"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/mholt/acmez/v3/acme"
 )
 
-// FuzzDecodeARI: the scan's one-pass decodeARI reads stored certificate
-// metadata (which anyone with access to the storage may have written)
-// exactly as parseARI, which keeps the whole metadata to store the ARI
-// back: the same window, the same success or failure, never a panic.
+// FuzzDecodeARI: the scan's decodeARI reads stored certificate metadata
+// (which anyone with access to the storage may have written) exactly as
+// parseARI, which keeps the whole metadata to store the ARI back: the same
+// window, the same success or failure, never a panic. And its one pass
+// reads exactly what its step-by-step decoding (decodeARISteps) reads, for
+// every input (repeated keys, other spellings and escapes included).
 func FuzzDecodeARI(f *testing.F) {
 	for _, seed := range []string{
 		`{"sans":["a.example.com"],"issuer_data":{"url":"https://ca/cert/1","ca":"https://ca/dir","renewal_info":{"suggestedWindow":{"start":"2026-01-01T00:00:00Z","end":"2026-01-02T00:00:00Z"},"_uniqueIdentifier":"x.y","_retryAfter":"2026-01-01T06:00:00Z","_selectedTime":"2026-01-01T12:00:00Z"}}}`,
@@ -25,17 +29,29 @@ func FuzzDecodeARI(f *testing.F) {
 		`{"issuer_data":[1,2]}`,
 		`[]`, `null`, `"x"`, ``, `{`, `not json`,
 		`{"Issuer_Data":{"renewal_info":{"suggestedWindow":{"start":"2026-01-01T00:00:00Z","end":"2026-01-02T00:00:00Z"}}}}`,
+		// a key twice: the last one counts
+		`{"issuer_data":{"renewal_info":{"suggestedWindow":{"start":"2026-01-01T00:00:00Z","end":"2026-01-02T00:00:00Z"}}},"issuer_data":{"url":"x"}}`,
+		`{"issuer_data":{"renewal_info":{"suggestedWindow":{"start":"2026-01-01T00:00:00Z","end":"2026-01-02T00:00:00Z"}},"renewal_info":{"_retryAfter":"2026-01-01T06:00:00Z"}}}`,
+		`{"issuer_data":{"renewal_info":{"suggestedWindow":{"start":"2026-01-01T00:00:00Z","end":"2026-01-02T00:00:00Z"}}},"ISSUER_DATA":null}`,
+		`{"issuer_data":{"renewal_info":{"suggestedWindow":{"start":"2026-01-01T00:00:00Z","end":"2026-01-02T00:00:00Z"}}},"issuer\u005fdata":{}}`,
 	} {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		got, gotErr := decodeARI(data)
+		steps, stepsErr := decodeARISteps(data)
+		if (gotErr == nil) != (stepsErr == nil) {
+			t.Fatalf("decodeARI error %v, decodeARISteps error %v", gotErr, stepsErr)
+		}
+		if g, w := asJSON(got), asJSON(steps); g != w {
+			t.Fatalf("decodeARI %s, decodeARISteps %s", g, w)
+		}
 		if caseVariantKeys(data) {
 			// encoding/json matches struct fields case-insensitively (as
 			// certmagic, which reads this metadata into structs, does);
 			// parseARI's maps do not
 			t.Skip()
 		}
-		got, gotErr := decodeARI(data)
 		want, _, wantErr := parseARI(data)
 		if (gotErr == nil) != (wantErr == nil) {
 			t.Fatalf("decodeARI error %v, parseARI error %v", gotErr, wantErr)
@@ -43,12 +59,16 @@ func FuzzDecodeARI(f *testing.F) {
 		if gotErr != nil {
 			return
 		}
-		g, _ := json.Marshal(got)
-		w, _ := json.Marshal(want)
-		if string(g) != string(w) {
+		if g, w := asJSON(got), asJSON(want); g != w {
 			t.Fatalf("decodeARI %s, parseARI %s", g, w)
 		}
 	})
+}
+
+// asJSON is v in JSON, for comparing windows ("" if it has none).
+func asJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
 }
 
 // caseVariantKeys reports whether data may hold "issuer_data" or
@@ -65,4 +85,24 @@ func caseVariantKeys(data []byte) bool {
 		}
 	}
 	return false
+}
+
+// BenchmarkDecodeARI reads the ARI of certmagic's metadata of a
+// certificate, as the renewal scan does for every certificate: decodeARI
+// (one pass) against decodeARISteps (one level at a time) in the same run.
+func BenchmarkDecodeARI(b *testing.B) {
+	meta := []byte(`{"sans":["h000001.scale.example.com"],"issuer_data":{"url":"https://127.0.0.1:14000/certZ/5d9c4f3b2a1e","ca":"https://127.0.0.1:14000/dir","account":"https://127.0.0.1:14000/my-account/1","renewal_info":{"suggestedWindow":{"start":"2026-01-01T00:00:00Z","end":"2026-01-02T00:00:00Z"},"_uniqueIdentifier":"aGVsbG8.d29ybGQ","_retryAfter":"2026-01-01T06:00:00Z","_selectedTime":"2026-01-01T12:00:00Z"}}}`)
+	for _, bc := range []struct {
+		name   string
+		decode func([]byte) (acme.RenewalInfo, error)
+	}{{"one_pass", decodeARI}, {"steps", decodeARISteps}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if ari, err := bc.decode(meta); err != nil || !ari.HasWindow() {
+					b.Fatalf("%+v, %v", ari, err)
+				}
+			}
+		})
+	}
 }
