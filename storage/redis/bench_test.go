@@ -59,10 +59,10 @@ func BenchmarkCluster(b *testing.B) {
 // stores a certificate, its key and its metadata), StoreNewDirs-vs-SET into
 // new ones. Store-vs-Writes and StoreNewDirs-vs-Writes compare the same
 // Stores with their writes alone (rawWrites: the index fields and the
-// value's hash in one MULTI/EXEC, no conflict check), the floor of a
-// Store that keeps the index. List-vs-HKEYS lists a directory of 10 files (HKEYS reads a
-// 10-field hash); ListAfterChurn lists it again after 2 000 more files
-// were stored into it and deleted. Delete-vs-DEL deletes a file stored
+// value's hash in one MULTI/EXEC, no conflict check), the floor of a Store
+// that keeps the index. List-vs-HKEYS lists a directory of 10 files (HKEYS
+// reads a 10-field hash); ListAfterChurn lists it again after 2 000 more
+// files were stored into it and deleted. Delete-vs-DEL deletes a file stored
 // (untimed) just before, as DEL deletes a key SET just before.
 func BenchmarkPaired(b *testing.B) {
 	ctx := context.Background()
