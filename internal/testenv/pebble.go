@@ -586,7 +586,18 @@ func (p *Pebble) startProxy(t testing.TB) error {
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(p.listenerCAPEM)
 	p.proxy = newACMEProxy(target, p.newOrderPath, p.listenerTLS, pool, p.pebbleLog)
-	addr, err := p.proxy.serve("127.0.0.1:0")
+	// A port no earlier proxy of this process had (FreePort), not one the
+	// kernel may hand out again: acmez caches each directory it fetched by
+	// its URL for 12 hours, process-wide, and would give a later Pebble's
+	// clients an earlier one's directory (its profiles, with the app's
+	// check of them skipped, since that check sees the directory fetched).
+	var addr string
+	for attempt := 1; ; attempt++ {
+		addr, err = p.proxy.serve(net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t))))
+		if err == nil || attempt == 3 {
+			break
+		}
+	}
 	if err != nil {
 		return err
 	}
