@@ -157,3 +157,41 @@ func TestUnknownProfile(t *testing.T) {
 		t.Fatalf("backoff after a configuration error: %v", err)
 	}
 }
+
+// TestUnknownProfileAfterReload: a config reload that changes only the
+// profile to one the CA does not offer fails its orders before they are
+// placed and backs no name off, although acmez serves the directory from
+// its process-wide cache (fetched under the config before, so the app's
+// own check as the directory passes, in TestUnknownProfile, does not run):
+// acmez checks the profile against its cached directory, and its error
+// names the profiles offered. Reloading with the profile fixed orders at
+// once.
+func TestUnknownProfileAfterReload(t *testing.T) {
+	r := newRig(t, testenv.PebbleOptions{Profiles: map[string]time.Duration{"shortlived": 6 * 24 * time.Hour}})
+	acme := func(profile string) []byte {
+		return r.config(r.acme(map[string]any{"domains": []string{"*.example.com"}, "profile": profile}), nil)
+	}
+	r.load(acme("shortlived"))
+	if _, err := r.handshake("a.example.com"); err != nil {
+		t.Fatalf("handshake under profile shortlived: %v", err)
+	}
+	if n := r.pebble.Orders(); n != 1 {
+		t.Fatalf("orders = %v, want one", r.orderNames())
+	}
+	app := r.load(acme("nosuch"))
+	_, err := app.rt.Certificate(t.Context(), &tls.ClientHelloInfo{ServerName: "b.example.com"})
+	if err == nil || !strings.Contains(err.Error(), "nosuch") || !strings.Contains(err.Error(), "shortlived") {
+		t.Fatalf("order with an unknown profile after a reload: %v, want the profile and those the CA offers", err)
+	}
+	if n := r.pebble.Orders(); n != 1 {
+		t.Fatalf("orders = %v, want only the one before the reload", r.orderNames())
+	}
+	if _, err := app.storage.Load(t.Context(), issuance.BackoffKey(app.issuer.IssuerKey(), "b.example.com")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("backoff after a configuration error: %v", err)
+	}
+	// the profile fixed by the next reload orders again at once
+	app = r.load(acme("shortlived"))
+	if _, err := app.rt.Certificate(t.Context(), &tls.ClientHelloInfo{ServerName: "b.example.com"}); err != nil {
+		t.Fatalf("order after the profile is fixed: %v", err)
+	}
+}
