@@ -3,6 +3,7 @@ package consul
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"net/http"
@@ -612,4 +613,63 @@ func TestOverwrite(t *testing.T) {
 		idx, ok := s.st.known.Get(k)
 		return ok, ok && pair != nil && idx == pair.ModifyIndex
 	})
+}
+
+// TestUncompressedOnLoopback: to a Consul on a loopback address the client
+// asks for responses without gzip; to any other address, Go's default
+// (gzip asked) stands. Consul gzips a large response when asked, shown by
+// the same request through a transport that asks.
+func TestUncompressedOnLoopback(t *testing.T) {
+	t.Parallel()
+	for addr, want := range map[string]bool{
+		"127.0.0.1:8500": true, "127.8.0.1:8500": true, "[::1]:8500": true, "localhost:8500": true, "LocalHost:8500": true,
+		"consul.service:8500": false, "10.0.0.1:8500": false, "[2001:db8::1]:8500": false, "localhost": false,
+	} {
+		if got := onLoopback(addr); got != want {
+			t.Errorf("onLoopback(%q) = %v, want %v", addr, got, want)
+		}
+		pc, err := newClient(connSettings{address: addr, scheme: "http", timeout: defaultTimeout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pc.transport.DisableCompression != want {
+			t.Errorf("%s: DisableCompression = %v, want %v", addr, pc.transport.DisableCompression, want)
+		}
+	}
+
+	c := testenv.StartConsul(t, testenv.ConsulOptions{})
+	pc, err := newClient(connSettings{address: c.Addr, scheme: "http", timeout: defaultTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "caddy-acme-test/gzip-" + backend.Token()[:8]
+	value := bytes.Repeat([]byte("a compressible certificate chain "), 2048) // 66 KiB
+	if _, err := pc.api.KV().Put(&api.KVPair{Key: key, Value: value}, nil); err != nil {
+		t.Fatal(err)
+	}
+	get := func(rt http.RoundTripper) *http.Response {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+c.Addr+"/v1/kv/"+key, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := rt.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var kv []api.KVPair
+		if err := json.NewDecoder(resp.Body).Decode(&kv); err != nil || len(kv) != 1 || !bytes.Equal(kv[0].Value, value) {
+			t.Fatalf("GET %s: %d pairs, %v", key, len(kv), err)
+		}
+		return resp
+	}
+	if resp := get(pc.transport); resp.Uncompressed || resp.Header.Get("Content-Encoding") != "" {
+		t.Errorf("the client's response was compressed (Uncompressed %v, Content-Encoding %q)", resp.Uncompressed, resp.Header.Get("Content-Encoding"))
+	}
+	asking := pc.transport.Clone()
+	asking.DisableCompression = false
+	if resp := get(asking); !resp.Uncompressed {
+		t.Error("Consul did not gzip the response to a request that asked for it: the check above proves nothing")
+	}
 }
